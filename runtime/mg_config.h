@@ -9,6 +9,7 @@
 #define MG_CONFIG_H
 
 #include <netinet/in.h>
+#include <stdio.h>
 #include <sys/socket.h>
 
 #include "mg_core.h"
@@ -124,6 +125,8 @@ mg_config_t *mg_config_load(const char *path, mg_config_errors_t *errs);
 void mg_config_free(mg_config_t *cfg);
 void mg_config_errors_init(mg_config_errors_t *errs);
 void mg_config_errors_free(mg_config_errors_t *errs);
+/* Writes each collected problem to `out`, one "PATH: message" per line. */
+void mg_config_errors_print(const mg_config_errors_t *errs, FILE *out);
 
 /* Parses "10s", "500ms", "2m", "1h" or a bare integer (seconds) into milliseconds. */
 int mg_config_parse_duration(const char *s, unsigned *ms);

@@ -17,14 +17,14 @@ typedef struct { const char *name; mg_test_fn fn; } mg_test_case_t;
 static mg_test_case_t mg_tests[512];
 static int mg_ntests, mg_case_failed;
 
-#define TEST(name)                                                                                 \
-    static void test_##name(void);                                                                 \
-    __attribute__((constructor)) static void register_##name(void)                                 \
+#define TEST(tname)                                                                                \
+    static void test_##tname(void);                                                                \
+    __attribute__((constructor)) static void register_##tname(void)                                \
     {                                                                                              \
-        mg_tests[mg_ntests].name = #name;                                                          \
-        mg_tests[mg_ntests++].fn = test_##name;                                                    \
+        mg_tests[mg_ntests].name = #tname;                                                         \
+        mg_tests[mg_ntests++].fn = test_##tname;                                                   \
     }                                                                                              \
-    static void test_##name(void)
+    static void test_##tname(void)
 
 #define CHECK(cond)                                                                                \
     do {                                                                                           \

@@ -1,0 +1,1829 @@
+/*
+ * mg_config.c — loads the configuration file into an immutable mg_config_t. libyaml's loader
+ * turns the file (YAML, or JSON, which is YAML) into a node tree that is walked against field
+ * tables: each row names a key, the function that parses its value and where the value goes,
+ * so the settings, the limits and every Kong entity share one walker, one set of value parsers
+ * and one way of reporting problems ("PATH: message", every problem, not just the first).
+ * MOONGATE_<SETTING> environment variables become one-node YAML documents fed through the
+ * same rows. Rules that span entities (unique names, `service:` references) run once all is
+ * read; the result is flattened into the arrays the router and the proxy use.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netdb.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <yaml.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include "mg_config.h"
+
+#define NONE SIZE_MAX      /* field offset: validate the value, store it nowhere */
+#define BAD_LIST SIZE_MAX  /* list_of(): the node is not a list */
+#define MAX_WORKERS 1024
+#define MSG_MAIN_ONLY "only allowed in the main configuration file"
+#define MSG_NOT_WITH_DECL "not allowed together with declarative_config"
+
+enum {
+    F_SETTING = 1 << 0, /* a setting: main file only */
+    F_ENTITY = 1 << 1,  /* top-level entities: in the file that holds them */
+    F_ENV = 1 << 2,     /* MOONGATE_<NAME> overrides it */
+    F_LIST = 1 << 3,    /* its environment value is comma-separated */
+};
+
+typedef struct ctx_s ctx_t;
+typedef struct field_s field_t;
+
+/* Parses the non-null node `n` for row `f` into `obj`, reporting problems with fail(). */
+typedef void (*parse_pt)(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
+/* Parses one scalar into `out` (f->size bytes); false once a problem is reported. */
+typedef bool (*item_pt)(ctx_t *x, const char *s, void *out, const field_t *f);
+/* Validates a pool copy of a string, normalising it in place; NULL or a message. */
+typedef const char *(*check_pt)(ctx_t *x, char *s);
+/* Parses one entity (a mapping) of a list; `parent` is the service of nested routes. */
+typedef void (*entity_pt)(ctx_t *x, yaml_node_t *n, void *parent);
+
+struct field_s {
+    const char *name;
+    parse_pt parse;
+    item_pt item;       /* p_one, p_list: the scalar parser */
+    size_t off, size;   /* where the value goes in the object (or NONE), and its size */
+    size_t noff;        /* p_list: where the element count goes */
+    long long min, max; /* numbers; p_list: min is the minimum count. max 0 = unbounded */
+    const char *const *choices;
+    check_pt check;         /* i_string */
+    const field_t *sub;     /* p_sub: the nested table */
+    size_t nsub;
+    entity_pt entity;       /* p_entities */
+    unsigned flags;
+};
+
+typedef struct svc_item_s {
+    mg_service_t s;
+    bool enabled;
+    char *path; /* "services[2]", for messages that come after the walk */
+    mg_service_t *final;
+    struct svc_item_s *next;
+} svc_item_t;
+
+typedef struct route_item_s {
+    mg_route_t r;
+    svc_item_t *svc;    /* nested routes: the enclosing service; top-level: resolved later */
+    char *service_name; /* top-level routes: `service:` as written */
+    char *path;
+    struct route_item_s *next;
+} route_item_t;
+
+typedef struct {
+    char *name;
+} plugin_item_t;
+
+typedef struct {
+    char *username, *custom_id;
+} consumer_item_t;
+
+typedef struct { /* a named entity, sorted to find duplicates and to look services up */
+    const char *name, *path;
+    size_t order;
+    void *item;
+} named_t;
+
+struct ctx_s {
+    mg_config_t *cfg;
+    mg_config_errors_t *errs;
+    size_t nerrs;             /* problems found by this load */
+    mg_pool_t *tmp;           /* scratch: entity lists, node arrays; freed after the load */
+    yaml_document_t *doc;     /* the document of the nodes being walked */
+    yaml_document_t docs[3];  /* main file, declarative file, environment value */
+    bool live[3];             /* which of docs[] need yaml_document_delete */
+    jmp_buf oom;
+    bool in_decl;             /* walking the declarative_config file */
+    bool decl_set;            /* entities are to come from declarative_config */
+    bool in_env, decl_from_env;
+    char *declarative;
+    svc_item_t *svcs, **svcs_tail;
+    route_item_t *nested, **nested_tail, *top, **top_tail;
+    size_t plen;
+    char path[512];
+    char msg[512]; /* a check's message when it quotes the value */
+};
+
+static void *zalloc(ctx_t *x, mg_pool_t *p, size_t n);
+static char *dupn(ctx_t *x, const char *s, size_t n);
+static char *sdup(ctx_t *x, const char *s);
+static void errors_add(mg_config_errors_t *e, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void fail(ctx_t *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail_at(ctx_t *x, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static size_t path_key(ctx_t *x, const char *key);
+static size_t path_index(ctx_t *x, size_t i);
+static void path_set(ctx_t *x, size_t mark);
+
+static yaml_node_t *node_at(ctx_t *x, int id);
+static bool is_null(const yaml_node_t *n);
+static const char *text(const yaml_node_t *n);
+static size_t list_of(ctx_t *x, yaml_node_t *n, bool scalar_ok, yaml_node_t ***out);
+static void type_error(ctx_t *x, const field_t *f);
+static const field_t *find(const field_t *t, size_t nt, const char *name);
+static bool has(uint64_t seen, const field_t *t, size_t nt, const char *name);
+static uint64_t parse_map(ctx_t *x, yaml_node_t *n, void *obj, const field_t *t, size_t nt);
+
+static void p_one(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
+static void p_list(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
+static void p_sub(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
+static void p_entities(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
+static void p_mapping(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
+static void p_any(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
+static void p_unsupported(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
+static void p_plugins(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
+static void p_shared_dicts(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
+static void p_headers(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
+static void p_route_service(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
+
+static bool i_string(ctx_t *x, const char *s, void *out, const field_t *f);
+static bool i_bool(ctx_t *x, const char *s, void *out, const field_t *f);
+static bool i_int(ctx_t *x, const char *s, void *out, const field_t *f);
+static bool i_enum(ctx_t *x, const char *s, void *out, const field_t *f);
+static bool i_duration(ctx_t *x, const char *s, void *out, const field_t *f);
+static bool i_size(ctx_t *x, const char *s, void *out, const field_t *f);
+static bool i_workers(ctx_t *x, const char *s, void *out, const field_t *f);
+static bool i_request_id(ctx_t *x, const char *s, void *out, const field_t *f);
+static bool i_declarative(ctx_t *x, const char *s, void *out, const field_t *f);
+static bool i_listen(ctx_t *x, const char *s, void *out, const field_t *f);
+static bool i_cidr(ctx_t *x, const char *s, void *out, const field_t *f);
+static bool i_protocol(ctx_t *x, const char *s, void *out, const field_t *f);
+static bool i_host(ctx_t *x, const char *s, void *out, const field_t *f);
+static bool i_url(ctx_t *x, const char *s, void *out, const field_t *f);
+
+static bool is_label_char(char c);
+static const char *check_name(ctx_t *x, char *s);
+static const char *check_tag(ctx_t *x, char *s);
+static const char *check_header_name(ctx_t *x, char *s);
+static const char *check_header_value(ctx_t *x, char *s);
+static const char *check_service_path(ctx_t *x, char *s);
+static const char *check_route_host(ctx_t *x, char *s);
+static const char *check_sni(ctx_t *x, char *s);
+static const char *check_path(ctx_t *x, char *s);
+static const char *check_method(ctx_t *x, char *s);
+
+static void parse_service(ctx_t *x, yaml_node_t *n, void *parent);
+static void parse_route(ctx_t *x, yaml_node_t *n, void *parent);
+static void parse_plugin(ctx_t *x, yaml_node_t *n, void *parent);
+static void parse_consumer(ctx_t *x, yaml_node_t *n, void *parent);
+static void resolve(ctx_t *x, svc_item_t *it);
+
+static bool load_doc(ctx_t *x, int slot, const char *file, const char *label, yaml_node_t **root);
+static void apply_env(ctx_t *x, const field_t *t, size_t nt, const char *prefix, void *obj);
+static void finish(ctx_t *x);
+
+/* ---- field tables ------------------------------------------------------------------------ */
+
+static const char *const log_levels[] = {"debug", "info", "notice", "warn", "error", "crit", NULL};
+static const char *const format_versions[] = {"3.0", "2.1", "1.1", NULL};
+static const char *const route_protocols[] = {"http", "https", NULL};
+static const char *const path_handlings[] = {"v0", "v1", NULL};
+static const char *const redirect_codes[] = {"426", "301", "302", "307", "308", NULL};
+/* Kong's service protocols: known, but not proxied yet. */
+static const char *const later_protocols[] = {"https", "grpc", "grpcs", "tcp", "tls",
+                                              "tls_passthrough", "udp", "ws", "wss", NULL};
+
+#define MEMBER_SIZE(T, m) sizeof(((T *)0)->m)
+#define ONE(n, it, T, m, ...)                                                                     \
+    {.name = (n), .parse = p_one, .item = (it), .off = offsetof(T, m),                            \
+     .size = MEMBER_SIZE(T, m), __VA_ARGS__}
+#define SKIP(n, it, ...) {.name = (n), .parse = p_one, .item = (it), .off = NONE, __VA_ARGS__}
+#define LIST(n, it, T, m, nm, ...)                                                                \
+    {.name = (n), .parse = p_list, .item = (it), .off = offsetof(T, m),                           \
+     .size = sizeof(*((T *)0)->m), .noff = offsetof(T, nm), __VA_ARGS__}
+#define TAGS {.name = "tags", .parse = p_list, .item = i_string, .off = NONE, .check = check_tag}
+#define LIMIT(it, m, lo) ONE(#m, it, mg_limits_t, m, .min = (lo), .max = INT_MAX, .flags = F_ENV)
+
+static const field_t limits_fields[] = {
+    LIMIT(i_size, client_max_body_size, 0),
+    LIMIT(i_size, max_request_line, 1),
+    LIMIT(i_size, max_header_line, 1),
+    LIMIT(i_size, max_headers_size, 1),
+    LIMIT(i_int, max_headers, 1),
+    LIMIT(i_duration, client_header_timeout, 1),
+    LIMIT(i_duration, client_body_timeout, 1),
+    LIMIT(i_duration, send_timeout, 1),
+    LIMIT(i_duration, keepalive_timeout, 0),
+    LIMIT(i_int, keepalive_requests, 1),
+    LIMIT(i_int, max_connections, 1),
+    LIMIT(i_duration, worker_shutdown_timeout, 0),
+    LIMIT(i_int, upstream_keepalive_pool_size, 0),
+    LIMIT(i_int, upstream_keepalive_max_requests, 1),
+    LIMIT(i_duration, upstream_keepalive_idle_timeout, 1),
+};
+
+static const field_t plugin_fields[] = {
+    ONE("name", i_string, plugin_item_t, name),
+    {.name = "config", .parse = p_mapping},
+    SKIP("enabled", i_bool),
+    {.name = "protocols", .parse = p_list, .item = i_string, .off = NONE},
+    {.name = "service", .parse = p_any},
+    {.name = "route", .parse = p_any},
+    {.name = "consumer", .parse = p_any},
+    SKIP("instance_name", i_string, .check = check_name),
+    {.name = "ordering", .parse = p_mapping},
+    TAGS,
+};
+
+#define NESTED_PLUGINS {.name = "plugins", .parse = p_entities, .entity = parse_plugin}
+
+static const field_t service_ref_fields[] = {
+    ONE("name", i_string, route_item_t, service_name),
+};
+
+static const field_t route_fields[] = {
+    ONE("name", i_string, route_item_t, r.name, .check = check_name),
+    {.name = "service", .parse = p_route_service},
+    LIST("hosts", i_string, route_item_t, r.hosts, r.nhosts, .check = check_route_host),
+    LIST("paths", i_string, route_item_t, r.paths, r.npaths, .check = check_path),
+    LIST("methods", i_string, route_item_t, r.methods, r.nmethods, .check = check_method),
+    {.name = "headers", .parse = p_headers},
+    LIST("snis", i_string, route_item_t, r.snis, r.nsnis, .check = check_sni),
+    LIST("protocols", i_string, route_item_t, r.protocols, r.nprotocols,
+         .choices = route_protocols),
+    ONE("regex_priority", i_int, route_item_t, r.regex_priority, .min = INT_MIN, .max = INT_MAX),
+    ONE("strip_path", i_bool, route_item_t, r.strip_path),
+    ONE("preserve_host", i_bool, route_item_t, r.preserve_host),
+    SKIP("path_handling", i_enum, .choices = path_handlings),
+    SKIP("https_redirect_status_code", i_enum, .choices = redirect_codes),
+    SKIP("request_buffering", i_bool),
+    SKIP("response_buffering", i_bool),
+    NESTED_PLUGINS,
+    TAGS,
+};
+
+#define TIMEOUT(m) ONE(#m, i_int, svc_item_t, s.m, .min = 1, .max = 2147483646)
+
+static const field_t service_fields[] = {
+    ONE("name", i_string, svc_item_t, s.name, .check = check_name),
+    {.name = "url", .parse = p_one, .item = i_url, .off = 0}, /* fills the whole service */
+    ONE("protocol", i_protocol, svc_item_t, s.protocol),
+    ONE("host", i_host, svc_item_t, s.host),
+    ONE("port", i_int, svc_item_t, s.port, .min = 1, .max = 65535),
+    ONE("path", i_string, svc_item_t, s.path, .check = check_service_path),
+    ONE("retries", i_int, svc_item_t, s.retries, .min = 0, .max = 32767),
+    TIMEOUT(connect_timeout),
+    TIMEOUT(write_timeout),
+    TIMEOUT(read_timeout),
+    {.name = "routes", .parse = p_entities, .entity = parse_route},
+    NESTED_PLUGINS,
+    ONE("enabled", i_bool, svc_item_t, enabled),
+    TAGS,
+};
+
+static const field_t consumer_fields[] = {
+    ONE("username", i_string, consumer_item_t, username),
+    ONE("custom_id", i_string, consumer_item_t, custom_id),
+    NESTED_PLUGINS,
+    {.name = "keyauth_credentials", .parse = p_unsupported},
+    {.name = "basicauth_credentials", .parse = p_unsupported},
+    {.name = "jwt_secrets", .parse = p_unsupported},
+    {.name = "hmacauth_credentials", .parse = p_unsupported},
+    {.name = "acls", .parse = p_unsupported},
+    TAGS,
+};
+
+#define SETTING_LISTEN(n)                                                                         \
+    LIST(#n, i_listen, mg_config_t, n, n##n, .flags = F_SETTING | F_ENV | F_LIST)
+#define SETTING(n, it, ...) ONE(#n, it, mg_config_t, n, .flags = F_SETTING | F_ENV, __VA_ARGS__)
+#define UNSUPPORTED(n) {.name = (n), .parse = p_unsupported, .flags = F_ENTITY}
+
+static const field_t top_fields[] = {
+    LIST("proxy_listen", i_listen, mg_config_t, proxy_listen, nproxy_listen, .min = 1,
+         .flags = F_SETTING | F_ENV | F_LIST),
+    LIST("admin_listen", i_listen, mg_config_t, admin_listen, nadmin_listen,
+         .flags = F_SETTING | F_ENV | F_LIST),
+    SETTING(worker_processes, i_workers, .min = 1, .max = MAX_WORKERS),
+    SETTING(master_process, i_bool),
+    SETTING(pid_file, i_string),
+    SETTING(access_log, i_string),
+    SETTING(error_log, i_string),
+    SETTING(log_level, i_enum, .choices = log_levels),
+    LIST("trusted_ips", i_cidr, mg_config_t, trusted_ips, ntrusted_ips,
+         .flags = F_SETTING | F_ENV | F_LIST),
+    SETTING(real_ip_header, i_string, .check = check_header_name),
+    SETTING(request_id_header, i_request_id, .check = check_header_name),
+    {.name = "limits", .parse = p_sub, .off = offsetof(mg_config_t, limits), .sub = limits_fields,
+     .nsub = MG_ARRAY_SIZE(limits_fields), .flags = F_SETTING},
+    /* plugin names (a setting) and global plugin entities share the key: p_plugins sorts */
+    {.name = "plugins", .parse = p_plugins, .flags = F_ENV | F_LIST},
+    SKIP("lua_package_path", i_string, .flags = F_SETTING | F_ENV),
+    {.name = "shared_dicts", .parse = p_shared_dicts, .flags = F_SETTING},
+    SKIP("declarative_config", i_declarative, .flags = F_SETTING | F_ENV),
+    SKIP("_format_version", i_enum, .choices = format_versions),
+    {.name = "services", .parse = p_entities, .entity = parse_service, .flags = F_ENTITY},
+    {.name = "routes", .parse = p_entities, .entity = parse_route, .flags = F_ENTITY},
+    {.name = "consumers", .parse = p_entities, .entity = parse_consumer, .flags = F_ENTITY},
+    UNSUPPORTED("upstreams"),
+    UNSUPPORTED("targets"),
+    UNSUPPORTED("certificates"),
+    UNSUPPORTED("ca_certificates"),
+    UNSUPPORTED("snis"),
+};
+
+#define HAS(seen, table, name) has(seen, table, MG_ARRAY_SIZE(table), name)
+
+/* ---- memory, errors and paths ------------------------------------------------------------ */
+
+/* Pool allocation; running out of memory unwinds to mg_config_load, which reports it. */
+static void *zalloc(ctx_t *x, mg_pool_t *p, size_t n)
+{
+    void *m = mg_pool_calloc(p, n);
+    if (m == NULL) longjmp(x->oom, 1);
+    return m;
+}
+
+static char *dupn(ctx_t *x, const char *s, size_t n)
+{
+    char *d = zalloc(x, x->cfg->pool, n + 1);
+    memcpy(d, s, n);
+    return d;
+}
+
+static char *sdup(ctx_t *x, const char *s)
+{
+    return dupn(x, s, strlen(s));
+}
+
+/* printf into the scratch pool, for paths of messages reported after the walk. */
+static char *tprintf(ctx_t *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static char *tprintf(ctx_t *x, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    char *s = mg_pool_strdup(x->tmp, buf);
+    if (s == NULL) longjmp(x->oom, 1);
+    return s;
+}
+
+static char *lower(char *s)
+{
+    for (char *p = s; *p; p++) *p = mg_lower(*p);
+    return s;
+}
+
+static void errors_add(mg_config_errors_t *e, const char *fmt, ...)
+{
+    char buf[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (e->pool == NULL) return;
+    if (e->n == e->cap) {
+        size_t cap = e->cap ? e->cap * 2 : 16;
+        char **items = mg_pool_alloc(e->pool, cap * sizeof(char *));
+        if (items == NULL) return;
+        if (e->n) memcpy(items, e->items, e->n * sizeof(char *));
+        e->items = items;
+        e->cap = cap;
+    }
+    char *s = mg_pool_strdup(e->pool, buf);
+    if (s) e->items[e->n++] = s;
+}
+
+static void vfail_at(ctx_t *x, const char *path, const char *fmt, va_list ap)
+{
+    char msg[1024];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    errors_add(x->errs, "%s: %s", path, msg);
+    x->nerrs++;
+}
+
+static void fail_at(ctx_t *x, const char *path, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfail_at(x, path, fmt, ap);
+    va_end(ap);
+}
+
+static void fail(ctx_t *x, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfail_at(x, x->path, fmt, ap);
+    va_end(ap);
+}
+
+/* Paths grow and shrink like a stack: push returns the mark that path_set() restores. */
+static size_t path_add(ctx_t *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static size_t path_add(ctx_t *x, const char *fmt, ...)
+{
+    size_t mark = x->plen;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(x->path + x->plen, sizeof(x->path) - x->plen, fmt, ap);
+    va_end(ap);
+    if (n > 0) x->plen = MG_MIN(x->plen + (size_t)n, sizeof(x->path) - 1);
+    return mark;
+}
+
+static size_t path_key(ctx_t *x, const char *key)
+{
+    return path_add(x, "%s%s", x->plen ? "." : "", key);
+}
+
+static size_t path_index(ctx_t *x, size_t i)
+{
+    return path_add(x, "[%zu]", i);
+}
+
+static void path_set(ctx_t *x, size_t mark)
+{
+    x->plen = mark;
+    x->path[mark] = '\0';
+}
+
+/* ---- the walker -------------------------------------------------------------------------- */
+
+static yaml_node_t *node_at(ctx_t *x, int id)
+{
+    return yaml_document_get_node(x->doc, id);
+}
+
+/* YAML's null: an empty or "~"/"null" plain scalar. A null value means "not set". */
+static bool is_null(const yaml_node_t *n)
+{
+    if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+        return false;
+    const char *s = (const char *)n->data.scalar.value;
+    return *s == '\0' || strcmp(s, "~") == 0 || strcasecmp(s, "null") == 0;
+}
+
+/* The string of a non-null scalar without NUL bytes, else NULL. */
+static const char *text(const yaml_node_t *n)
+{
+    if (n->type != YAML_SCALAR_NODE || is_null(n)) return NULL;
+    const char *s = (const char *)n->data.scalar.value;
+    return strlen(s) == n->data.scalar.length ? s : NULL;
+}
+
+/* The items of a sequence (or of a lone scalar when scalar_ok), or BAD_LIST after a report. */
+static size_t list_of(ctx_t *x, yaml_node_t *n, bool scalar_ok, yaml_node_t ***out)
+{
+    if (n->type == YAML_SCALAR_NODE && scalar_ok) {
+        *out = zalloc(x, x->tmp, sizeof(yaml_node_t *));
+        (*out)[0] = n;
+        return 1;
+    }
+    if (n->type != YAML_SEQUENCE_NODE) {
+        fail(x, "expected a list");
+        return BAD_LIST;
+    }
+    size_t cnt = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+    *out = zalloc(x, x->tmp, (cnt ? cnt : 1) * sizeof(yaml_node_t *));
+    for (size_t i = 0; i < cnt; i++) (*out)[i] = node_at(x, n->data.sequence.items.start[i]);
+    return cnt;
+}
+
+/* Reports what the row expected, in the words a user would write it. */
+static void type_error(ctx_t *x, const field_t *f)
+{
+    if (f->choices) {
+        char buf[256];
+        size_t len = 0;
+        for (const char *const *c = f->choices; *c && len < sizeof(buf); c++)
+            len += (size_t)snprintf(buf + len, sizeof(buf) - len, "%s\"%s\"",
+                                    c == f->choices ? "" : ", ", *c);
+        fail(x, "expected one of %s", buf);
+    } else if (f->item == i_int) {
+        fail(x, "expected an integer");
+    } else if (f->item == i_bool) {
+        fail(x, "expected a boolean");
+    } else if (f->item == i_duration) {
+        fail(x, "expected a duration such as \"10s\"");
+    } else if (f->item == i_size) {
+        fail(x, "expected a size such as \"8m\"");
+    } else if (f->item == i_workers) {
+        fail(x, "expected \"auto\" or an integer");
+    } else {
+        fail(x, "expected a string");
+    }
+}
+
+static void range_error(ctx_t *x, const field_t *f, long long v)
+{
+    if (f->max && v > f->max)
+        fail(x, "must be at most %lld", f->max);
+    else if (f->min == 1)
+        fail(x, "must be greater than 0");
+    else
+        fail(x, "must be at least %lld", f->min);
+}
+
+static const field_t *find(const field_t *t, size_t nt, const char *name)
+{
+    for (size_t i = 0; i < nt; i++)
+        if (strcmp(t[i].name, name) == 0) return &t[i];
+    return NULL;
+}
+
+static bool has(uint64_t seen, const field_t *t, size_t nt, const char *name)
+{
+    const field_t *f = find(t, nt, name);
+    return f && (seen & (1ull << (f - t)));
+}
+
+/* Settings stay in the main file; entities live in one file only. */
+static bool allowed(ctx_t *x, const field_t *f)
+{
+    if ((f->flags & F_SETTING) && x->in_decl) {
+        fail(x, MSG_MAIN_ONLY);
+        return false;
+    }
+    if ((f->flags & F_ENTITY) && x->decl_set && !x->in_decl) {
+        fail(x, MSG_NOT_WITH_DECL);
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Walks a mapping against a table: unknown and repeated keys are errors, null values are
+ * skipped (Kong's exports write `path: null`). Returns a bit per table row whose key was set.
+ */
+static uint64_t parse_map(ctx_t *x, yaml_node_t *n, void *obj, const field_t *t, size_t nt)
+{
+    uint64_t seen = 0;
+    if (n->type != YAML_MAPPING_NODE) {
+        fail(x, "expected a mapping");
+        return 0;
+    }
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        const char *key = text(node_at(x, p->key));
+        yaml_node_t *v = node_at(x, p->value);
+        if (key == NULL) {
+            fail(x, "keys must be strings");
+            continue;
+        }
+        size_t mark = path_key(x, key);
+        const field_t *f = find(t, nt, key);
+        uint64_t bit = f ? 1ull << (f - t) : 0;
+        if (f == NULL) {
+            fail(x, "unknown field");
+        } else if (!is_null(v) && allowed(x, f)) {
+            if (seen & bit)
+                fail(x, "duplicate key");
+            else
+                f->parse(x, v, obj, f);
+            seen |= bit;
+        }
+        path_set(x, mark);
+    }
+    return seen;
+}
+
+/* ---- node parsers ------------------------------------------------------------------------ */
+
+/* A scalar stored at f->off; NONE validates into scratch space. */
+static void p_one(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
+{
+    uint64_t scratch[4] = {0};
+    const char *s = text(n);
+    if (s == NULL)
+        type_error(x, f);
+    else
+        f->item(x, s, f->off == NONE ? (void *)scratch : (char *)obj + f->off, f);
+}
+
+/* A list of scalars (a lone scalar is a list of one) stored as an array and a count. */
+static void p_list(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
+{
+    yaml_node_t **items;
+    size_t cnt = list_of(x, n, true, &items);
+    if (cnt == BAD_LIST) return;
+    if (cnt < (size_t)f->min) {
+        fail(x, "must not be empty");
+        return;
+    }
+    size_t size = f->size ? f->size : sizeof(char *);
+    char *arr = cnt ? zalloc(x, x->cfg->pool, cnt * size) : NULL;
+    for (size_t i = 0; i < cnt; i++) {
+        size_t mark = path_index(x, i);
+        const char *s = text(items[i]);
+        if (s == NULL)
+            type_error(x, f);
+        else
+            f->item(x, s, arr + i * size, f);
+        path_set(x, mark);
+    }
+    if (f->off == NONE) return;
+    memcpy((char *)obj + f->off, &arr, sizeof(arr));
+    memcpy((char *)obj + f->noff, &cnt, sizeof(cnt));
+}
+
+static void p_sub(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
+{
+    parse_map(x, n, (char *)obj + f->off, f->sub, f->nsub);
+}
+
+/*
+ * A list of entities. Nested rows (no F_ENTITY) pass their object to the entity parser as
+ * the parent, which is how a route learns its enclosing service.
+ */
+static void p_entities(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
+{
+    yaml_node_t **items;
+    size_t cnt = list_of(x, n, false, &items);
+    for (size_t i = 0; cnt != BAD_LIST && i < cnt; i++) {
+        size_t mark = path_index(x, i);
+        if (items[i]->type != YAML_MAPPING_NODE)
+            fail(x, "expected a mapping");
+        else
+            f->entity(x, items[i], (f->flags & F_ENTITY) ? NULL : obj);
+        path_set(x, mark);
+    }
+}
+
+static void p_mapping(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
+{
+    if (n->type != YAML_MAPPING_NODE) fail(x, "expected a mapping");
+}
+
+static void p_any(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
+{
+}
+
+static void p_unsupported(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
+{
+    fail(x, "not supported yet");
+}
+
+/*
+ * `plugins:` is both Kong's setting (names to load: [bundled, my-policy]) and the declarative
+ * list of global plugin entities; scalars are the former, mappings the latter.
+ */
+static void p_plugins(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
+{
+    yaml_node_t **items;
+    size_t cnt = list_of(x, n, true, &items);
+    for (size_t i = 0; cnt != BAD_LIST && i < cnt; i++) {
+        size_t mark = path_index(x, i);
+        const char *s = text(items[i]);
+        if (s && x->in_decl)
+            fail(x, MSG_MAIN_ONLY);
+        else if (s && strcmp(s, "bundled") != 0)
+            fail(x, "plugin \"%s\" is not installed", s);
+        else if (!s && items[i]->type != YAML_MAPPING_NODE)
+            fail(x, "expected a plugin name or a plugin entry");
+        else if (!s && x->decl_set && !x->in_decl)
+            fail(x, MSG_NOT_WITH_DECL);
+        else if (!s)
+            parse_plugin(x, items[i], NULL);
+        path_set(x, mark);
+    }
+}
+
+/* A Lua identifier, so that `moongate.shared.<name>` works. */
+static bool is_identifier(const char *s)
+{
+    if (*s >= '0' && *s <= '9') return false;
+    for (; *s; s++)
+        if (!(is_label_char(mg_lower(*s)) && *s != '-')) return false;
+    return true;
+}
+
+static void p_shared_dicts(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
+{
+    static const field_t dict_size = {.name = "size", .item = i_size, .off = NONE, .min = 1};
+    if (n->type != YAML_MAPPING_NODE) {
+        fail(x, "expected a mapping");
+        return;
+    }
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        const char *name = text(node_at(x, p->key));
+        if (name == NULL) {
+            fail(x, "keys must be strings");
+            continue;
+        }
+        size_t mark = path_key(x, name);
+        if (!is_identifier(name))
+            fail(x, "invalid dictionary name: use letters, digits and '_'");
+        else
+            p_one(x, node_at(x, p->value), NULL, &dict_size);
+        path_set(x, mark);
+    }
+}
+
+/* Route headers: a mapping of header name to one value or a list of values. */
+static void p_headers(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
+{
+    static const field_t values = {.name = "values",
+                                   .item = i_string,
+                                   .off = offsetof(mg_header_match_t, values),
+                                   .noff = offsetof(mg_header_match_t, nvalues),
+                                   .min = 1,
+                                   .check = check_header_value};
+    mg_route_t *r = &((route_item_t *)obj)->r;
+    if (n->type != YAML_MAPPING_NODE) {
+        fail(x, "expected a mapping of header names to values");
+        return;
+    }
+    size_t cnt = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+    r->headers = zalloc(x, x->cfg->pool, (cnt ? cnt : 1) * sizeof(mg_header_match_t));
+    r->nheaders = 0;
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        const char *key = text(node_at(x, p->key));
+        yaml_node_t *v = node_at(x, p->value);
+        if (key == NULL) {
+            fail(x, "keys must be strings");
+            continue;
+        }
+        size_t mark = path_key(x, key);
+        char *name = lower(sdup(x, key));
+        mg_header_match_t *h = &r->headers[r->nheaders];
+        bool seen = false;
+        for (size_t i = 0; i < r->nheaders; i++) seen = seen || !strcmp(r->headers[i].name, name);
+        if (check_header_name(x, name))
+            fail(x, "invalid header name \"%s\"", key);
+        else if (strcmp(name, "host") == 0)
+            fail(x, "use 'hosts' to match the Host header");
+        else if (seen)
+            fail(x, "duplicate header");
+        else if (is_null(v))
+            fail(x, "expected a string or a list of strings");
+        else {
+            h->name = name;
+            p_list(x, v, h, &values);
+            r->nheaders++;
+        }
+        path_set(x, mark);
+    }
+}
+
+/* `service:` of a top-level route: a name, or Kong's `{ name: NAME }`. */
+static void p_route_service(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
+{
+    route_item_t *it = obj;
+    const char *s = text(n);
+    if (it->svc) {
+        fail(x, "not allowed on a route nested under a service");
+    } else if (s) {
+        it->service_name = sdup(x, s);
+    } else if (n->type == YAML_MAPPING_NODE) {
+        parse_map(x, n, it, service_ref_fields, MG_ARRAY_SIZE(service_ref_fields));
+        size_t mark = path_key(x, "name");
+        if (it->service_name == NULL) fail(x, "required");
+        path_set(x, mark);
+    } else {
+        fail(x, "expected a service name");
+    }
+}
+
+/* ---- scalar parsers ---------------------------------------------------------------------- */
+
+static void store(void *out, const field_t *f, long long v)
+{
+    switch (f->size) {
+    case 1: {
+        uint8_t t = (uint8_t)v;
+        memcpy(out, &t, 1);
+        break;
+    }
+    case 2: {
+        uint16_t t = (uint16_t)v;
+        memcpy(out, &t, 2);
+        break;
+    }
+    case 4: {
+        uint32_t t = (uint32_t)v;
+        memcpy(out, &t, 4);
+        break;
+    }
+    default:
+        memcpy(out, &v, 8);
+    }
+}
+
+/* Strict decimal: optional '-', digits, nothing else, no overflow. */
+static bool parse_ll(const char *s, long long *v)
+{
+    const char *d = (*s == '-') ? s + 1 : s;
+    if (*d < '0' || *d > '9') return false;
+    char *end;
+    errno = 0;
+    *v = strtoll(s, &end, 10);
+    return *end == '\0' && errno == 0;
+}
+
+static int choice(const char *s, const char *const *choices)
+{
+    for (int i = 0; choices[i]; i++)
+        if (strcmp(s, choices[i]) == 0) return i;
+    return -1;
+}
+
+static bool i_string(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    if (*s == '\0') {
+        fail(x, "must not be empty");
+        return false;
+    }
+    char *v = sdup(x, s);
+    const char *msg = f->check ? f->check(x, v) : NULL;
+    if (msg) {
+        fail(x, "%s", msg);
+        return false;
+    }
+    if (f->choices && choice(v, f->choices) < 0) {
+        type_error(x, f);
+        return false;
+    }
+    memcpy(out, &v, sizeof(v));
+    return true;
+}
+
+static bool i_bool(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    static const char *const truths[] = {"true", "on", "yes"}, *const lies[] = {"false", "off",
+                                                                                 "no"};
+    for (size_t i = 0; i < MG_ARRAY_SIZE(truths); i++) {
+        if (strcasecmp(s, truths[i]) == 0 || strcasecmp(s, lies[i]) == 0) {
+            *(bool *)out = strcasecmp(s, truths[i]) == 0;
+            return true;
+        }
+    }
+    type_error(x, f);
+    return false;
+}
+
+static bool i_int(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    long long v;
+    if (!parse_ll(s, &v)) {
+        type_error(x, f);
+        return false;
+    }
+    if (v < f->min || (f->max && v > f->max)) {
+        range_error(x, f, v);
+        return false;
+    }
+    store(out, f, v);
+    return true;
+}
+
+static bool i_enum(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    int i = choice(s, f->choices);
+    if (i < 0) {
+        type_error(x, f);
+        return false;
+    }
+    store(out, f, i);
+    return true;
+}
+
+static bool i_duration(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    unsigned ms;
+    if (mg_config_parse_duration(s, &ms) != MG_OK) {
+        type_error(x, f);
+        return false;
+    }
+    if (ms < f->min) {
+        range_error(x, f, ms);
+        return false;
+    }
+    memcpy(out, &ms, sizeof(ms));
+    return true;
+}
+
+static bool i_size(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    size_t bytes;
+    if (mg_config_parse_size(s, &bytes) != MG_OK) {
+        type_error(x, f);
+        return false;
+    }
+    if (bytes < (size_t)f->min) {
+        range_error(x, f, 0);
+        return false;
+    }
+    memcpy(out, &bytes, sizeof(bytes));
+    return true;
+}
+
+static bool i_workers(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    if (strcmp(s, "auto") != 0) return i_int(x, s, out, f);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    store(out, f, MG_MAX(1, MG_MIN(n, MAX_WORKERS)));
+    return true;
+}
+
+static bool i_request_id(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    if (strcmp(s, "off") != 0) return i_string(x, s, out, f);
+    memset(out, 0, sizeof(char *));
+    return true;
+}
+
+static bool i_declarative(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    if (!i_string(x, s, &x->declarative, f)) return false;
+    x->decl_from_env = x->in_env;
+    return true;
+}
+
+/* "ip:port", "[ipv6]:port" or "*:port", then flags "ssl" and "backlog=N". */
+static bool listen_parse(const char *s, mg_listen_t *l, char *why, size_t len)
+{
+    char buf[256];
+    const char *sp = s + strcspn(s, " \t");
+    size_t alen = (size_t)(sp - s);
+    memset(l, 0, sizeof(*l));
+    l->backlog = 511;
+    snprintf(why, len, "expected \"ip:port [ssl] [backlog=N]\"");
+    if (alen == 0 || alen >= sizeof(buf)) return false;
+    memcpy(buf, s, alen);
+    buf[alen] = '\0';
+
+    char *host = buf, *colon = strrchr(buf, ':');
+    if (colon == NULL) return false;
+    *colon = '\0';
+    if (*host == '[') {
+        host++;
+        if (colon[-1] != ']') return false;
+        colon[-1] = '\0';
+    }
+    long long port;
+    if (!parse_ll(colon + 1, &port) || port < 1 || port > 65535) return false;
+
+    struct sockaddr_in *sin = (struct sockaddr_in *)&l->addr;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&l->addr;
+    if (host == buf && strcmp(host, "*") == 0) {
+        sin->sin_family = AF_INET;
+        sin->sin_addr.s_addr = htonl(INADDR_ANY);
+    } else if (host == buf && inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+        sin->sin_family = AF_INET;
+    } else if (host != buf && inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+        sin6->sin6_family = AF_INET6;
+    } else {
+        return false;
+    }
+    if (l->addr.ss_family == AF_INET) {
+        sin->sin_port = htons((uint16_t)port);
+        l->addrlen = sizeof(*sin);
+    } else {
+        sin6->sin6_port = htons((uint16_t)port);
+        l->addrlen = sizeof(*sin6);
+    }
+
+    for (const char *p = sp; *(p += strspn(p, " \t"));) {
+        size_t flen = strcspn(p, " \t");
+        long long backlog;
+        if (flen == 3 && strncmp(p, "ssl", 3) == 0) {
+            l->ssl = true;
+        } else if (flen > 8 && strncmp(p, "backlog=", 8) == 0 && flen - 8 < 16) {
+            char num[16];
+            memcpy(num, p + 8, flen - 8);
+            num[flen - 8] = '\0';
+            if (!parse_ll(num, &backlog) || backlog < 1 || backlog > INT_MAX) {
+                snprintf(why, len, "backlog must be a positive integer");
+                return false;
+            }
+            l->backlog = (int)backlog;
+        } else {
+            snprintf(why, len, "unknown flag \"%.*s\"", (int)MG_MIN(flen, 64), p);
+            return false;
+        }
+        p += flen;
+    }
+    return true;
+}
+
+static bool i_listen(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    mg_listen_t *l = out;
+    char why[128];
+    if (!listen_parse(s, l, why, sizeof(why))) {
+        fail(x, "invalid listen address \"%s\": %s", s, why);
+        return false;
+    }
+    l->text = sdup(x, s);
+    return true;
+}
+
+/* "a.b.c.d[/n]" or "ipv6[/n]"; an IPv4-mapped IPv6 CIDR is stored as the IPv4 one. */
+static bool cidr_parse(const char *s, mg_cidr_t *c)
+{
+    char buf[INET6_ADDRSTRLEN];
+    const char *slash = strchr(s, '/');
+    size_t alen = slash ? (size_t)(slash - s) : strlen(s);
+    if (alen == 0 || alen >= sizeof(buf)) return false;
+    memcpy(buf, s, alen);
+    buf[alen] = '\0';
+    memset(c, 0, sizeof(*c));
+    if (inet_pton(AF_INET, buf, c->addr) == 1)
+        c->family = AF_INET;
+    else if (inet_pton(AF_INET6, buf, c->addr) == 1)
+        c->family = AF_INET6;
+    else
+        return false;
+    int bits = c->family == AF_INET ? 32 : 128;
+    long long prefix = bits;
+    if (slash && (!parse_ll(slash + 1, &prefix) || prefix < 0 || prefix > bits)) return false;
+    c->prefix = (int)prefix;
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (c->family == AF_INET6 && c->prefix >= 96 && memcmp(c->addr, mapped, 12) == 0) {
+        memmove(c->addr, c->addr + 12, 4);
+        memset(c->addr + 4, 0, 12);
+        c->family = AF_INET;
+        c->prefix -= 96;
+    }
+    for (int i = c->prefix; i < bits; i++) c->addr[i / 8] &= (uint8_t)~(0x80 >> (i % 8));
+    return true;
+}
+
+static bool i_cidr(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    if (cidr_parse(s, out)) return true;
+    fail(x, "invalid IP or CIDR \"%s\"", s);
+    return false;
+}
+
+static bool i_protocol(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    if (strcmp(s, "http") == 0) {
+        char *v = sdup(x, s);
+        memcpy(out, &v, sizeof(v));
+        return true;
+    }
+    if (choice(s, later_protocols) >= 0)
+        fail(x, "protocol \"%s\" is not supported yet", s);
+    else
+        fail(x, "unknown protocol \"%s\"", s);
+    return false;
+}
+
+/* Label characters of a host name (IPv4 addresses pass too). */
+static bool is_label_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
+}
+
+/*
+ * Checks a lower-case host name of `len` bytes: non-empty dot-separated labels; with
+ * `wildcard`, one "*" label may be the leftmost or the rightmost. NULL, or a message.
+ */
+static const char *host_error(ctx_t *x, const char *s, size_t len, const char *shown,
+                              bool wildcard)
+{
+    size_t stars = 0, nlabels = 0;
+    bool bad = len == 0 || len > 253, star_inside = false;
+    for (size_t i = 0; !bad && i <= len; nlabels++) {
+        size_t j = i;
+        while (j < len && s[j] != '.') j++;
+        if (j - i == 1 && s[i] == '*') {
+            stars++;
+            star_inside = star_inside || (i != 0 && j != len);
+        } else {
+            bad = j == i;
+            for (size_t k = i; !bad && k < j; k++) bad = !is_label_char(s[k]);
+        }
+        i = j + 1;
+    }
+    if (!bad && stars && (!wildcard || stars > 1 || star_inside || nlabels < 2)) {
+        snprintf(x->msg, sizeof(x->msg),
+                 "invalid wildcard host \"%s\": \"*\" must be the leftmost or rightmost label",
+                 shown);
+        return x->msg;
+    }
+    if (!bad) return NULL;
+    snprintf(x->msg, sizeof(x->msg), "invalid host \"%s\"", shown);
+    return x->msg;
+}
+
+/* Validates "[ipv6]" (brackets excluded from `s`/`len`). */
+static bool ipv6_ok(const char *s, size_t len)
+{
+    char buf[INET6_ADDRSTRLEN];
+    struct in6_addr a;
+    if (len == 0 || len >= sizeof(buf)) return false;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    return inet_pton(AF_INET6, buf, &a) == 1;
+}
+
+static bool port_ok(const char *s)
+{
+    long long port;
+    return parse_ll(s, &port) && port >= 1 && port <= 65535;
+}
+
+/* An upstream host: a name, an IPv4 address, or an IPv6 one (stored as "[::1]"). */
+static bool i_host(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    char *h = lower(sdup(x, s));
+    size_t len = strlen(h);
+    const char *msg = NULL;
+    if (h[0] == '[' || strchr(h, ':')) {
+        bool bracketed = h[0] == '[';
+        if (bracketed ? (len < 2 || h[len - 1] != ']' || !ipv6_ok(h + 1, len - 2))
+                      : !ipv6_ok(h, len)) {
+            snprintf(x->msg, sizeof(x->msg), "invalid host \"%s\"", s);
+            msg = x->msg;
+        } else if (!bracketed) {
+            h = mg_pool_printf(x->cfg->pool, "[%s]", h);
+            if (h == NULL) longjmp(x->oom, 1);
+        }
+    } else {
+        msg = host_error(x, h, len, s, false);
+    }
+    if (msg) {
+        fail(x, "%s", msg);
+        return false;
+    }
+    memcpy(out, &h, sizeof(h));
+    return true;
+}
+
+/* Kong's `url` shorthand: "http://host[:port][/path]" fills protocol, host, port and path. */
+static bool i_url(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    mg_service_t *svc = &((svc_item_t *)out)->s;
+    const char *sep = strstr(s, "://");
+    const char *auth = sep ? sep + 3 : s;
+    size_t alen = strcspn(auth, "/?#");
+    const char *colon = NULL, *end = auth + alen;
+    if (*auth == '[') {
+        const char *rb = memchr(auth, ']', alen);
+        colon = (rb && rb + 1 < end && rb[1] == ':') ? rb + 1 : NULL;
+        if (rb == NULL || (rb + 1 < end && colon == NULL)) alen = 0;
+    } else {
+        colon = memchr(auth, ':', alen);
+    }
+    if (sep == NULL || sep == s || alen == 0 || colon == auth || strpbrk(end, "?#")) {
+        fail(x, "invalid url \"%s\": expected \"http://host[:port][/path]\"", s);
+        return false;
+    }
+    char *proto = lower(dupn(x, s, (size_t)(sep - s)));
+    char *host = dupn(x, auth, (size_t)((colon ? colon : end) - auth));
+    if (!i_protocol(x, proto, &svc->protocol, f) || !i_host(x, host, &svc->host, f)) return false;
+    if (colon) {
+        char *port = dupn(x, colon + 1, (size_t)(end - colon - 1));
+        if (!port_ok(port)) {
+            fail(x, "invalid port in url \"%s\"", s);
+            return false;
+        }
+        svc->port = (uint16_t)atoi(port);
+    }
+    svc->path = *end ? sdup(x, end) : NULL;
+    return true;
+}
+
+/* ---- string checks ----------------------------------------------------------------------- */
+
+/* Kong's entity names: letters, digits, '.', '-', '_', '~' (and UTF-8). */
+static const char *check_name(ctx_t *x, char *s)
+{
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (!(*c >= 0x80 || is_label_char(mg_lower((char)*c)) || *c == '.' || *c == '~')) {
+            snprintf(x->msg, sizeof(x->msg),
+                     "invalid name \"%s\": use letters, digits, '.', '-', '_' or '~'", s);
+            return x->msg;
+        }
+    }
+    return NULL;
+}
+
+static const char *check_tag(ctx_t *x, char *s)
+{
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (*c < 0x20 || *c == 0x7f || *c == ',' || *c == '/') {
+            snprintf(x->msg, sizeof(x->msg), "invalid tag \"%s\": no ',', '/' or control bytes",
+                     s);
+            return x->msg;
+        }
+    }
+    return NULL;
+}
+
+static bool is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static const char *check_token(ctx_t *x, const char *s, const char *what)
+{
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (!is_tchar(*c)) {
+            snprintf(x->msg, sizeof(x->msg), "invalid %s \"%s\"", what, s);
+            return x->msg;
+        }
+    }
+    return NULL;
+}
+
+static const char *check_header_name(ctx_t *x, char *s)
+{
+    return check_token(x, s, "header name");
+}
+
+static const char *check_header_value(ctx_t *x, char *s)
+{
+    return strncmp(s, "~*", 2) == 0 ? "regex header values are not supported yet" : NULL;
+}
+
+static const char *check_method(ctx_t *x, char *s)
+{
+    for (char *c = s; *c; c++)
+        if (*c >= 'a' && *c <= 'z') *c = (char)(*c - 'a' + 'A');
+    return check_token(x, s, "method");
+}
+
+static const char *check_service_path(ctx_t *x, char *s)
+{
+    return s[0] == '/' ? NULL : "must start with \"/\"";
+}
+
+/* "example.com", "*.example.com", "example.*", each with an optional ":port"; "[::1]:80". */
+static const char *check_route_host(ctx_t *x, char *s)
+{
+    size_t len = strlen(lower(s));
+    if (s[0] == '[') {
+        const char *rb = strchr(s, ']');
+        if (rb && ipv6_ok(s + 1, (size_t)(rb - s - 1)) && (!rb[1] || (rb[1] == ':' && port_ok(rb + 2))))
+            return NULL;
+        snprintf(x->msg, sizeof(x->msg), "invalid host \"%s\"", s);
+        return x->msg;
+    }
+    const char *colon = strchr(s, ':');
+    if (colon && !port_ok(colon + 1)) {
+        snprintf(x->msg, sizeof(x->msg), "invalid host \"%s\"", s);
+        return x->msg;
+    }
+    return host_error(x, s, colon ? (size_t)(colon - s) : len, s, true);
+}
+
+static const char *check_sni(ctx_t *x, char *s)
+{
+    lower(s);
+    return host_error(x, s, strlen(s), s, true);
+}
+
+/* "/prefix", or "~regex" which must compile. */
+static const char *check_path(ctx_t *x, char *s)
+{
+    if (s[0] == '/') return NULL;
+    if (s[0] != '~') return "must start with \"/\" or \"~\"";
+    int code;
+    PCRE2_SIZE off;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)(s + 1), PCRE2_ZERO_TERMINATED, 0, &code, &off,
+                                   NULL);
+    if (re) {
+        pcre2_code_free(re);
+        return NULL;
+    }
+    PCRE2_UCHAR err[256];
+    pcre2_get_error_message(code, err, sizeof(err));
+    snprintf(x->msg, sizeof(x->msg), "invalid regex: %s", (const char *)err);
+    return x->msg;
+}
+
+/* ---- entities ---------------------------------------------------------------------------- */
+
+static void parse_service(ctx_t *x, yaml_node_t *n, void *parent)
+{
+    svc_item_t *it = zalloc(x, x->tmp, sizeof(*it));
+    mg_service_t *s = &it->s;
+    size_t nerrs = x->nerrs;
+    s->retries = 5;
+    s->connect_timeout = s->write_timeout = s->read_timeout = 60000;
+    it->enabled = true;
+    it->path = tprintf(x, "%s", x->path);
+
+    uint64_t seen = parse_map(x, n, it, service_fields, MG_ARRAY_SIZE(service_fields));
+    bool url = HAS(seen, service_fields, "url");
+    if (url && (HAS(seen, service_fields, "protocol") || HAS(seen, service_fields, "host") ||
+                HAS(seen, service_fields, "port") || HAS(seen, service_fields, "path"))) {
+        size_t mark = path_key(x, "url");
+        fail(x, "cannot be combined with 'protocol', 'host', 'port' or 'path'");
+        path_set(x, mark);
+    } else if (!url && !HAS(seen, service_fields, "host")) {
+        fail(x, "must set 'url' or 'host'");
+    }
+    if (s->protocol == NULL) s->protocol = sdup(x, "http");
+    if (s->port == 0) s->port = 80;
+    if (x->nerrs == nerrs && it->enabled) resolve(x, it);
+
+    *x->svcs_tail = it;
+    x->svcs_tail = &it->next;
+}
+
+/* Resolves the host once, at load: numeric, /etc/hosts or DNS. */
+static void resolve(ctx_t *x, svc_item_t *it)
+{
+    mg_service_t *s = &it->s;
+    char host[256];
+    size_t len = strlen(s->host);
+    if (s->host[0] == '[')
+        snprintf(host, sizeof(host), "%.*s", (int)(len - 2), s->host + 1);
+    else
+        snprintf(host, sizeof(host), "%s", s->host);
+
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res;
+    int rc = getaddrinfo(host, NULL, &hints, &res);
+    if (rc != 0) {
+        size_t mark = path_key(x, "host");
+        fail(x, "cannot resolve \"%s\": %s", s->host, gai_strerror(rc));
+        path_set(x, mark);
+        return;
+    }
+    memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
+    s->addrlen = res->ai_addrlen;
+    if (s->addr.ss_family == AF_INET)
+        ((struct sockaddr_in *)&s->addr)->sin_port = htons(s->port);
+    else
+        ((struct sockaddr_in6 *)&s->addr)->sin6_port = htons(s->port);
+    freeaddrinfo(res);
+}
+
+static void parse_route(ctx_t *x, yaml_node_t *n, void *parent)
+{
+    route_item_t *it = zalloc(x, x->tmp, sizeof(*it));
+    mg_route_t *r = &it->r;
+    it->svc = parent;
+    r->strip_path = true;
+    it->path = tprintf(x, "%s", x->path);
+
+    uint64_t seen = parse_map(x, n, it, route_fields, MG_ARRAY_SIZE(route_fields));
+    if (!(r->nhosts || r->npaths || r->nmethods || r->nheaders || r->nsnis))
+        fail(x, "must set one of 'methods', 'hosts', 'headers', 'paths', 'snis'");
+    if (r->nprotocols == 0) {
+        r->protocols = zalloc(x, x->cfg->pool, 2 * sizeof(char *));
+        r->protocols[0] = sdup(x, "http");
+        r->protocols[1] = sdup(x, "https");
+        r->nprotocols = 2;
+    }
+    bool https = false;
+    for (size_t i = 0; i < r->nprotocols; i++)
+        https = https || (r->protocols[i] && !strcmp(r->protocols[i], "https"));
+    if (r->nsnis && !https) {
+        size_t mark = path_key(x, "snis");
+        fail(x, "can only be set when 'protocols' includes \"https\"");
+        path_set(x, mark);
+    }
+    if (!parent && !HAS(seen, route_fields, "service")) {
+        size_t mark = path_key(x, "service");
+        fail(x, "required");
+        path_set(x, mark);
+    }
+    route_item_t ***tail = parent ? &x->nested_tail : &x->top_tail;
+    **tail = it;
+    *tail = &it->next;
+}
+
+/* No plugin runtime yet: a configured plugin is an error rather than silently not running. */
+static void parse_plugin(ctx_t *x, yaml_node_t *n, void *parent)
+{
+    plugin_item_t p = {0};
+    uint64_t seen = parse_map(x, n, &p, plugin_fields, MG_ARRAY_SIZE(plugin_fields));
+    size_t mark = path_key(x, "name");
+    if (p.name)
+        fail(x, "plugin \"%s\" is not enabled", p.name);
+    else if (!HAS(seen, plugin_fields, "name"))
+        fail(x, "required");
+    path_set(x, mark);
+}
+
+static void parse_consumer(ctx_t *x, yaml_node_t *n, void *parent)
+{
+    consumer_item_t c = {0};
+    uint64_t seen = parse_map(x, n, &c, consumer_fields, MG_ARRAY_SIZE(consumer_fields));
+    if (!HAS(seen, consumer_fields, "username") && !HAS(seen, consumer_fields, "custom_id"))
+        fail(x, "must set one of 'username', 'custom_id'");
+}
+
+/* ---- cross-entity rules and flattening --------------------------------------------------- */
+
+static int named_cmp(const void *a, const void *b)
+{
+    const named_t *p = a, *q = b;
+    int c = strcmp(p->name, q->name);
+    return c ? c : (p->order > q->order) - (p->order < q->order);
+}
+
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(((const named_t *)a)->name, ((const named_t *)b)->name);
+}
+
+/* Sorts named entities by name, then file order, and reports each repeat of a name. */
+static void unique(ctx_t *x, named_t *v, size_t n)
+{
+    qsort(v, n, sizeof(*v), named_cmp);
+    for (size_t i = 1; i < n; i++)
+        if (strcmp(v[i].name, v[i - 1].name) == 0)
+            fail_at(x, tprintf(x, "%s.name", v[i].path), "duplicate name \"%s\"", v[i].name);
+}
+
+static void add_name(named_t *v, size_t *n, const char *name, const char *path, void *item)
+{
+    if (name == NULL) return;
+    v[*n] = (named_t){name, path, *n, item};
+    (*n)++;
+}
+
+/*
+ * Checks names and `service:` references, then flattens: enabled services in file order,
+ * and routes (those nested under services first, then top-level ones) that point into them.
+ */
+static void finish(ctx_t *x)
+{
+    mg_config_t *cfg = x->cfg;
+    route_item_t *lists[2] = {x->nested, x->top};
+    size_t nsvcs = 0, nroutes = 0, nsvc_names = 0, nroute_names = 0, nenabled = 0;
+    for (svc_item_t *s = x->svcs; s; s = s->next) nsvcs++;
+    for (int l = 0; l < 2; l++)
+        for (route_item_t *r = lists[l]; r; r = r->next) nroutes++;
+
+    named_t *svc_names = zalloc(x, x->tmp, (nsvcs + 1) * sizeof(named_t));
+    for (svc_item_t *s = x->svcs; s; s = s->next)
+        add_name(svc_names, &nsvc_names, s->s.name, s->path, s);
+    unique(x, svc_names, nsvc_names);
+
+    named_t *route_names = zalloc(x, x->tmp, (nroutes + 1) * sizeof(named_t));
+    for (int l = 0; l < 2; l++)
+        for (route_item_t *r = lists[l]; r; r = r->next)
+            add_name(route_names, &nroute_names, r->r.name, r->path, r);
+    unique(x, route_names, nroute_names);
+
+    for (route_item_t *r = x->top; r; r = r->next) {
+        named_t key = {.name = r->service_name};
+        if (r->service_name == NULL) continue;
+        named_t *hit = bsearch(&key, svc_names, nsvc_names, sizeof(named_t), name_cmp);
+        if (hit)
+            r->svc = hit->item;
+        else
+            fail_at(x, tprintf(x, "%s.service", r->path), "no service named \"%s\"",
+                    r->service_name);
+    }
+    if (x->nerrs) return;
+
+    /* disabled services (Kong's `enabled: false`) and their routes are left out */
+    for (svc_item_t *s = x->svcs; s; s = s->next) nenabled += s->enabled;
+    cfg->services = zalloc(x, cfg->pool, (nenabled + 1) * sizeof(mg_service_t));
+    for (svc_item_t *s = x->svcs; s; s = s->next) {
+        if (!s->enabled) continue;
+        s->final = &cfg->services[cfg->nservices];
+        *s->final = s->s;
+        s->final->index = (unsigned)cfg->nservices++;
+    }
+    cfg->routes = zalloc(x, cfg->pool, (nroutes + 1) * sizeof(mg_route_t));
+    for (int l = 0; l < 2; l++) {
+        for (route_item_t *r = lists[l]; r; r = r->next) {
+            if (!r->svc->enabled) continue;
+            mg_route_t *dst = &cfg->routes[cfg->nroutes];
+            *dst = r->r;
+            dst->service = r->svc->final;
+            dst->index = (unsigned)cfg->nroutes++;
+        }
+    }
+}
+
+/* ---- files and the environment ----------------------------------------------------------- */
+
+/*
+ * Loads one YAML document into x->docs[slot]. An empty file is an empty mapping. Problems are
+ * reported as "<file>: ..." (or "<label>: cannot read ..." when a setting named the file).
+ */
+static bool load_doc(ctx_t *x, int slot, const char *file, const char *label, yaml_node_t **root)
+{
+    FILE *fp = fopen(file, "rb");
+    if (fp == NULL) {
+        if (label)
+            fail_at(x, label, "cannot read \"%s\": %s", file, strerror(errno));
+        else
+            fail_at(x, file, "%s", strerror(errno));
+        return false;
+    }
+    yaml_parser_t parser;
+    yaml_document_t extra;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_file(&parser, fp);
+    bool ok = yaml_parser_load(&parser, &x->docs[slot]);
+    if (ok) {
+        x->live[slot] = true;
+        ok = yaml_parser_load(&parser, &extra);
+        if (ok && yaml_document_get_root_node(&extra)) {
+            fail_at(x, file, "expected a single YAML document");
+            ok = false;
+            yaml_document_delete(&extra);
+        } else if (ok) {
+            yaml_document_delete(&extra);
+        }
+    }
+    if (!ok && parser.error == YAML_READER_ERROR) {
+        fail_at(x, file, "%s at byte %zu", parser.problem, parser.problem_offset);
+    } else if (!ok && parser.error != YAML_NO_ERROR) {
+        char context[128] = "";
+        if (parser.context)
+            snprintf(context, sizeof(context), " (%s at %zu:%zu)", parser.context,
+                     parser.context_mark.line + 1, parser.context_mark.column + 1);
+        errors_add(x->errs, "%s:%zu:%zu: %s%s", file, parser.problem_mark.line + 1,
+                   parser.problem_mark.column + 1, parser.problem ? parser.problem : "error",
+                   context);
+        x->nerrs++;
+    }
+    yaml_parser_delete(&parser);
+    fclose(fp);
+    if (!ok) return false;
+
+    *root = yaml_document_get_root_node(&x->docs[slot]);
+    if (*root && !is_null(*root) && (*root)->type != YAML_MAPPING_NODE) {
+        fail_at(x, file, "expected a mapping at the top level");
+        return false;
+    }
+    if (*root && (*root)->type != YAML_MAPPING_NODE) *root = NULL;
+    return true;
+}
+
+/*
+ * MOONGATE_<NAME> (and MOONGATE_LIMITS_<NAME> for the limits) replaces the file's value. The
+ * value becomes a one-node document, a list of comma-separated items for list settings, and
+ * goes through the same row as the file's value would. Empty values are ignored.
+ */
+static void apply_env(ctx_t *x, const field_t *t, size_t nt, const char *prefix, void *obj)
+{
+    for (size_t i = 0; i < nt; i++) {
+        const field_t *f = &t[i];
+        char var[128];
+        snprintf(var, sizeof(var), "%s%s%s", prefix, f->name, f->parse == p_sub ? "_" : "");
+        for (char *c = var; *c; c++)
+            if (*c >= 'a' && *c <= 'z') *c = (char)(*c - 'a' + 'A');
+        if (f->parse == p_sub) {
+            apply_env(x, f->sub, f->nsub, var, (char *)obj + f->off);
+            continue;
+        }
+        const char *v = (f->flags & F_ENV) ? getenv(var) : NULL;
+        if (v == NULL || *v == '\0') continue;
+
+        yaml_document_t *doc = &x->docs[2];
+        yaml_document_initialize(doc, NULL, NULL, NULL, 1, 1);
+        x->live[2] = true;
+        int id;
+        if (f->flags & F_LIST) {
+            id = yaml_document_add_sequence(doc, NULL, YAML_FLOW_SEQUENCE_STYLE);
+            for (const char *p = v; id && *p;) {
+                size_t len = strcspn(p, ",");
+                const char *s = p + strspn(p, " \t"), *e = p + len;
+                while (e > s && (e[-1] == ' ' || e[-1] == '\t')) e--;
+                int item = yaml_document_add_scalar(doc, NULL, (yaml_char_t *)s, (int)(e - s),
+                                                    YAML_DOUBLE_QUOTED_SCALAR_STYLE);
+                if (!item || !yaml_document_append_sequence_item(doc, id, item)) id = 0;
+                p += len + (p[len] == ',');
+            }
+        } else {
+            id = yaml_document_add_scalar(doc, NULL, (yaml_char_t *)v, (int)strlen(v),
+                                          YAML_DOUBLE_QUOTED_SCALAR_STYLE);
+        }
+        if (id == 0) longjmp(x->oom, 1);
+
+        yaml_document_t *saved = x->doc;
+        x->doc = doc;
+        x->in_env = true;
+        path_add(x, "env %s", var);
+        f->parse(x, yaml_document_get_node(doc, id), obj, f);
+        path_set(x, 0);
+        x->in_env = false;
+        x->doc = saved;
+        yaml_document_delete(doc);
+        x->live[2] = false;
+    }
+}
+
+/* The declarative file's path: as given when it came from the environment or is absolute,
+ * else relative to the directory of the main file. */
+static char *declarative_path(ctx_t *x, const char *main_file)
+{
+    const char *slash = strrchr(main_file, '/');
+    if (x->decl_from_env || x->declarative[0] == '/' || slash == NULL) return x->declarative;
+    char *p = mg_pool_printf(x->cfg->pool, "%.*s/%s", (int)(slash - main_file), main_file,
+                             x->declarative);
+    if (p == NULL) longjmp(x->oom, 1);
+    return p;
+}
+
+static bool has_key(ctx_t *x, yaml_node_t *map, const char *key)
+{
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        const char *k = text(node_at(x, p->key));
+        if (k && strcmp(k, key) == 0 && !is_null(node_at(x, p->value))) return true;
+    }
+    return false;
+}
+
+static void set_defaults(ctx_t *x, mg_config_t *cfg)
+{
+    char why[128];
+    cfg->prefix = sdup(x, ".");
+    cfg->proxy_listen = zalloc(x, cfg->pool, sizeof(mg_listen_t));
+    listen_parse("127.0.0.1:8000", cfg->proxy_listen, why, sizeof(why));
+    cfg->proxy_listen->text = sdup(x, "127.0.0.1:8000");
+    cfg->nproxy_listen = 1;
+    i_workers(x, "auto", &cfg->worker_processes, find(top_fields, MG_ARRAY_SIZE(top_fields),
+                                                      "worker_processes"));
+    cfg->master_process = true;
+    cfg->pid_file = sdup(x, "logs/moongate.pid");
+    cfg->access_log = sdup(x, "logs/access.log");
+    cfg->error_log = sdup(x, "stderr");
+    cfg->log_level = MG_LOG_NOTICE;
+    cfg->real_ip_header = sdup(x, "X-Real-IP");
+    cfg->request_id_header = sdup(x, "X-Request-ID");
+    cfg->limits = (mg_limits_t){
+        .client_max_body_size = 8 << 20,
+        .max_request_line = 8 << 10,
+        .max_header_line = 8 << 10,
+        .max_headers_size = 32 << 10,
+        .max_headers = 100,
+        .client_header_timeout = 10000,
+        .client_body_timeout = 60000,
+        .send_timeout = 60000,
+        .keepalive_timeout = 60000,
+        .keepalive_requests = 1000,
+        .max_connections = 16384,
+        .worker_shutdown_timeout = 10000,
+        .upstream_keepalive_pool_size = 64,
+        .upstream_keepalive_max_requests = 1000,
+        .upstream_keepalive_idle_timeout = 60000,
+    };
+}
+
+/* ---- public API -------------------------------------------------------------------------- */
+
+mg_config_t *mg_config_load(const char *path, mg_config_errors_t *errs)
+{
+    mg_pool_t *pool = mg_pool_create(16384);
+    mg_pool_t *tmp = mg_pool_create(16384);
+    ctx_t *x = calloc(1, sizeof(*x));
+    mg_config_t *cfg = pool ? mg_pool_calloc(pool, sizeof(*cfg)) : NULL;
+    if (tmp == NULL || x == NULL || cfg == NULL) {
+        errors_add(errs, "%s: out of memory", path);
+        goto failed;
+    }
+    *x = (ctx_t){.cfg = cfg, .errs = errs, .tmp = tmp};
+    x->svcs_tail = &x->svcs;
+    x->nested_tail = &x->nested;
+    x->top_tail = &x->top;
+    cfg->pool = pool;
+    if (setjmp(x->oom)) {
+        errors_add(errs, "%s: out of memory", path);
+        x->nerrs++;
+        goto done;
+    }
+    set_defaults(x, cfg);
+    cfg->path = sdup(x, path);
+
+    yaml_node_t *root;
+    if (!load_doc(x, 0, path, NULL, &root)) goto done;
+    x->doc = &x->docs[0];
+    const char *env_decl = getenv("MOONGATE_DECLARATIVE_CONFIG");
+    x->decl_set = (root && has_key(x, root, "declarative_config")) || (env_decl && *env_decl);
+    if (root) parse_map(x, root, cfg, top_fields, MG_ARRAY_SIZE(top_fields));
+    apply_env(x, top_fields, MG_ARRAY_SIZE(top_fields), "MOONGATE_", cfg);
+
+    if (x->declarative) {
+        const char *file = declarative_path(x, path);
+        const char *label = x->decl_from_env ? "env MOONGATE_DECLARATIVE_CONFIG"
+                                             : "declarative_config";
+        if (!load_doc(x, 1, file, label, &root)) goto done;
+        x->doc = &x->docs[1];
+        x->in_decl = true;
+        if (root) parse_map(x, root, cfg, top_fields, MG_ARRAY_SIZE(top_fields));
+    }
+    finish(x);
+
+done:
+    for (int i = 0; i < 3; i++)
+        if (x->live[i]) yaml_document_delete(&x->docs[i]);
+    if (x->nerrs == 0) {
+        mg_pool_destroy(tmp);
+        free(x);
+        return cfg;
+    }
+failed:
+    mg_pool_destroy(tmp);
+    mg_pool_destroy(pool);
+    free(x);
+    return NULL;
+}
+
+void mg_config_free(mg_config_t *cfg)
+{
+    if (cfg) mg_pool_destroy(cfg->pool);
+}
+
+void mg_config_errors_init(mg_config_errors_t *errs)
+{
+    memset(errs, 0, sizeof(*errs));
+    errs->pool = mg_pool_create(4096);
+}
+
+void mg_config_errors_free(mg_config_errors_t *errs)
+{
+    mg_pool_destroy(errs->pool);
+    memset(errs, 0, sizeof(*errs));
+}
+
+void mg_config_errors_print(const mg_config_errors_t *errs, FILE *out)
+{
+    for (size_t i = 0; i < errs->n; i++) fprintf(out, "%s\n", errs->items[i]);
+}
+
+int mg_config_parse_duration(const char *s, unsigned *ms)
+{
+    static const struct {
+        const char *unit;
+        unsigned long long ms;
+    } units[] = {{"", 1000}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}};
+    if (s == NULL || *s < '0' || *s > '9') return MG_ERROR;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno) return MG_ERROR;
+    for (size_t i = 0; i < MG_ARRAY_SIZE(units); i++) {
+        if (strcmp(end, units[i].unit) != 0) continue;
+        if (v > UINT_MAX / units[i].ms) return MG_ERROR;
+        *ms = (unsigned)(v * units[i].ms);
+        return MG_OK;
+    }
+    return MG_ERROR;
+}
+
+int mg_config_parse_size(const char *s, size_t *bytes)
+{
+    if (s == NULL || *s < '0' || *s > '9') return MG_ERROR;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno) return MG_ERROR;
+    unsigned shift = 0;
+    switch (mg_lower(*end)) {
+    case '\0':
+        break;
+    case 'k':
+        shift = 10;
+        break;
+    case 'm':
+        shift = 20;
+        break;
+    case 'g':
+        shift = 30;
+        break;
+    default:
+        return MG_ERROR;
+    }
+    if (*end && end[1] != '\0') return MG_ERROR;
+    if (v > (SIZE_MAX >> shift)) return MG_ERROR;
+    *bytes = (size_t)v << shift;
+    return MG_OK;
+}
+
+bool mg_cidr_match(const mg_cidr_t *list, size_t n, const struct sockaddr *sa)
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    uint8_t a[16];
+    int family = sa->sa_family;
+    if (family == AF_INET) {
+        struct sockaddr_in sin;
+        memcpy(&sin, sa, sizeof(sin));
+        memcpy(a, &sin.sin_addr, 4);
+    } else if (family == AF_INET6) {
+        struct sockaddr_in6 sin6;
+        memcpy(&sin6, sa, sizeof(sin6));
+        memcpy(a, &sin6.sin6_addr, 16);
+        if (memcmp(a, mapped, 12) == 0) { /* a dual-stack socket's IPv4 client */
+            memmove(a, a + 12, 4);
+            family = AF_INET;
+        }
+    } else {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const mg_cidr_t *c = &list[i];
+        int full = c->prefix / 8, rest = c->prefix % 8;
+        if (c->family != family || memcmp(a, c->addr, (size_t)full) != 0) continue;
+        if (rest == 0 || ((a[full] ^ c->addr[full]) & (uint8_t)(0xff << (8 - rest))) == 0)
+            return true;
+    }
+    return false;
+}

@@ -1,0 +1,606 @@
+/*
+ * mg_conn.c — client connections: accept, read and parse the request head under its limits
+ * and total deadline, route it, hand it to the proxy, then log the request and either keep
+ * the connection (pipelined bytes are served next, in order) or close it. An idle keep-alive
+ * connection holds no buffer and no request: only this struct. Error answers that close the
+ * connection use a lingering close, so the client reads the answer instead of a reset.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
+#include "mg_log.h"
+#include "mg_request.h"
+
+#define REQ_POOL_SIZE 8192
+#define REQ_POOL_FREE_MAX 256
+#define LINGER_TIMEOUT 2.0
+
+static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+static void conn_close(mg_conn_t *c);
+static void conn_on_head_events(mg_conn_t *c);
+static void conn_dispatch(mg_req_t *r);
+static void conn_linger(mg_conn_t *c);
+static void conn_write_plain(mg_conn_t *c);
+static void req_free(mg_req_t *r);
+static void access_log(mg_req_t *r);
+
+static mg_pool_t *free_pools[REQ_POOL_FREE_MAX];
+static size_t nfree_pools;
+
+static mg_pool_t *pool_get(void)
+{
+    return nfree_pools ? free_pools[--nfree_pools] : mg_pool_create(REQ_POOL_SIZE);
+}
+
+static void pool_put(mg_pool_t *p)
+{
+    if (nfree_pools < REQ_POOL_FREE_MAX) {
+        mg_pool_reset(p);
+        free_pools[nfree_pools++] = p;
+    } else {
+        mg_pool_destroy(p);
+    }
+}
+
+void mg_conn_accept(mg_listener_t *ls, int fd, const struct sockaddr *sa)
+{
+    mg_conn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(fd);
+        return;
+    }
+    c->fd = fd;
+    c->ls = ls;
+    c->peer_family = (uint8_t)sa->sa_family;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        memcpy(c->peer_addr, &in->sin_addr, 4);
+        c->peer_port = ntohs(in->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        memcpy(c->peer_addr, &in6->sin6_addr, 16);
+        c->peer_port = ntohs(in6->sin6_port);
+    }
+    c->wready = 1;
+    c->state = MG_CONN_IDLE;
+    c->last_io = ev_now(mg_worker.loop);
+    ev_io_init(&c->io, conn_io_cb, fd, EV_READ);
+    ev_init(&c->timer, conn_timer_cb);
+    c->next = mg_worker.conns;
+    if (c->next) c->next->prev = c;
+    mg_worker.conns = c;
+    mg_worker.nconns++;
+    /* data usually arrives with or right after the handshake: try reading at once */
+    c->rready = 1;
+    conn_on_head_events(c);
+}
+
+size_t mg_conn_client_ip(const mg_conn_t *c, char *buf, size_t len)
+{
+    if (c->peer_family == AF_INET6) {
+        const struct in6_addr *a = (const struct in6_addr *)c->peer_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a)) inet_ntop(AF_INET, c->peer_addr + 12, buf, (socklen_t)len);
+        else inet_ntop(AF_INET6, c->peer_addr, buf, (socklen_t)len);
+    } else {
+        inet_ntop(AF_INET, c->peer_addr, buf, (socklen_t)len);
+    }
+    return strlen(buf);
+}
+
+static void set_deadline(mg_conn_t *c, ev_tstamp deadline)
+{
+    if (deadline == c->deadline) return;
+    ev_timer_stop(mg_worker.loop, &c->timer);
+    c->deadline = deadline;
+    if (deadline > 0) {
+        ev_tstamp after = deadline - ev_now(mg_worker.loop);
+        ev_timer_set(&c->timer, after > 0 ? after : 0.0001, 0.);
+        ev_timer_start(mg_worker.loop, &c->timer);
+    }
+}
+
+static void set_events(mg_conn_t *c, int events)
+{
+    if (ev_is_active(&c->io) && (c->io.events & (EV_READ | EV_WRITE)) == events) return;
+    ev_io_stop(mg_worker.loop, &c->io);
+    if (events) {
+        ev_io_set(&c->io, c->fd, events);
+        ev_io_start(mg_worker.loop, &c->io);
+    }
+}
+
+void mg_conn_update(mg_conn_t *c)
+{
+    const mg_limits_t *lim = &mg_worker.cfg->limits;
+    ev_tstamp ms = 0.001;
+    mg_req_t *r = c->r;
+    int ev = 0;
+    ev_tstamp deadline = 0;
+
+    switch (c->state) {
+    case MG_CONN_IDLE:
+        ev = EV_READ;
+        deadline = lim->keepalive_timeout ? c->last_io + lim->keepalive_timeout * ms : 0;
+        if (mg_worker.draining) deadline = c->last_io + MG_MIN(lim->keepalive_timeout, 1000) * ms;
+        break;
+    case MG_CONN_HEAD:
+        ev = EV_READ;
+        deadline = r->start + lim->client_header_timeout * ms;
+        break;
+    case MG_CONN_LINGER:
+        ev = EV_READ;
+        deadline = c->deadline;
+        break;
+    case MG_CONN_ACTIVE: {
+        bool want_write = r->out && mg_buf_len(r->out) > 0;
+        bool want_read = !c->eof && c->in && mg_buf_free(c->in) + c->in->start > 0 &&
+                         ((!r->req_body_done && !r->local_response) || r->tunnel);
+        if (want_write && !c->wready) ev |= EV_WRITE;
+        if (want_read && !c->rready) ev |= EV_READ;
+        if (want_write) deadline = c->last_io + lim->send_timeout * ms;
+        else if (r->tunnel) deadline = c->last_io + r->service->read_timeout * ms;
+        else if (want_read) deadline = c->last_io + lim->client_body_timeout * ms;
+        break;
+    }
+    }
+    set_events(c, ev);
+    set_deadline(c, deadline);
+}
+
+static mg_req_t *req_new(mg_conn_t *c)
+{
+    const mg_limits_t *lim = &mg_worker.cfg->limits;
+    mg_pool_t *p = pool_get();
+    if (p == NULL) return NULL;
+    mg_req_t *r = mg_pool_calloc(p, sizeof(*r));
+    mg_header_t *h = mg_pool_alloc(p, sizeof(mg_header_t) * (lim->max_headers + 1));
+    if (r == NULL || h == NULL) {
+        pool_put(p);
+        return NULL;
+    }
+    r->pool = p;
+    r->c = c;
+    r->start = ev_now(mg_worker.loop);
+    mg_http_msg_init(&r->msg, HTTP_REQUEST, h, lim->max_headers + 1);
+    r->msg.body_limit = lim->client_max_body_size;
+    return r;
+}
+
+static void req_free(mg_req_t *r)
+{
+    if (r->u) {
+        mg_upstream_release(r->u, false);
+        r->u = NULL;
+    }
+    mg_buf_put(r->out);
+    r->out = NULL;
+    pool_put(r->pool);
+}
+
+static void conn_close(mg_conn_t *c)
+{
+    if (c->r) {
+        req_free(c->r);
+        c->r = NULL;
+    }
+    ev_io_stop(mg_worker.loop, &c->io);
+    ev_timer_stop(mg_worker.loop, &c->timer);
+    close(c->fd);
+    mg_buf_put(c->in);
+    if (c->prev) c->prev->next = c->next;
+    else mg_worker.conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    mg_worker.nconns--;
+    free(c);
+    if (mg_worker.draining && mg_worker.nconns == 0) ev_break(mg_worker.loop, EVBREAK_ALL);
+}
+
+void mg_conn_abort(mg_conn_t *c)
+{
+    if (c->r) {
+        c->r->client_aborted = 1;
+        access_log(c->r);
+    }
+    conn_close(c);
+}
+
+ssize_t mg_conn_read(mg_conn_t *c)
+{
+    mg_buf_compact(c->in);
+    size_t room = mg_buf_free(c->in);
+    if (room == 0) return -1;
+    for (;;) {
+        ssize_t n = read(c->fd, mg_buf_last(c->in), room);
+        if (n > 0) {
+            c->in->end += (size_t)n;
+            c->last_io = ev_now(mg_worker.loop);
+            return n;
+        }
+        if (n == 0) {
+            c->eof = 1;
+            return 0;
+        }
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) c->rready = 0;
+        else c->eof = 1;
+        return -1;
+    }
+}
+
+int mg_conn_write(mg_conn_t *c, mg_buf_t *b)
+{
+    while (mg_buf_len(b) > 0 && c->wready) {
+        ssize_t n = write(c->fd, mg_buf_pos(b), mg_buf_len(b));
+        if (n > 0) {
+            b->start += (size_t)n;
+            if (c->r) c->r->bytes_sent += (uint64_t)n;
+            c->last_io = ev_now(mg_worker.loop);
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && errno == EAGAIN) {
+            c->wready = 0;
+        } else {
+            return MG_ERROR;
+        }
+    }
+    if (mg_buf_len(b) == 0) b->start = b->end = 0;
+    return MG_OK;
+}
+
+static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    mg_conn_t *c = MG_CONTAINER_OF(w, mg_conn_t, io);
+    if (revents & EV_READ) c->rready = 1;
+    if (revents & EV_WRITE) c->wready = 1;
+    switch (c->state) {
+    case MG_CONN_IDLE:
+    case MG_CONN_HEAD: conn_on_head_events(c); break;
+    case MG_CONN_ACTIVE:
+        if (c->r->local_response) conn_write_plain(c);
+        else mg_proxy_pump(c->r);
+        break;
+    case MG_CONN_LINGER: conn_linger(c); break;
+    }
+}
+
+static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    mg_conn_t *c = MG_CONTAINER_OF(w, mg_conn_t, timer);
+    c->deadline = 0;
+    switch (c->state) {
+    case MG_CONN_IDLE:
+    case MG_CONN_LINGER: conn_close(c); break;
+    case MG_CONN_HEAD:
+        mg_log_info("client timed out sending the request head");
+        mg_conn_respond_error(c->r, 408, NULL);
+        break;
+    case MG_CONN_ACTIVE: {
+        mg_req_t *r = c->r;
+        if (!r->head_sent && !r->req_body_done && !r->tunnel && !r->local_response) {
+            mg_log_info("client timed out sending the request body");
+            mg_conn_respond_error(r, 408, NULL);
+        } else {
+            mg_log_info("client timed out (send_timeout or idle tunnel)");
+            if (r->status == 0) r->status = 408;
+            mg_conn_abort(c);
+        }
+        break;
+    }
+    }
+}
+
+/* Reads and parses the head of the next request; dispatches it when complete. */
+static void conn_on_head_events(mg_conn_t *c)
+{
+    for (;;) {
+        if (c->in == NULL && (c->in = mg_buf_get()) == NULL) {
+            conn_close(c);
+            return;
+        }
+        /* parse what is buffered first (pipelined requests), read when that is not enough */
+        bool need_read = mg_buf_len(c->in) == 0 ||
+                         (c->state == MG_CONN_HEAD && c->r->msg.scan_pos >= mg_buf_len(c->in));
+        if (need_read) {
+            if (!c->rready) break;
+            ssize_t n = mg_conn_read(c);
+            if (n == 0 || (n < 0 && c->eof)) {
+                conn_close(c); /* the client went away between or inside a head */
+                return;
+            }
+            if (n < 0) break;
+        }
+        if (c->state == MG_CONN_IDLE) {
+            c->r = req_new(c);
+            if (c->r == NULL) {
+                conn_close(c);
+                return;
+            }
+            c->state = MG_CONN_HEAD;
+        }
+        mg_req_t *r = c->r;
+        int rc = mg_http_parse_request_head(&r->msg, mg_buf_pos(c->in), mg_buf_len(c->in),
+                                            &mg_worker.cfg->limits);
+        if (rc == MG_AGAIN) {
+            mg_buf_compact(c->in);
+            if (mg_buf_free(c->in) == 0) {
+                /* the head outgrew a standard buffer but is within max_headers_size */
+                mg_buf_t *big = mg_buf_get_size(mg_worker.cfg->limits.max_headers_size + 1024);
+                if (big == NULL) {
+                    conn_close(c);
+                    return;
+                }
+                mg_buf_append(big, mg_buf_pos(c->in), mg_buf_len(c->in));
+                mg_buf_put(c->in);
+                c->in = big;
+            }
+            continue;
+        }
+        if (rc != MG_OK) {
+            mg_log_info("bad request from client: %s (%d)", r->msg.error ? r->msg.error : "?",
+                        rc);
+            mg_conn_respond_error(r, (unsigned)rc, NULL);
+            return;
+        }
+        /* the head moves into the request pool: the read buffer is reused for the body */
+        char *head = mg_pool_alloc(r->pool, r->msg.head_len);
+        if (head == NULL) {
+            conn_close(c);
+            return;
+        }
+        memcpy(head, mg_buf_pos(c->in), r->msg.head_len);
+        mg_http_msg_rebase(&r->msg, mg_buf_pos(c->in), head);
+        c->in->start += r->msg.head_len;
+        c->state = MG_CONN_ACTIVE;
+        c->requests++;
+        conn_dispatch(r);
+        return;
+    }
+    if (c->state == MG_CONN_IDLE && c->in && mg_buf_len(c->in) == 0) {
+        mg_buf_put(c->in); /* idle keep-alive connections hold no buffer */
+        c->in = NULL;
+    }
+    mg_conn_update(c);
+}
+
+static void make_request_id(mg_req_t *r)
+{
+    const char *hn = mg_worker.cfg->request_id_header;
+    if (hn == NULL) return;
+    const mg_header_t *h = mg_http_header(&r->msg, (mg_str_t){strlen(hn), hn});
+    if (h && h->value.len > 0 && h->value.len <= 200) {
+        r->rid = h->value; /* the client's own correlation id is kept */
+        return;
+    }
+    /* splitmix64 over a per-worker random seed and a counter: unique and cheap */
+    static const char hex[] = "0123456789abcdef";
+    uint64_t x = mg_worker.rid_seed + (++mg_worker.rid_counter) * 2 * 0x9E3779B97F4A7C15ULL;
+    for (int half = 0; half < 2; half++) {
+        uint64_t z = (x += 0x9E3779B97F4A7C15ULL);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        for (int i = 0; i < 16; i++) r->request_id[half * 16 + i] = hex[(z >> (i * 4)) & 15];
+    }
+    r->request_id[32] = '\0';
+    r->rid = (mg_str_t){32, r->request_id};
+}
+
+static size_t router_get_header(void *ud, mg_str_t name, mg_str_t *out, size_t max)
+{
+    const mg_http_msg_t *m = ud;
+    size_t n = 0;
+    for (unsigned i = 0; i < m->nheaders; i++) {
+        if (!mg_str_caseeq(m->headers[i].name, name)) continue;
+        if (n < max) out[n] = m->headers[i].value;
+        n++;
+    }
+    return n;
+}
+
+static void conn_dispatch(mg_req_t *r)
+{
+    mg_conn_t *c = r->c;
+    make_request_id(r);
+    mg_router_req_t q = {
+        .method = r->msg.method,
+        .host = r->msg.host,
+        .path = r->msg.path,
+        .https = c->ls->conf->ssl,
+        .get_header = router_get_header,
+        .ud = &r->msg,
+    };
+    mg_router_match_t m;
+    if (mg_router_match(mg_worker.router, &q, &m) != MG_OK) {
+        mg_conn_respond_error(r, 404, "no Route matched with those values");
+        return;
+    }
+    r->route = m.route;
+    r->service = m.route->service;
+    r->prefix_len = m.path_prefix_len;
+
+    bool proto_ok = r->route->nprotocols == 0;
+    for (size_t i = 0; i < r->route->nprotocols; i++)
+        if (strcmp(r->route->protocols[i], q.https ? "https" : "http") == 0) proto_ok = true;
+    if (!proto_ok) {
+        mg_conn_respond_error(r, 426, "Please use HTTPS protocol");
+        return;
+    }
+    const mg_limits_t *lim = &mg_worker.cfg->limits;
+    if (r->msg.body_kind == MG_BODY_LENGTH && lim->client_max_body_size &&
+        r->msg.content_length > lim->client_max_body_size) {
+        /* decided from Content-Length before reading a byte of the body */
+        mg_conn_respond_error(r, 413, NULL);
+        return;
+    }
+    /* The Lua phase runner (rewrite/access) slots in here, before the proxy starts. */
+    mg_proxy_start(r);
+}
+
+void mg_conn_respond_error(mg_req_t *r, unsigned status, const char *message)
+{
+    mg_conn_t *c = r->c;
+    if (r->head_sent) { /* too late for an error page: cut the response short */
+        mg_conn_abort(c);
+        return;
+    }
+    if (r->u) {
+        mg_upstream_release(r->u, false);
+        r->u = NULL;
+    }
+    r->status = status;
+    r->local_response = 1;
+    c->state = MG_CONN_ACTIVE;
+    /* the connection survives only when the request was read completely */
+    bool body_read = r->msg.head_done &&
+                     (r->msg.body_kind == MG_BODY_NONE || r->msg.body_done || r->req_body_done);
+    r->keepalive = body_read && r->msg.keepalive && status < 500 && status != 408 &&
+                   status != 400 && !mg_worker.draining && !c->eof;
+    if (r->out == NULL && (r->out = mg_buf_get()) == NULL) {
+        conn_close(c);
+        return;
+    }
+    r->out->start = r->out->end = 0;
+    if (mg_http_write_error(r->out, status, message, mg_worker.cfg->request_id_header, r->rid,
+                            !r->keepalive) != MG_OK) {
+        conn_close(c);
+        return;
+    }
+    r->head_sent = 1;
+    conn_write_plain(c);
+}
+
+/* Writes r->out for a local response; ends the request when it is all sent. */
+static void conn_write_plain(mg_conn_t *c)
+{
+    mg_req_t *r = c->r;
+    if (mg_conn_write(c, r->out) != MG_OK) {
+        mg_conn_abort(c);
+        return;
+    }
+    if (mg_buf_len(r->out) > 0) {
+        mg_conn_update(c);
+        return;
+    }
+    mg_conn_request_done(r);
+}
+
+static void access_log(mg_req_t *r)
+{
+    if (!mg_access_log_enabled() || r->msg.method.len == 0) return;
+    char *p = mg_access_log_reserve(4096);
+    if (p == NULL) return;
+    static time_t cached_sec;
+    static char cached_time[32];
+    ev_tstamp now = ev_time();
+    time_t sec = (time_t)now;
+    if (sec != cached_sec) {
+        struct tm tm;
+        gmtime_r(&sec, &tm);
+        strftime(cached_time, sizeof(cached_time), "%Y-%m-%dT%H:%M:%S", &tm);
+        cached_sec = sec;
+    }
+    char ip[64], path[1024];
+    mg_conn_client_ip(r->c, ip, sizeof(ip));
+    size_t plen = mg_json_escape(path, sizeof(path), r->msg.path.data, r->msg.path.len);
+    double total = (now - r->start) * 1000.0;
+    double upstream = r->upstream_start > 0 ? (now - r->upstream_start) * 1000.0 : 0;
+    char route[256] = "", service[256] = "", rid[256] = "";
+    if (r->route && r->route->name)
+        route[mg_json_escape(route, sizeof(route) - 1, r->route->name, strlen(r->route->name))] = 0;
+    if (r->service && r->service->name)
+        service[mg_json_escape(service, sizeof(service) - 1, r->service->name,
+                               strlen(r->service->name))] = 0;
+    if (r->rid.len) rid[mg_json_escape(rid, sizeof(rid) - 1, r->rid.data, r->rid.len)] = 0;
+    unsigned status = r->client_aborted && !r->head_sent ? 499 : r->status;
+    int n = snprintf(p, 4096,
+                     "{\"time\":\"%s.%03dZ\",\"client_ip\":\"%s\",\"method\":\"%.*s\","
+                     "\"path\":\"%.*s\",\"status\":%u,\"bytes_sent\":%" PRIu64 ","
+                     "\"request_body_bytes\":%" PRIu64 ",\"upstream_addr\":\"%s\","
+                     "\"latency_ms\":%.3f,\"upstream_latency_ms\":%.3f,\"request_id\":\"%s\","
+                     "\"route\":\"%s\",\"service\":\"%s\"%s}\n",
+                     cached_time, (int)((now - (double)sec) * 1000) % 1000, ip,
+                     (int)r->msg.method.len, r->msg.method.data, (int)plen, path, status,
+                     r->bytes_sent, r->msg.body_seen, r->upstream_addr, total, upstream, rid,
+                     route, service, r->client_aborted ? ",\"aborted\":true" : "");
+    if (n > 0 && n < 4096) mg_access_log_commit((size_t)n);
+}
+
+void mg_conn_request_done(mg_req_t *r)
+{
+    mg_conn_t *c = r->c;
+    access_log(r);
+    mg_worker.requests_total++;
+    bool keep = r->keepalive && !c->eof && !mg_worker.draining &&
+                c->requests < mg_worker.cfg->limits.keepalive_requests;
+    if (r->u) {
+        mg_upstream_release(r->u, !r->upstream_failed && r->resp_done && r->req_sent &&
+                                      r->resp.keepalive && !r->tunnel);
+        r->u = NULL;
+    }
+    c->r = NULL;
+    req_free(r);
+    if (!keep) {
+        conn_linger(c);
+        return;
+    }
+    c->state = MG_CONN_IDLE;
+    c->last_io = ev_now(mg_worker.loop);
+    if (c->in && mg_buf_len(c->in) > 0) {
+        /* a pipelined request is already buffered: serve it from the loop, not recursively */
+        ev_feed_event(mg_worker.loop, &c->io, EV_CUSTOM);
+        mg_conn_update(c);
+        return;
+    }
+    mg_buf_put(c->in);
+    c->in = NULL;
+    mg_conn_update(c);
+}
+
+/* Half-closes and drains what the client still sends for a moment, so that the answer we
+ * wrote is read rather than destroyed by a reset (RFC 9112 §9.6). */
+static void conn_linger(mg_conn_t *c)
+{
+    if (c->state != MG_CONN_LINGER) {
+        c->state = MG_CONN_LINGER;
+        if (c->r) {
+            req_free(c->r);
+            c->r = NULL;
+        }
+        if (c->eof || shutdown(c->fd, SHUT_WR) != 0) {
+            conn_close(c);
+            return;
+        }
+        c->rready = 1;
+        set_deadline(c, ev_now(mg_worker.loop) + LINGER_TIMEOUT);
+    }
+    char scratch[4096];
+    for (int i = 0; i < 16; i++) { /* bounded: a flooding client waits for the next event */
+        ssize_t n = read(c->fd, scratch, sizeof(scratch));
+        if (n > 0) continue;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) {
+            c->rready = 0;
+            mg_conn_update(c);
+            return;
+        }
+        conn_close(c);
+        return;
+    }
+    mg_conn_update(c);
+}
+
+void mg_conn_drain_all(void)
+{
+    /* idle keep-alive connections get a short grace period (see mg_conn_update) instead of
+     * an immediate close, which would race with a request the client is sending right now */
+    for (mg_conn_t *c = mg_worker.conns; c; c = c->next)
+        if (c->state == MG_CONN_IDLE) mg_conn_update(c);
+    if (mg_worker.nconns == 0) ev_break(mg_worker.loop, EVBREAK_ALL);
+}

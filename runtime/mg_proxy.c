@@ -1,0 +1,631 @@
+/*
+ * mg_proxy.c — proxying one request: the upstream request head is re-serialised from the
+ * parsed request (never raw client bytes), bodies are re-framed on the way through, and
+ * mg_proxy_pump() moves bytes in all four directions with backpressure: a direction reads
+ * only while the buffer it fills has room, so a slow reader stalls its sender instead of
+ * growing memory. After a 101 the same pump tunnels raw bytes both ways.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
+#include "mg_log.h"
+#include "mg_request.h"
+
+static int write_request_head(mg_req_t *r, mg_buf_t *b);
+static int write_response_head(mg_req_t *r);
+static bool connect_upstream(mg_req_t *r);
+static void finish_upstream_failure(mg_req_t *r, unsigned status);
+
+/* A tiny bounded appender: every write checks room; overflow is reported once at the end. */
+typedef struct {
+    char *p, *end;
+    bool overflow;
+} out_t;
+
+static void put(out_t *o, const char *s, size_t n)
+{
+    if ((size_t)(o->end - o->p) < n) {
+        o->overflow = true;
+        return;
+    }
+    memcpy(o->p, s, n);
+    o->p += n;
+}
+#define PUT_LIT(o, lit) put((o), (lit), sizeof(lit) - 1)
+#define PUT_STR(o, s) put((o), (s).data, (s).len)
+static void put_cstr(out_t *o, const char *s)
+{
+    put(o, s, strlen(s));
+}
+static void put_u64(out_t *o, uint64_t v)
+{
+    char tmp[24];
+    int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
+    put(o, tmp, (size_t)n);
+}
+static void put_header(out_t *o, mg_str_t name, mg_str_t value)
+{
+    PUT_STR(o, name);
+    PUT_LIT(o, ": ");
+    PUT_STR(o, value);
+    PUT_LIT(o, "\r\n");
+}
+
+static bool is_idempotent(const mg_http_msg_t *m)
+{
+    switch (m->parser.method) {
+    case HTTP_GET: case HTTP_HEAD: case HTTP_PUT: case HTTP_DELETE: case HTTP_OPTIONS:
+    case HTTP_TRACE: return true;
+    default: return false;
+    }
+}
+
+static bool client_trusted(const mg_conn_t *c)
+{
+    const mg_config_t *cfg = mg_worker.cfg;
+    if (cfg->ntrusted_ips == 0) return false;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    if (c->peer_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+        in->sin_family = AF_INET;
+        memcpy(&in->sin_addr, c->peer_addr, 4);
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+        in6->sin6_family = AF_INET6;
+        memcpy(&in6->sin6_addr, c->peer_addr, 16);
+    }
+    return mg_cidr_match(cfg->trusted_ips, cfg->ntrusted_ips, (struct sockaddr *)&ss);
+}
+
+/* Header names the gateway sets itself; a client's copies are dropped (or, from a trusted
+ * address, folded into ours). */
+enum { XFF, XFPROTO, XFHOST, XFPORT, XFPATH, XREALIP, NFWD };
+static const mg_str_t fwd_names[NFWD] = {
+    {15, "x-forwarded-for"}, {17, "x-forwarded-proto"}, {16, "x-forwarded-host"},
+    {16, "x-forwarded-port"}, {16, "x-forwarded-path"}, {9, "x-real-ip"},
+};
+
+static int fwd_index(mg_str_t n)
+{
+    if (n.len < 9 || (n.data[0] | 0x20) != 'x') return -1;
+    for (int i = 0; i < NFWD; i++)
+        if (mg_str_caseeq(n, fwd_names[i])) return i;
+    return -1;
+}
+
+/* Joins the service path and the part of the request path left after strip_path
+ * (Kong's path_handling "v0"). */
+static void put_upstream_path(out_t *o, mg_req_t *r)
+{
+    mg_str_t path = r->msg.path;
+    mg_str_t rest = path;
+    if (r->route->strip_path && r->prefix_len > 0) {
+        rest = (mg_str_t){path.len - r->prefix_len, path.data + r->prefix_len};
+    }
+    const char *sp = r->service->path;
+    size_t splen = sp ? strlen(sp) : 0;
+    if (splen == 1) splen = 0; /* "/" adds nothing */
+    if (splen) put(o, sp, splen);
+    if (rest.len == 0) {
+        if (!splen) PUT_LIT(o, "/");
+    } else {
+        bool slash_end = splen && sp[splen - 1] == '/';
+        if (rest.data[0] == '/') {
+            if (slash_end) rest.data++, rest.len--;
+        } else if (!slash_end) {
+            PUT_LIT(o, "/");
+        }
+        PUT_STR(o, rest);
+    }
+    if (r->msg.query.data) {
+        PUT_LIT(o, "?");
+        PUT_STR(o, r->msg.query);
+    }
+}
+
+static int write_request_head(mg_req_t *r, mg_buf_t *b)
+{
+    mg_conn_t *c = r->c;
+    const mg_config_t *cfg = mg_worker.cfg;
+    const mg_service_t *s = r->service;
+    bool trusted = client_trusted(c);
+    mg_http_msg_t *m = &r->msg;
+    mg_buf_compact(b);
+    out_t o = {mg_buf_last(b), b->data + b->size, false};
+
+    PUT_STR(&o, m->method);
+    PUT_LIT(&o, " ");
+    put_upstream_path(&o, r);
+    PUT_LIT(&o, " HTTP/1.1\r\nHost: ");
+    if (r->route->preserve_host && m->host.len) {
+        PUT_STR(&o, m->host);
+    } else {
+        put_cstr(&o, s->host);
+        if (s->port != 80) {
+            PUT_LIT(&o, ":");
+            put_u64(&o, s->port);
+        }
+    }
+    PUT_LIT(&o, "\r\n");
+
+    mg_str_t fwd[NFWD] = {{0}};
+    const char *rid_name = cfg->request_id_header;
+    mg_str_t rid_str = rid_name ? (mg_str_t){strlen(rid_name), rid_name} : MG_NULL_STR;
+    for (unsigned i = 0; i < m->nheaders; i++) {
+        mg_header_t *h = &m->headers[i];
+        if (h->name.len == 4 && mg_str_caseeq_lit(h->name, "host")) continue;
+        if (h->name.len == 6 && mg_str_caseeq_lit(h->name, "expect")) continue;
+        if (mg_http_is_hop_by_hop(m, h->name)) continue;
+        if (rid_name && mg_str_caseeq(h->name, rid_str)) continue;
+        int f = fwd_index(h->name);
+        if (f >= 0) {
+            if (trusted && f != XFF) fwd[f] = h->value;
+            if (trusted && f == XFF) {
+                /* several X-Forwarded-For lines from a trusted proxy are one list */
+                if (fwd[XFF].len) {
+                    PUT_LIT(&o, "X-Forwarded-For: ");
+                    PUT_STR(&o, fwd[XFF]);
+                    PUT_LIT(&o, ", ");
+                    PUT_STR(&o, h->value);
+                    fwd[XFF] = MG_NULL_STR;
+                    PUT_LIT(&o, "\r\n");
+                    continue;
+                }
+                fwd[XFF] = h->value;
+            }
+            continue;
+        }
+        put_header(&o, h->name, h->value);
+    }
+    char ip[64];
+    size_t iplen = mg_conn_client_ip(c, ip, sizeof(ip));
+    mg_str_t ipstr = {iplen, ip};
+    PUT_LIT(&o, "X-Forwarded-For: ");
+    if (fwd[XFF].len) {
+        PUT_STR(&o, fwd[XFF]);
+        PUT_LIT(&o, ", ");
+    }
+    PUT_STR(&o, ipstr);
+    PUT_LIT(&o, "\r\nX-Forwarded-Proto: ");
+    if (fwd[XFPROTO].len) PUT_STR(&o, fwd[XFPROTO]);
+    else put_cstr(&o, c->ls->conf->ssl ? "https" : "http");
+    PUT_LIT(&o, "\r\nX-Forwarded-Host: ");
+    if (fwd[XFHOST].len) {
+        PUT_STR(&o, fwd[XFHOST]);
+    } else {
+        mg_str_t h = m->host;
+        const char *colon = h.len && h.data[0] != '[' ? memchr(h.data, ':', h.len) : NULL;
+        if (h.len && h.data[0] == '[') colon = memchr(h.data, ']', h.len), colon = colon && colon + 1 < h.data + h.len ? colon + 1 : NULL;
+        PUT_STR(&o, ((mg_str_t){colon ? (size_t)(colon - h.data) : h.len, h.data}));
+    }
+    PUT_LIT(&o, "\r\nX-Forwarded-Port: ");
+    if (fwd[XFPORT].len) PUT_STR(&o, fwd[XFPORT]);
+    else put_u64(&o, c->ls->port);
+    PUT_LIT(&o, "\r\nX-Forwarded-Path: ");
+    if (fwd[XFPATH].len) PUT_STR(&o, fwd[XFPATH]);
+    else PUT_STR(&o, m->path);
+    PUT_LIT(&o, "\r\nX-Real-IP: ");
+    mg_str_t real = ipstr;
+    if (trusted && cfg->real_ip_header) {
+        const mg_header_t *rh =
+            mg_http_header(m, (mg_str_t){strlen(cfg->real_ip_header), cfg->real_ip_header});
+        if (rh && rh->value.len) {
+            real = rh->value;
+            const char *comma = memrchr(real.data, ',', real.len); /* rightmost hop */
+            if (comma) {
+                real = (mg_str_t){real.len - (size_t)(comma + 1 - real.data), comma + 1};
+                while (real.len && real.data[0] == ' ') real.data++, real.len--;
+            }
+        }
+    }
+    PUT_STR(&o, real);
+    PUT_LIT(&o, "\r\n");
+    if (rid_name && r->rid.len) put_header(&o, rid_str, r->rid);
+
+    if (m->upgrade) {
+        const mg_header_t *up = mg_http_header(m, MG_STR("upgrade"));
+        PUT_LIT(&o, "Connection: upgrade\r\nUpgrade: ");
+        if (up) PUT_STR(&o, up->value);
+        PUT_LIT(&o, "\r\n");
+    } else if (m->body_kind == MG_BODY_LENGTH) {
+        PUT_LIT(&o, "Content-Length: ");
+        put_u64(&o, m->content_length);
+        PUT_LIT(&o, "\r\n");
+    } else if (m->body_kind == MG_BODY_CHUNKED) {
+        PUT_LIT(&o, "Transfer-Encoding: chunked\r\n");
+        m->out_chunked = 1;
+    }
+    PUT_LIT(&o, "\r\n");
+    if (o.overflow) return MG_ERROR;
+    b->end = (size_t)(o.p - b->data);
+    return MG_OK;
+}
+
+static int write_response_head(mg_req_t *r)
+{
+    mg_http_msg_t *u = &r->resp, *m = &r->msg;
+    const mg_config_t *cfg = mg_worker.cfg;
+    bool client10 = m->minor == 0;
+    bool tunnel = u->status == 101 && m->upgrade;
+
+    if (r->out == NULL && (r->out = mg_buf_get()) == NULL) return MG_ERROR;
+    mg_buf_compact(r->out);
+    out_t o = {mg_buf_last(r->out), r->out->data + r->out->size, false};
+
+    PUT_LIT(&o, "HTTP/1.1 ");
+    put_u64(&o, u->status);
+    PUT_LIT(&o, " ");
+    put_cstr(&o, mg_http_reason(u->status));
+    PUT_LIT(&o, "\r\n");
+    const char *rid_name = cfg->request_id_header;
+    mg_str_t rid_str = rid_name ? (mg_str_t){strlen(rid_name), rid_name} : MG_NULL_STR;
+    bool has_rid = false;
+    for (unsigned i = 0; i < u->nheaders; i++) {
+        mg_header_t *h = &u->headers[i];
+        if (mg_http_is_hop_by_hop(u, h->name)) continue;
+        if (rid_name && mg_str_caseeq(h->name, rid_str)) has_rid = true;
+        put_header(&o, h->name, h->value);
+    }
+    if (rid_name && r->rid.len && !has_rid) put_header(&o, rid_str, r->rid);
+    PUT_LIT(&o, "Via: 1.1 " MG_SERVER_NAME "\r\n");
+
+    bool keep = r->keepalive && !mg_worker.draining;
+    if (tunnel) {
+        const mg_header_t *up = mg_http_header(u, MG_STR("upgrade"));
+        PUT_LIT(&o, "Connection: upgrade\r\nUpgrade: ");
+        if (up) PUT_STR(&o, up->value);
+        PUT_LIT(&o, "\r\n");
+        keep = false;
+    } else {
+        bool has_body = u->body_kind != MG_BODY_NONE;
+        if (u->body_kind == MG_BODY_LENGTH ||
+            (!has_body && (u->parser.flags & F_CONTENTLENGTH) && u->status != 204 &&
+             u->status >= 200)) {
+            PUT_LIT(&o, "Content-Length: ");
+            put_u64(&o, u->body_kind == MG_BODY_LENGTH ? u->content_length
+                                                       : u->parser.content_length);
+            PUT_LIT(&o, "\r\n");
+        } else if (has_body) {
+            if (client10) {
+                keep = false; /* an HTTP/1.0 client learns the end from the close */
+            } else {
+                PUT_LIT(&o, "Transfer-Encoding: chunked\r\n");
+                u->out_chunked = 1;
+            }
+        } else if (u->status >= 200 && u->status != 204 && u->status != 304 &&
+                   m->parser.method != HTTP_HEAD) {
+            PUT_LIT(&o, "Content-Length: 0\r\n");
+        }
+        if (!keep) PUT_LIT(&o, "Connection: close\r\n");
+        else if (client10) PUT_LIT(&o, "Connection: keep-alive\r\n");
+    }
+    PUT_LIT(&o, "\r\n");
+    if (o.overflow) return MG_ERROR;
+    r->out->end = (size_t)(o.p - r->out->data);
+    r->keepalive = keep;
+    r->status = u->status;
+    r->head_sent = 1;
+    if (tunnel) r->tunnel = 1;
+    return MG_OK;
+}
+
+static bool connect_upstream(mg_req_t *r)
+{
+    const mg_service_t *s = r->service;
+    mg_buf_t *pending = r->u ? r->u->out : NULL; /* unsent bytes move to the next try */
+    if (r->u) {
+        r->u->out = NULL;
+        mg_upstream_release(r->u, false);
+        r->u = NULL;
+    }
+    r->tries++;
+    mg_uconn_t *u = mg_upstream_get(s, r);
+    if (u == NULL) {
+        mg_buf_put(pending);
+        mg_log_err("cannot connect to upstream %s:%u: %s", s->host, s->port, strerror(errno));
+        return false;
+    }
+    r->u = u;
+    if (pending) {
+        u->out = pending;
+    } else {
+        size_t need = r->msg.head_len + 2048 + (s->path ? strlen(s->path) : 0);
+        u->out = mg_buf_get_size(need);
+        if (u->out == NULL || write_request_head(r, u->out) != MG_OK) {
+            mg_log_err("request head does not fit the upstream buffer");
+            return false;
+        }
+    }
+    const struct sockaddr *sa = (const struct sockaddr *)&s->addr;
+    char host[INET6_ADDRSTRLEN];
+    if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host, sizeof(host));
+    else
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host, sizeof(host));
+    snprintf(r->upstream_addr, sizeof(r->upstream_addr), "%s:%u", host, s->port);
+    return true;
+}
+
+void mg_proxy_start(mg_req_t *r)
+{
+    mg_conn_t *c = r->c;
+    r->upstream_start = ev_now(mg_worker.loop);
+    r->keepalive = r->msg.keepalive && !mg_worker.draining;
+    if (r->msg.body_kind == MG_BODY_NONE || r->msg.body_done) r->req_body_done = 1;
+    if (r->msg.expect_continue && !r->req_body_done) {
+        if ((r->out = mg_buf_get()) == NULL) {
+            mg_conn_abort(c);
+            return;
+        }
+        mg_buf_append(r->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    }
+    if (!connect_upstream(r)) {
+        finish_upstream_failure(r, 502);
+        return;
+    }
+    mg_http_msg_init(&r->resp, HTTP_RESPONSE, NULL, 0);
+    mg_proxy_pump(r);
+}
+
+static void finish_upstream_failure(mg_req_t *r, unsigned status)
+{
+    r->upstream_failed = 1;
+    if (r->head_sent) {
+        mg_conn_abort(r->c); /* never a fake complete response */
+        return;
+    }
+    mg_conn_respond_error(r, status, NULL);
+}
+
+void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout)
+{
+    mg_uconn_t *u = r->u;
+    const mg_service_t *s = r->service;
+    bool connecting = u && !u->connected;
+    bool nothing_received = !r->resp.head_done && (u == NULL || u->in == NULL ||
+                                                   mg_buf_len(u->in) == 0);
+    mg_log_err("upstream %s (%s:%u, try %u): %s", connecting ? "connect failed" : "failed",
+               s->host, s->port, r->tries, timeout ? "timed out" : strerror(err));
+    /* a failed connect has sent nothing, so any method may be retried; later failures only
+     * for a stale pooled connection of an idempotent request without a body */
+    bool retry = !r->head_sent && nothing_received &&
+                 ((connecting && r->tries <= s->retries) ||
+                  (u && u->reused && !connecting && is_idempotent(&r->msg) &&
+                   r->msg.body_kind == MG_BODY_NONE && r->tries <= s->retries + 1));
+    if (retry) {
+        if (!connecting && u) {
+            mg_buf_put(u->out); /* rebuild the head for the fresh connection */
+            u->out = NULL;
+        }
+        if (connect_upstream(r)) {
+            mg_proxy_pump(r);
+            return;
+        }
+    }
+    finish_upstream_failure(r, timeout ? 504 : 502);
+}
+
+/* One step of request-body forwarding; returns true on progress. */
+static bool pump_request_body(mg_req_t *r, unsigned *err)
+{
+    mg_conn_t *c = r->c;
+    mg_uconn_t *u = r->u;
+    bool progress = false;
+    if (!r->req_body_done && c->in && mg_buf_len(c->in) > 0) {
+        size_t used;
+        int rc = mg_http_body_feed(&r->msg, mg_buf_pos(c->in), mg_buf_len(c->in), u->out, &used);
+        c->in->start += used;
+        if (used) progress = true;
+        if (rc == MG_DONE) {
+            r->req_body_done = 1;
+            progress = true;
+        } else if (rc >= 400) {
+            *err = (unsigned)rc;
+            return false;
+        }
+    }
+    if (r->req_body_done && !r->req_sent && r->msg.out_chunked) {
+        if (mg_http_body_finish(&r->msg, u->out) == MG_OK) {
+            r->msg.out_chunked = 0; /* terminator queued */
+            progress = true;
+        }
+    }
+    return progress;
+}
+
+void mg_proxy_pump(mg_req_t *r)
+{
+    mg_conn_t *c = r->c;
+    for (int rounds = 0; rounds < 64; rounds++) {
+        mg_uconn_t *u = r->u;
+        bool progress = false;
+        unsigned err = 0;
+
+        /* client -> c->in */
+        if (c->rready && !c->eof && (!r->req_body_done || r->tunnel) && c->in) {
+            ssize_t n = mg_conn_read(c);
+            if (n > 0) progress = true;
+            if (c->eof && !r->req_body_done && !r->tunnel) {
+                mg_log_info("client closed the connection before sending the whole body");
+                mg_conn_abort(c);
+                return;
+            }
+        }
+        /* c->in -> u->out */
+        if (r->tunnel) {
+            if (c->in && mg_buf_len(c->in) && u->out) {
+                mg_buf_compact(u->out);
+                size_t n = MG_MIN(mg_buf_len(c->in), mg_buf_free(u->out));
+                if (n) {
+                    mg_buf_append(u->out, mg_buf_pos(c->in), n);
+                    c->in->start += n;
+                    progress = true;
+                }
+            }
+        } else if (pump_request_body(r, &err)) {
+            progress = true;
+        }
+        if (err) {
+            if (err == 413) mg_log_info("request body exceeds client_max_body_size");
+            else mg_log_info("bad request body: %s", r->msg.error ? r->msg.error : "?");
+            if (r->head_sent) mg_conn_abort(c);
+            else mg_conn_respond_error(r, err, NULL);
+            return;
+        }
+        /* u->out -> upstream */
+        if (u->connected && u->wready && u->out && mg_buf_len(u->out)) {
+            size_t before = mg_buf_len(u->out);
+            if (mg_upstream_write(u) != MG_OK) {
+                mg_proxy_upstream_error(r, errno, false);
+                return;
+            }
+            if (mg_buf_len(u->out) != before) progress = true;
+        }
+        if (r->req_body_done && !r->msg.out_chunked && u->out && mg_buf_len(u->out) == 0)
+            r->req_sent = 1;
+        if (r->tunnel && c->eof && u->out && mg_buf_len(u->out) == 0 && !r->req_sent) {
+            shutdown(u->fd, SHUT_WR); /* half-close travels through the tunnel */
+            r->req_sent = 1;
+        }
+        /* upstream -> u->in */
+        if (u->connected && u->rready && !u->eof && !r->resp_done) {
+            ssize_t n = mg_upstream_read(u);
+            if (n > 0) progress = true;
+            else if (n < 0 && u->eof && !r->resp.head_done) {
+                mg_proxy_upstream_error(r, errno, false);
+                return;
+            }
+        }
+        /* u->in -> r->out */
+        if (u->in && !r->resp.head_done && (mg_buf_len(u->in) || u->eof)) {
+            if (r->resp.headers == NULL) {
+                r->resp_headers = mg_pool_alloc(r->pool, sizeof(mg_header_t) * 256);
+                mg_http_msg_init(&r->resp, HTTP_RESPONSE, r->resp_headers, 256);
+            }
+            int rc = mg_http_parse_response_head(&r->resp, mg_buf_pos(u->in), mg_buf_len(u->in),
+                                                 MG_BUF_SIZE / 2, r->msg.parser.method == HTTP_HEAD);
+            if (rc == MG_AGAIN) {
+                if (u->eof) {
+                    if (!r->resp.head_done && mg_buf_len(u->in) == 0) {
+                        mg_proxy_upstream_error(r, ECONNRESET, false);
+                        return;
+                    }
+                    mg_log_err("upstream closed the connection inside the response head");
+                    finish_upstream_failure(r, 502);
+                    return;
+                }
+            } else if (rc != MG_OK) {
+                mg_log_err("invalid response from upstream %s: %s", r->upstream_addr,
+                           r->resp.error ? r->resp.error : "?");
+                finish_upstream_failure(r, 502);
+                return;
+            } else if (r->resp.status < 200 && r->resp.status != 101) {
+                /* 100 Continue / 103 Early Hints: the gateway already answered 100 itself */
+                u->in->start += r->resp.head_len;
+                mg_http_msg_init(&r->resp, HTTP_RESPONSE, r->resp_headers, 256);
+                progress = true;
+                continue;
+            } else if (r->resp.status == 101 && !r->msg.upgrade) {
+                mg_log_err("upstream switched protocols without being asked");
+                finish_upstream_failure(r, 502);
+                return;
+            } else {
+                r->upstream_head = ev_now(mg_worker.loop);
+                if (write_response_head(r) != MG_OK) {
+                    mg_log_err("response head from %s does not fit", r->upstream_addr);
+                    finish_upstream_failure(r, 502);
+                    return;
+                }
+                u->in->start += r->resp.head_len;
+                if (r->tunnel) {
+                    r->resp_done = 0;
+                } else if (r->resp.body_kind == MG_BODY_NONE || r->resp.body_done) {
+                    r->resp_done = 1;
+                }
+                progress = true;
+            }
+        }
+        if (r->resp.head_done && u->in && !r->resp_done) {
+            if (r->tunnel) {
+                mg_buf_compact(r->out);
+                size_t n = MG_MIN(mg_buf_len(u->in), mg_buf_free(r->out));
+                if (n) {
+                    mg_buf_append(r->out, mg_buf_pos(u->in), n);
+                    u->in->start += n;
+                    progress = true;
+                }
+            } else if (mg_buf_len(u->in)) {
+                size_t used;
+                int rc = mg_http_body_feed(&r->resp, mg_buf_pos(u->in), mg_buf_len(u->in),
+                                           r->out, &used);
+                u->in->start += used;
+                if (used) progress = true;
+                if (rc == MG_DONE) {
+                    r->resp_done = 1;
+                    progress = true;
+                } else if (rc >= 400) {
+                    mg_log_err("bad response body framing from %s: %s", r->upstream_addr,
+                               r->resp.error ? r->resp.error : "?");
+                    finish_upstream_failure(r, 502);
+                    return;
+                }
+            }
+            if (u->eof && !r->resp_done && mg_buf_len(u->in) == 0) {
+                if (r->resp.body_kind == MG_BODY_EOF) {
+                    r->resp_done = 1;
+                    progress = true;
+                } else if (!r->tunnel) {
+                    mg_log_err("upstream %s closed the connection mid-body", r->upstream_addr);
+                    finish_upstream_failure(r, 502);
+                    return;
+                }
+            }
+        }
+        if (r->resp_done && r->resp.out_chunked && !r->tunnel) {
+            if (mg_http_body_finish(&r->resp, r->out) == MG_OK) {
+                r->resp.out_chunked = 0;
+                progress = true;
+            }
+        }
+        /* r->out -> client */
+        if (r->out && mg_buf_len(r->out) && c->wready) {
+            size_t before = mg_buf_len(r->out);
+            if (mg_conn_write(c, r->out) != MG_OK) {
+                mg_log_info("client closed the connection while receiving the response");
+                mg_conn_abort(c);
+                return;
+            }
+            if (mg_buf_len(r->out) != before) progress = true;
+        }
+        /* tunnel: a side that finished sending half-closes the other */
+        if (r->tunnel) {
+            if (u->eof && mg_buf_len(u->in) == 0 && mg_buf_len(r->out) == 0 && !r->resp_done) {
+                shutdown(c->fd, SHUT_WR);
+                r->resp_done = 1;
+            }
+            if (r->resp_done && r->req_sent) {
+                r->keepalive = 0;
+                mg_conn_request_done(r);
+                return;
+            }
+        } else if (r->resp_done && !r->resp.out_chunked && mg_buf_len(r->out) == 0) {
+            if (!r->req_body_done) r->keepalive = 0; /* unread body: the connection must go */
+            mg_conn_request_done(r);
+            return;
+        }
+        if (!progress) {
+            mg_conn_update(c);
+            if (r->u) mg_upstream_update(r->u);
+            return;
+        }
+    }
+    /* still busy after a fair share of work: yield to other connections, continue soon */
+    ev_feed_event(mg_worker.loop, &c->io, EV_CUSTOM);
+    mg_conn_update(c);
+    if (r->u) mg_upstream_update(r->u);
+}

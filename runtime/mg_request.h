@@ -1,0 +1,165 @@
+/*
+ * mg_request.h — the objects of the request path and how they hang together:
+ *
+ *   mg_worker_t   one per process: the libev loop, the live config and router, counters
+ *   mg_conn_t     a client connection; small (no buffers) while idle between requests
+ *   mg_req_t      one request on a connection, allocated from a per-request pool
+ *   mg_uconn_t    an upstream connection, owned by a request or idle in the keepalive pool
+ *
+ * Phases: the head is parsed (mg_conn.c), the route found, then — this is where the Lua
+ * phase runner slots in — the request is proxied (mg_proxy.c) over an upstream connection
+ * (mg_upstream.c), and finally logged and the connection kept alive or closed (mg_conn.c).
+ */
+#ifndef MG_REQUEST_H
+#define MG_REQUEST_H
+
+#include <ev.h>
+#include <netinet/in.h>
+#include <sys/types.h>
+
+#include "mg_core.h"
+#include "mg_buf.h"
+#include "mg_config.h"
+#include "mg_http.h"
+#include "mg_pool.h"
+#include "mg_router.h"
+
+typedef struct mg_req_s mg_req_t;
+typedef struct mg_conn_s mg_conn_t;
+typedef struct mg_uconn_s mg_uconn_t;
+
+typedef struct {
+    ev_io io;
+    int fd;
+    const mg_listen_t *conf;
+    uint16_t port; /* local port, for X-Forwarded-Port */
+} mg_listener_t;
+
+typedef struct {
+    struct ev_loop *loop;
+    const mg_config_t *cfg;
+    mg_router_t *router;
+    mg_listener_t *listeners;
+    size_t nlisteners;
+    unsigned nconns;
+    bool draining;          /* graceful stop: no accepts, finish what is in flight */
+    mg_conn_t *conns;       /* every live client connection (for draining) */
+    ev_timer flush_timer;   /* access-log batches */
+    ev_timer drain_timer;   /* graceful-stop deadline */
+    ev_signal sig_term, sig_quit, sig_int, sig_hup;
+    uint64_t rid_seed, rid_counter;
+    uint64_t requests_total;
+} mg_worker_t;
+
+extern mg_worker_t mg_worker;
+
+struct mg_conn_s {
+    ev_io io;
+    ev_timer timer;
+    int fd;
+    uint8_t state;             /* MG_CONN_* */
+    uint8_t peer_family;
+    uint16_t peer_port;
+    uint8_t peer_addr[16];
+    unsigned rready : 1, wready : 1, eof : 1;
+    unsigned requests;         /* served on this connection */
+    ev_tstamp last_io, deadline; /* last client progress; armed timer's deadline (0 = none) */
+    const mg_listener_t *ls;
+    mg_buf_t *in;              /* client bytes not yet consumed; NULL while idle */
+    mg_req_t *r;               /* the current request, NULL while idle */
+    mg_conn_t *prev, *next;    /* mg_worker.conns */
+};
+
+enum { MG_CONN_IDLE, MG_CONN_HEAD, MG_CONN_ACTIVE, MG_CONN_LINGER };
+
+struct mg_uconn_s {
+    ev_io io;
+    ev_timer timer;
+    int fd;
+    unsigned rready : 1, wready : 1, connected : 1, reused : 1, eof : 1;
+    unsigned requests;
+    const mg_service_t *service; /* keepalive pool key: the service's address */
+    mg_req_t *r;                 /* owner, NULL while idle in the pool */
+    mg_buf_t *in, *out;
+    mg_uconn_t *next;            /* pool list */
+    ev_tstamp last_io, deadline;
+};
+
+struct mg_req_s {
+    mg_conn_t *c;
+    mg_pool_t *pool;
+    mg_http_msg_t msg;           /* what the client sent */
+    const mg_route_t *route;
+    const mg_service_t *service;
+    size_t prefix_len;
+    mg_buf_t *out;               /* bytes for the client */
+    mg_uconn_t *u;
+    mg_http_msg_t resp;          /* what the upstream answered */
+    mg_header_t *resp_headers;
+    unsigned status;             /* status sent (or to log) */
+    uint64_t bytes_sent;         /* to the client, head included */
+    uint64_t resp_head_bytes;
+    ev_tstamp start, upstream_start, upstream_head;
+    unsigned tries;
+    unsigned head_sent : 1;      /* client already has part of the response */
+    unsigned req_body_done : 1;  /* request body fully read from the client */
+    unsigned req_sent : 1;       /* request (head and body) fully written upstream */
+    unsigned resp_done : 1;      /* response body fully read from upstream */
+    unsigned keepalive : 1;      /* client connection stays open after this response */
+    unsigned tunnel : 1;         /* after a 101: raw bytes both ways */
+    unsigned local_response : 1; /* the gateway answered itself (error, 404) */
+    unsigned upstream_failed : 1;
+    unsigned client_aborted : 1;
+    unsigned finishing : 1;
+    char request_id[33];
+    mg_str_t rid;
+    char upstream_addr[64];
+};
+
+/* mg_conn.c */
+void mg_conn_accept(mg_listener_t *ls, int fd, const struct sockaddr *sa);
+/* Ends r: access log, release the upstream, keep the connection alive or close it. */
+void mg_conn_request_done(mg_req_t *r);
+/* Aborts the client connection at once (no lingering): a response was cut short. */
+void mg_conn_abort(mg_conn_t *c);
+/* Answers r with a gateway-generated error and ends it once written. */
+void mg_conn_respond_error(mg_req_t *r, unsigned status, const char *reason);
+/* Re-evaluates which events the client watcher needs and its deadline. */
+void mg_conn_update(mg_conn_t *c);
+/* Graceful stop: idle connections close now, busy ones after their current response. */
+void mg_conn_drain_all(void);
+size_t mg_conn_client_ip(const mg_conn_t *c, char *buf, size_t len);
+/* Reads into c->in: bytes read, 0 on EOF, -1 on EAGAIN (rready cleared) or error (eof set). */
+ssize_t mg_conn_read(mg_conn_t *c);
+/* Writes as much of b as the socket takes. Returns MG_OK (all written or EAGAIN, wready
+ * cleared) or MG_ERROR (the client is gone). */
+int mg_conn_write(mg_conn_t *c, mg_buf_t *b);
+
+/* mg_proxy.c */
+/* Starts proxying r (head parsed and routed). */
+void mg_proxy_start(mg_req_t *r);
+/* Moves bytes as far as possible in every direction; called from every I/O event. */
+void mg_proxy_pump(mg_req_t *r);
+/* An upstream connection attempt or exchange failed before the response began. */
+void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout);
+
+/* mg_upstream.c */
+/* Returns a connected (or connecting) upstream connection for s: from the keepalive pool
+ * when one is idle, else a new non-blocking connect. NULL with errno set on failure. */
+mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r);
+/* Returns u to the keepalive pool when `reusable`, otherwise closes it. */
+void mg_upstream_release(mg_uconn_t *u, bool reusable);
+/* Re-evaluates which events the upstream watcher needs and its deadline. */
+void mg_upstream_update(mg_uconn_t *u);
+/* Closes every idle pooled connection (shutdown, reload). */
+void mg_upstream_pool_close_all(void);
+/* Sizes the per-service pools for cfg (worker start). MG_OK or MG_ERROR. */
+int mg_upstream_init(const mg_config_t *cfg);
+/* Reads into u->in / writes from u->out, like mg_conn_read / mg_conn_write. */
+ssize_t mg_upstream_read(mg_uconn_t *u);
+int mg_upstream_write(mg_uconn_t *u);
+
+/* mg_worker.c */
+int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned slot);
+
+#endif
