@@ -25,8 +25,8 @@
 
 #include "mg_config.h"
 
-#define NONE SIZE_MAX      /* field offset: validate the value, store it nowhere */
-#define BAD_LIST SIZE_MAX  /* list_of(): the node is not a list */
+#define NONE SIZE_MAX     /* field offset: validate the value, store it nowhere */
+#define BAD_LIST SIZE_MAX /* list_of(): the node is not a list */
 #define MAX_WORKERS 1024
 #define MSG_MAIN_ONLY "only allowed in the main configuration file"
 #define MSG_NOT_WITH_DECL "not allowed together with declarative_config"
@@ -58,10 +58,10 @@ struct field_s {
     size_t noff;        /* p_list: where the element count goes */
     long long min, max; /* numbers; p_list: min is the minimum count. max 0 = unbounded */
     const char *const *choices;
-    check_pt check;         /* i_string */
-    const field_t *sub;     /* p_sub: the nested table */
+    check_pt check;     /* i_string */
+    const field_t *sub; /* p_sub: the nested table */
     size_t nsub;
-    entity_pt entity;       /* p_entities */
+    entity_pt entity; /* p_entities */
     unsigned flags;
 };
 
@@ -98,14 +98,14 @@ typedef struct { /* a named entity, sorted to find duplicates and to look servic
 struct ctx_s {
     mg_config_t *cfg;
     mg_config_errors_t *errs;
-    size_t nerrs;             /* problems found by this load */
-    mg_pool_t *tmp;           /* scratch: entity lists, node arrays; freed after the load */
-    yaml_document_t *doc;     /* the document of the nodes being walked */
-    yaml_document_t docs[3];  /* main file, declarative file, environment value */
-    bool live[3];             /* which of docs[] need yaml_document_delete */
+    size_t nerrs;            /* problems found by this load */
+    mg_pool_t *tmp;          /* scratch: entity lists, node arrays; freed after the load */
+    yaml_document_t *doc;    /* the document of the nodes being walked */
+    yaml_document_t docs[3]; /* main file, declarative file, environment value */
+    bool live[3];            /* which of docs[] need yaml_document_delete */
     jmp_buf oom;
-    bool in_decl;             /* walking the declarative_config file */
-    bool decl_set;            /* entities are to come from declarative_config */
+    bool in_decl;  /* walking the declarative_config file */
+    bool decl_set; /* entities are to come from declarative_config */
     bool in_env, decl_from_env;
     char *declarative;
     svc_item_t *svcs, **svcs_tail;
@@ -192,18 +192,28 @@ static const char *const route_protocols[] = {"http", "https", NULL};
 static const char *const path_handlings[] = {"v0", "v1", NULL};
 static const char *const redirect_codes[] = {"426", "301", "302", "307", "308", NULL};
 /* Kong's service protocols: known, but not proxied yet. */
-static const char *const later_protocols[] = {"https", "grpc", "grpcs", "tcp", "tls",
-                                              "tls_passthrough", "udp", "ws", "wss", NULL};
+static const char *const later_protocols[] = {"https",           "grpc", "grpcs", "tcp", "tls",
+                                              "tls_passthrough", "udp",  "ws",    "wss", NULL};
 
 #define MEMBER_SIZE(T, m) sizeof(((T *)0)->m)
-#define ONE(n, it, T, m, ...)                                                                     \
-    {.name = (n), .parse = p_one, .item = (it), .off = offsetof(T, m),                            \
-     .size = MEMBER_SIZE(T, m), __VA_ARGS__}
-#define SKIP(n, it, ...) {.name = (n), .parse = p_one, .item = (it), .off = NONE, __VA_ARGS__}
-#define LIST(n, it, T, m, nm, ...)                                                                \
-    {.name = (n), .parse = p_list, .item = (it), .off = offsetof(T, m),                           \
-     .size = sizeof(*((T *)0)->m), .noff = offsetof(T, nm), __VA_ARGS__}
-#define TAGS {.name = "tags", .parse = p_list, .item = i_string, .off = NONE, .check = check_tag}
+#define ONE(n, it, T, m, ...)                                                                      \
+    {                                                                                              \
+        .name = (n), .parse = p_one, .item = (it), .off = offsetof(T, m),                          \
+        .size = MEMBER_SIZE(T, m), __VA_ARGS__                                                     \
+    }
+#define SKIP(n, it, ...)                                                                           \
+    {                                                                                              \
+        .name = (n), .parse = p_one, .item = (it), .off = NONE, __VA_ARGS__                        \
+    }
+#define LIST(n, it, T, m, nm, ...)                                                                 \
+    {                                                                                              \
+        .name = (n), .parse = p_list, .item = (it), .off = offsetof(T, m),                         \
+        .size = sizeof(*((T *)0)->m), .noff = offsetof(T, nm), __VA_ARGS__                         \
+    }
+#define TAGS                                                                                       \
+    {                                                                                              \
+        .name = "tags", .parse = p_list, .item = i_string, .off = NONE, .check = check_tag         \
+    }
 #define LIMIT(it, m, lo) ONE(#m, it, mg_limits_t, m, .min = (lo), .max = INT_MAX, .flags = F_ENV)
 
 static const field_t limits_fields[] = {
@@ -237,7 +247,10 @@ static const field_t plugin_fields[] = {
     TAGS,
 };
 
-#define NESTED_PLUGINS {.name = "plugins", .parse = p_entities, .entity = parse_plugin}
+#define NESTED_PLUGINS                                                                             \
+    {                                                                                              \
+        .name = "plugins", .parse = p_entities, .entity = parse_plugin                             \
+    }
 
 static const field_t service_ref_fields[] = {
     ONE("name", i_string, route_item_t, service_name),
@@ -295,28 +308,32 @@ static const field_t consumer_fields[] = {
     TAGS,
 };
 
-#define SETTING_LISTEN(n)                                                                         \
-    LIST(#n, i_listen, mg_config_t, n, n##n, .flags = F_SETTING | F_ENV | F_LIST)
+#define SETTING_LIST(m, it, ...)                                                                   \
+    LIST(#m, it, mg_config_t, m, n##m, .flags = F_SETTING | F_ENV | F_LIST, __VA_ARGS__)
 #define SETTING(n, it, ...) ONE(#n, it, mg_config_t, n, .flags = F_SETTING | F_ENV, __VA_ARGS__)
-#define UNSUPPORTED(n) {.name = (n), .parse = p_unsupported, .flags = F_ENTITY}
+#define UNSUPPORTED(n)                                                                             \
+    {                                                                                              \
+        .name = (n), .parse = p_unsupported, .flags = F_ENTITY                                     \
+    }
 
 static const field_t top_fields[] = {
-    LIST("proxy_listen", i_listen, mg_config_t, proxy_listen, nproxy_listen, .min = 1,
-         .flags = F_SETTING | F_ENV | F_LIST),
-    LIST("admin_listen", i_listen, mg_config_t, admin_listen, nadmin_listen,
-         .flags = F_SETTING | F_ENV | F_LIST),
+    SETTING_LIST(proxy_listen, i_listen, .min = 1),
+    SETTING_LIST(admin_listen, i_listen),
     SETTING(worker_processes, i_workers, .min = 1, .max = MAX_WORKERS),
     SETTING(master_process, i_bool),
     SETTING(pid_file, i_string),
     SETTING(access_log, i_string),
     SETTING(error_log, i_string),
     SETTING(log_level, i_enum, .choices = log_levels),
-    LIST("trusted_ips", i_cidr, mg_config_t, trusted_ips, ntrusted_ips,
-         .flags = F_SETTING | F_ENV | F_LIST),
+    SETTING_LIST(trusted_ips, i_cidr),
     SETTING(real_ip_header, i_string, .check = check_header_name),
     SETTING(request_id_header, i_request_id, .check = check_header_name),
-    {.name = "limits", .parse = p_sub, .off = offsetof(mg_config_t, limits), .sub = limits_fields,
-     .nsub = MG_ARRAY_SIZE(limits_fields), .flags = F_SETTING},
+    {.name = "limits",
+     .parse = p_sub,
+     .off = offsetof(mg_config_t, limits),
+     .sub = limits_fields,
+     .nsub = MG_ARRAY_SIZE(limits_fields),
+     .flags = F_SETTING},
     /* plugin names (a setting) and global plugin entities share the key: p_plugins sorts */
     {.name = "plugins", .parse = p_plugins, .flags = F_ENV | F_LIST},
     SKIP("lua_package_path", i_string, .flags = F_SETTING | F_ENV),
@@ -334,6 +351,10 @@ static const field_t top_fields[] = {
 };
 
 #define HAS(seen, table, name) has(seen, table, MG_ARRAY_SIZE(table), name)
+
+/* parse_map() reports the keys it saw as bits of a uint64_t */
+_Static_assert(MG_ARRAY_SIZE(top_fields) <= 64 && MG_ARRAY_SIZE(route_fields) <= 64,
+               "field tables are limited to 64 rows");
 
 /* ---- memory, errors and paths ------------------------------------------------------------ */
 
@@ -373,7 +394,8 @@ static char *tprintf(ctx_t *x, const char *fmt, ...)
 
 static char *lower(char *s)
 {
-    for (char *p = s; *p; p++) *p = mg_lower(*p);
+    for (char *p = s; *p; p++)
+        *p = mg_lower(*p);
     return s;
 }
 
@@ -488,7 +510,8 @@ static size_t list_of(ctx_t *x, yaml_node_t *n, bool scalar_ok, yaml_node_t ***o
     }
     size_t cnt = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
     *out = zalloc(x, x->tmp, (cnt ? cnt : 1) * sizeof(yaml_node_t *));
-    for (size_t i = 0; i < cnt; i++) (*out)[i] = node_at(x, n->data.sequence.items.start[i]);
+    for (size_t i = 0; i < cnt; i++)
+        (*out)[i] = node_at(x, n->data.sequence.items.start[i]);
     return cnt;
 }
 
@@ -656,9 +679,7 @@ static void p_mapping(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
     if (n->type != YAML_MAPPING_NODE) fail(x, "expected a mapping");
 }
 
-static void p_any(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
-{
-}
+static void p_any(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f) {}
 
 static void p_unsupported(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
 {
@@ -749,7 +770,8 @@ static void p_headers(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
         char *name = lower(sdup(x, key));
         mg_header_match_t *h = &r->headers[r->nheaders];
         bool seen = false;
-        for (size_t i = 0; i < r->nheaders; i++) seen = seen || !strcmp(r->headers[i].name, name);
+        for (size_t i = 0; i < r->nheaders; i++)
+            seen = seen || !strcmp(r->headers[i].name, name);
         if (check_header_name(x, name))
             fail(x, "invalid header name \"%s\"", key);
         else if (strcmp(name, "host") == 0)
@@ -852,7 +874,7 @@ static bool i_string(ctx_t *x, const char *s, void *out, const field_t *f)
 static bool i_bool(ctx_t *x, const char *s, void *out, const field_t *f)
 {
     static const char *const truths[] = {"true", "on", "yes"}, *const lies[] = {"false", "off",
-                                                                                 "no"};
+                                                                                "no"};
     for (size_t i = 0; i < MG_ARRAY_SIZE(truths); i++) {
         if (strcasecmp(s, truths[i]) == 0 || strcasecmp(s, lies[i]) == 0) {
             *(bool *)out = strcasecmp(s, truths[i]) == 0;
@@ -1047,7 +1069,8 @@ static bool cidr_parse(const char *s, mg_cidr_t *c)
         c->family = AF_INET;
         c->prefix -= 96;
     }
-    for (int i = c->prefix; i < bits; i++) c->addr[i / 8] &= (uint8_t)~(0x80 >> (i % 8));
+    for (int i = c->prefix; i < bits; i++)
+        c->addr[i / 8] &= (uint8_t) ~(0x80 >> (i % 8));
     return true;
 }
 
@@ -1082,20 +1105,21 @@ static bool is_label_char(char c)
  * Checks a lower-case host name of `len` bytes: non-empty dot-separated labels; with
  * `wildcard`, one "*" label may be the leftmost or the rightmost. NULL, or a message.
  */
-static const char *host_error(ctx_t *x, const char *s, size_t len, const char *shown,
-                              bool wildcard)
+static const char *host_error(ctx_t *x, const char *s, size_t len, const char *shown, bool wildcard)
 {
     size_t stars = 0, nlabels = 0;
     bool bad = len == 0 || len > 253, star_inside = false;
     for (size_t i = 0; !bad && i <= len; nlabels++) {
         size_t j = i;
-        while (j < len && s[j] != '.') j++;
+        while (j < len && s[j] != '.')
+            j++;
         if (j - i == 1 && s[i] == '*') {
             stars++;
             star_inside = star_inside || (i != 0 && j != len);
         } else {
             bad = j == i;
-            for (size_t k = i; !bad && k < j; k++) bad = !is_label_char(s[k]);
+            for (size_t k = i; !bad && k < j; k++)
+                bad = !is_label_char(s[k]);
         }
         i = j + 1;
     }
@@ -1207,8 +1231,7 @@ static const char *check_tag(ctx_t *x, char *s)
 {
     for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
         if (*c < 0x20 || *c == 0x7f || *c == ',' || *c == '/') {
-            snprintf(x->msg, sizeof(x->msg), "invalid tag \"%s\": no ',', '/' or control bytes",
-                     s);
+            snprintf(x->msg, sizeof(x->msg), "invalid tag \"%s\": no ',', '/' or control bytes", s);
             return x->msg;
         }
     }
@@ -1260,7 +1283,8 @@ static const char *check_route_host(ctx_t *x, char *s)
     size_t len = strlen(lower(s));
     if (s[0] == '[') {
         const char *rb = strchr(s, ']');
-        if (rb && ipv6_ok(s + 1, (size_t)(rb - s - 1)) && (!rb[1] || (rb[1] == ':' && port_ok(rb + 2))))
+        if (rb && ipv6_ok(s + 1, (size_t)(rb - s - 1)) &&
+            (!rb[1] || (rb[1] == ':' && port_ok(rb + 2))))
             return NULL;
         snprintf(x->msg, sizeof(x->msg), "invalid host \"%s\"", s);
         return x->msg;
@@ -1286,8 +1310,8 @@ static const char *check_path(ctx_t *x, char *s)
     if (s[0] != '~') return "must start with \"/\" or \"~\"";
     int code;
     PCRE2_SIZE off;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)(s + 1), PCRE2_ZERO_TERMINATED, 0, &code, &off,
-                                   NULL);
+    pcre2_code *re =
+        pcre2_compile((PCRE2_SPTR)(s + 1), PCRE2_ZERO_TERMINATED, 0, &code, &off, NULL);
     if (re) {
         pcre2_code_free(re);
         return NULL;
@@ -1451,9 +1475,11 @@ static void finish(ctx_t *x)
     mg_config_t *cfg = x->cfg;
     route_item_t *lists[2] = {x->nested, x->top};
     size_t nsvcs = 0, nroutes = 0, nsvc_names = 0, nroute_names = 0, nenabled = 0;
-    for (svc_item_t *s = x->svcs; s; s = s->next) nsvcs++;
+    for (svc_item_t *s = x->svcs; s; s = s->next)
+        nsvcs++;
     for (int l = 0; l < 2; l++)
-        for (route_item_t *r = lists[l]; r; r = r->next) nroutes++;
+        for (route_item_t *r = lists[l]; r; r = r->next)
+            nroutes++;
 
     named_t *svc_names = zalloc(x, x->tmp, (nsvcs + 1) * sizeof(named_t));
     for (svc_item_t *s = x->svcs; s; s = s->next)
@@ -1479,7 +1505,8 @@ static void finish(ctx_t *x)
     if (x->nerrs) return;
 
     /* disabled services (Kong's `enabled: false`) and their routes are left out */
-    for (svc_item_t *s = x->svcs; s; s = s->next) nenabled += s->enabled;
+    for (svc_item_t *s = x->svcs; s; s = s->next)
+        nenabled += s->enabled;
     cfg->services = zalloc(x, cfg->pool, (nenabled + 1) * sizeof(mg_service_t));
     for (svc_item_t *s = x->svcs; s; s = s->next) {
         if (!s->enabled) continue;
@@ -1585,7 +1612,8 @@ static void apply_env(ctx_t *x, const field_t *t, size_t nt, const char *prefix,
             for (const char *p = v; id && *p;) {
                 size_t len = strcspn(p, ",");
                 const char *s = p + strspn(p, " \t"), *e = p + len;
-                while (e > s && (e[-1] == ' ' || e[-1] == '\t')) e--;
+                while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
+                    e--;
                 int item = yaml_document_add_scalar(doc, NULL, (yaml_char_t *)s, (int)(e - s),
                                                     YAML_DOUBLE_QUOTED_SCALAR_STYLE);
                 if (!item || !yaml_document_append_sequence_item(doc, id, item)) id = 0;
@@ -1640,8 +1668,8 @@ static void set_defaults(ctx_t *x, mg_config_t *cfg)
     listen_parse("127.0.0.1:8000", cfg->proxy_listen, why, sizeof(why));
     cfg->proxy_listen->text = sdup(x, "127.0.0.1:8000");
     cfg->nproxy_listen = 1;
-    i_workers(x, "auto", &cfg->worker_processes, find(top_fields, MG_ARRAY_SIZE(top_fields),
-                                                      "worker_processes"));
+    i_workers(x, "auto", &cfg->worker_processes,
+              find(top_fields, MG_ARRAY_SIZE(top_fields), "worker_processes"));
     cfg->master_process = true;
     cfg->pid_file = sdup(x, "logs/moongate.pid");
     cfg->access_log = sdup(x, "logs/access.log");
@@ -1703,8 +1731,8 @@ mg_config_t *mg_config_load(const char *path, mg_config_errors_t *errs)
 
     if (x->declarative) {
         const char *file = declarative_path(x, path);
-        const char *label = x->decl_from_env ? "env MOONGATE_DECLARATIVE_CONFIG"
-                                             : "declarative_config";
+        const char *label =
+            x->decl_from_env ? "env MOONGATE_DECLARATIVE_CONFIG" : "declarative_config";
         if (!load_doc(x, 1, file, label, &root)) goto done;
         x->doc = &x->docs[1];
         x->in_decl = true;
@@ -1746,7 +1774,8 @@ void mg_config_errors_free(mg_config_errors_t *errs)
 
 void mg_config_errors_print(const mg_config_errors_t *errs, FILE *out)
 {
-    for (size_t i = 0; i < errs->n; i++) fprintf(out, "%s\n", errs->items[i]);
+    for (size_t i = 0; i < errs->n; i++)
+        fprintf(out, "%s\n", errs->items[i]);
 }
 
 int mg_config_parse_duration(const char *s, unsigned *ms)

@@ -79,7 +79,7 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
     if (m->in_trailers || m->head_done) return 0; /* trailers are read and dropped */
     if (m->nheaders >= m->max_headers) return -1; /* scan_head counted lines already */
     m->headers[m->nheaders].name = (mg_str_t){len, at};
-    m->headers[m->nheaders].value = MG_NULL_STR;
+    m->headers[m->nheaders].value = (mg_str_t){0, at}; /* until on_header_value runs */
     m->nheaders++;
     return 0;
 }

@@ -20,11 +20,11 @@ local socket = require "socket"
 local cjson = require "cjson.safe"
 local ffi = require "ffi"
 
-local fmt, match, gsub, find, sub, lower, byte, rep =
+local fmt, match, gsub, find, sub, lower, byte =
   string.format, string.match, string.gsub, string.find, string.sub, string.lower,
-  string.byte, string.rep
+  string.byte
 local concat, sort = table.concat, table.sort
-local floor, min, max, huge = math.floor, math.min, math.max, math.huge
+local min, max, huge = math.min, math.max, math.huge
 local unpack = unpack or table.unpack
 
 local _M = {}
@@ -1226,12 +1226,19 @@ local function gateway_bin(opts)
   return bin
 end
 
-local function env_prefix(env)
+-- `env` with the given variables; with `default_signals`, every signal disposition is reset
+-- to the default first: a background job of a non-interactive sh inherits SIGINT and SIGQUIT
+-- ignored, and this Lua process ignores SIGPIPE (luasocket), none of which a gateway started
+-- by an init system would have.
+local function env_prefix(env, default_signals)
   local parts = {}
   for k, v in pairs(env or {}) do
     parts[#parts + 1] = k .. "=" .. shell_quote(v)
   end
   sort(parts)
+  if default_signals then
+    table.insert(parts, 1, "--default-signal")
+  end
   return #parts > 0 and "env " .. concat(parts, " ") .. " " or ""
 end
 
@@ -1257,7 +1264,7 @@ function _M.start(conf, opts)
   local bin = gateway_bin(opts)
   local gw = setmetatable({ prefix = make_prefix("gw"), bin = bin }, Gateway)
   gw:write_conf(conf)
-  local cmd = fmt("exec %s%s run -c %s%s", env_prefix(opts.env), shell_quote(bin),
+  local cmd = fmt("exec %s%s run -c %s%s", env_prefix(opts.env, true), shell_quote(bin),
                   shell_quote(gw.conf_file), opts.args and " " .. opts.args or "")
   gw.proc = spawn(cmd, gw.prefix)
   gw.pid = gw.proc.pid

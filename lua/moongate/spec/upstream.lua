@@ -57,7 +57,7 @@ local lshift, rshift, rol, tobit, tohex = bit.lshift, bit.rshift, bit.rol, bit.t
 local byte, char, sub, find, fmt, rep, lower, gsub, match =
   string.byte, string.char, string.sub, string.find, string.format, string.rep, string.lower,
   string.gsub, string.match
-local concat, insert, remove = table.concat, table.insert, table.remove
+local concat, remove = table.concat, table.remove
 local floor, min, max = math.floor, math.min, math.max
 local unpack = unpack or table.unpack
 local gettime = socket.gettime
