@@ -554,8 +554,8 @@ void mg_conn_request_done(mg_req_t *r)
     c->last_io = ev_now(mg_worker.loop);
     if (c->in && mg_buf_len(c->in) > 0) {
         /* a pipelined request is already buffered: serve it from the loop, not recursively */
+        mg_conn_update(c); /* first: stopping a watcher clears its pending events */
         ev_feed_event(mg_worker.loop, &c->io, EV_CUSTOM);
-        mg_conn_update(c);
         return;
     }
     mg_buf_put(c->in);

@@ -625,7 +625,7 @@ void mg_proxy_pump(mg_req_t *r)
         }
     }
     /* still busy after a fair share of work: yield to other connections, continue soon */
-    ev_feed_event(mg_worker.loop, &c->io, EV_CUSTOM);
     mg_conn_update(c);
     if (r->u) mg_upstream_update(r->u);
+    ev_feed_event(mg_worker.loop, &c->io, EV_CUSTOM); /* after: a stop clears pending events */
 }
