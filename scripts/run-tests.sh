@@ -44,5 +44,14 @@ case "$mode" in
   all) run_unit "$@"; run_spec ;;
   *) echo "usage: $0 unit|spec|all ..." >&2; exit 2 ;;
 esac
+# Under `make asan`, every sanitizer report file is a failure, even if the test that caused
+# it passed (a worker can crash and be respawned without the client noticing).
+if [ -n "${SANITIZER_REPORTS:-}" ] && [ -d "$SANITIZER_REPORTS" ]; then
+  for f in "$SANITIZER_REPORTS"/*; do
+    [ -e "$f" ] || continue
+    echo "== sanitizer report $f"; head -40 "$f"
+    failed=$((failed + 1))
+  done
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
