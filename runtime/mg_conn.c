@@ -125,11 +125,15 @@ void mg_conn_update(mg_conn_t *c)
     ev_tstamp deadline = 0;
 
     switch (c->state) {
-    case MG_CONN_IDLE:
+    case MG_CONN_IDLE: {
+        /* a fresh connection must start its head within client_header_timeout; between
+         * requests the keep-alive timeout applies, shortened while draining */
+        unsigned idle = c->requests == 0 ? lim->client_header_timeout : lim->keepalive_timeout;
+        if (mg_worker.draining) idle = MG_MIN(idle, 1000);
         ev = EV_READ;
-        deadline = lim->keepalive_timeout ? c->last_io + lim->keepalive_timeout * ms : 0;
-        if (mg_worker.draining) deadline = c->last_io + MG_MIN(lim->keepalive_timeout, 1000) * ms;
+        deadline = c->last_io + idle * ms;
         break;
+    }
     case MG_CONN_HEAD:
         ev = EV_READ;
         deadline = r->start + lim->client_header_timeout * ms;
@@ -460,8 +464,8 @@ void mg_conn_respond_error(mg_req_t *r, unsigned status, const char *message)
     /* the connection survives only when the request was read completely */
     bool body_read = r->msg.head_done &&
                      (r->msg.body_kind == MG_BODY_NONE || r->msg.body_done || r->req_body_done);
-    r->keepalive = body_read && r->msg.keepalive && status < 500 && status != 408 &&
-                   status != 400 && !mg_worker.draining && !c->eof;
+    r->keepalive = body_read && status < 500 && status != 408 && status != 400 &&
+                   mg_conn_may_keepalive(r);
     if (r->out == NULL && (r->out = mg_buf_get()) == NULL) {
         conn_close(c);
         return;
@@ -532,13 +536,19 @@ static void access_log(mg_req_t *r)
     if (n > 0 && n < 4096) mg_access_log_commit((size_t)n);
 }
 
+bool mg_conn_may_keepalive(const mg_req_t *r)
+{
+    const mg_limits_t *lim = &mg_worker.cfg->limits;
+    return r->msg.keepalive && !r->c->eof && !mg_worker.draining && lim->keepalive_timeout > 0 &&
+           r->c->requests < lim->keepalive_requests;
+}
+
 void mg_conn_request_done(mg_req_t *r)
 {
     mg_conn_t *c = r->c;
     access_log(r);
     mg_worker.requests_total++;
-    bool keep = r->keepalive && !c->eof && !mg_worker.draining &&
-                c->requests < mg_worker.cfg->limits.keepalive_requests;
+    bool keep = r->keepalive && mg_conn_may_keepalive(r);
     if (r->u) {
         mg_upstream_release(r->u, !r->upstream_failed && r->resp_done && r->req_sent &&
                                       r->resp.keepalive && !r->tunnel);

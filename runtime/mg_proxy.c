@@ -355,7 +355,7 @@ void mg_proxy_start(mg_req_t *r)
 {
     mg_conn_t *c = r->c;
     r->upstream_start = ev_now(mg_worker.loop);
-    r->keepalive = r->msg.keepalive && !mg_worker.draining;
+    r->keepalive = mg_conn_may_keepalive(r);
     if (r->msg.body_kind == MG_BODY_NONE || r->msg.body_done) r->req_body_done = 1;
     if (r->msg.expect_continue && !r->req_body_done) {
         if ((r->out = mg_buf_get()) == NULL) {

@@ -118,6 +118,9 @@ struct mg_req_s {
 
 /* mg_conn.c */
 void mg_conn_accept(mg_listener_t *ls, int fd, const struct sockaddr *sa);
+/* True when the client connection may serve another request after r: the client asked for
+ * keep-alive, and neither draining nor keepalive_timeout/keepalive_requests forbid it. */
+bool mg_conn_may_keepalive(const mg_req_t *r);
 /* Ends r: access log, release the upstream, keep the connection alive or close it. */
 void mg_conn_request_done(mg_req_t *r);
 /* Aborts the client connection at once (no lingering): a response was cut short. */
