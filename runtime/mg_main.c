@@ -287,6 +287,10 @@ static int master(mg_config_t *cfg)
         } else if (sig == SIGTERM || sig == SIGQUIT || sig == SIGINT) {
             if (!stopping) {
                 stopping = true;
+                /* no new connections from now on: they would queue with nobody to serve them */
+                for (size_t j = 0; j < nlsets; j++)
+                    for (int s = 0; s < MAX_WORKERS; s++)
+                        if (lsets[j].fds[s] >= 0) close(lsets[j].fds[s]), lsets[j].fds[s] = -1;
                 stop_deadline = time(NULL) + cfg->limits.worker_shutdown_timeout / 1000 + 5;
                 mg_log_notice("%s stop requested", sig == SIGTERM ? "graceful" : "fast");
             }
