@@ -145,12 +145,14 @@ void mg_conn_update(mg_conn_t *c)
     case MG_CONN_ACTIVE: {
         bool want_write = r->out && mg_buf_len(r->out) > 0;
         bool want_read = !c->eof && c->in && mg_buf_free(c->in) + c->in->start > 0 &&
-                         ((!r->req_body_done && !r->local_response) || r->tunnel);
+                         ((!r->req_body_done && !r->local_response) || r->tunnel ||
+                          (!r->head_sent && !r->local_response));
         if (want_write && !c->wready) ev |= EV_WRITE;
         if (want_read && !c->rready) ev |= EV_READ;
         if (want_write) deadline = c->last_io + lim->send_timeout * ms;
         else if (r->tunnel) deadline = c->last_io + r->service->read_timeout * ms;
-        else if (want_read) deadline = c->last_io + lim->client_body_timeout * ms;
+        else if (want_read && !r->req_body_done)
+            deadline = c->last_io + lim->client_body_timeout * ms;
         break;
     }
     }

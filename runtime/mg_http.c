@@ -78,6 +78,10 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
     mg_http_msg_t *m = p->data;
     if (m->in_trailers || m->head_done) return 0; /* trailers are read and dropped */
     if (m->nheaders >= m->max_headers) return -1; /* scan_head counted lines already */
+    /* http-parser refuses any repeated Content-Length, but RFC 9110 §8.6 allows identical
+     * ones: let it read the repeat; check_framing() refuses differing values */
+    if (len == 14 && mg_str_caseeq_lit((mg_str_t){len, at}, "content-length"))
+        p->flags &= ~F_CONTENTLENGTH;
     m->headers[m->nheaders].name = (mg_str_t){len, at};
     m->headers[m->nheaders].value = (mg_str_t){0, at}; /* until on_header_value runs */
     m->nheaders++;
@@ -140,16 +144,13 @@ static int scan_head(mg_http_msg_t *m, const char *d, size_t len, size_t max_lin
                      size_t max_line, size_t max_total, unsigned max_headers, bool request)
 {
     size_t i = m->scan_pos;
-    if (i == 0 && request) { /* RFC 9112 §2.2: ignore at least one empty line before a request */
-        while (i + 1 < len && d[i] == '\r' && d[i + 1] == '\n' && i < 8) i += 2;
-        m->line_start = i;
-    }
     for (; i < len; i++) {
         unsigned char c = (unsigned char)d[i];
         if (MG_LIKELY(c >= 0x20 && c != 0x7f)) continue;
         if (c == '\t') continue;
         if (c == '\r') {
-            if (i + 1 < len && d[i + 1] != '\n') {
+            if (i + 1 == len) break; /* rescan it when we see what follows */
+            if (d[i + 1] != '\n') {
                 m->error = "bare CR in head";
                 return 400;
             }
@@ -165,6 +166,11 @@ static int scan_head(mg_http_msg_t *m, const char *d, size_t len, size_t max_lin
         }
         size_t ls = m->line_start, line_len = i - 1 - ls;
         if (m->lines == 0) {
+            if (request && line_len == 0 && ls < 8) {
+                /* RFC 9112 §2.2: ignore at least one empty line before a request */
+                m->line_start = i + 1;
+                continue;
+            }
             if (line_len > max_line_first) {
                 m->error = "request line too long";
                 return request ? 414 : 502;
@@ -211,7 +217,7 @@ static int scan_head(mg_http_msg_t *m, const char *d, size_t len, size_t max_lin
         m->line_start = i + 1;
     }
     m->scan_pos = i;
-    size_t partial = len - m->line_start;
+    size_t partial = i - m->line_start; /* without a CR still waiting for its LF */
     if (m->lines == 0 && partial > max_line_first) {
         m->error = "request line too long";
         return request ? 414 : 502;
@@ -475,6 +481,7 @@ int mg_http_body_feed(mg_http_msg_t *m, const char *data, size_t len, mg_buf_t *
 {
     *consumed = 0;
     if (m->body_done || m->body_kind == MG_BODY_NONE) return MG_DONE;
+    if (len == 0) return MG_OK; /* http_parser_execute() would take it for end of input */
     mg_buf_compact(out);
     size_t room = mg_buf_free(out);
     if (m->body_kind == MG_BODY_CHUNKED) {

@@ -154,6 +154,8 @@ static int write_request_head(mg_req_t *r, mg_buf_t *b)
     PUT_LIT(&o, "\r\n");
 
     mg_str_t fwd[NFWD] = {{0}};
+    mg_str_t xff[16];
+    size_t nxff = 0;
     const char *rid_name = cfg->request_id_header;
     mg_str_t rid_str = rid_name ? (mg_str_t){strlen(rid_name), rid_name} : MG_NULL_STR;
     for (unsigned i = 0; i < m->nheaders; i++) {
@@ -165,19 +167,7 @@ static int write_request_head(mg_req_t *r, mg_buf_t *b)
         int f = fwd_index(h->name);
         if (f >= 0) {
             if (trusted && f != XFF) fwd[f] = h->value;
-            if (trusted && f == XFF) {
-                /* several X-Forwarded-For lines from a trusted proxy are one list */
-                if (fwd[XFF].len) {
-                    PUT_LIT(&o, "X-Forwarded-For: ");
-                    PUT_STR(&o, fwd[XFF]);
-                    PUT_LIT(&o, ", ");
-                    PUT_STR(&o, h->value);
-                    fwd[XFF] = MG_NULL_STR;
-                    PUT_LIT(&o, "\r\n");
-                    continue;
-                }
-                fwd[XFF] = h->value;
-            }
+            if (trusted && f == XFF && nxff < MG_ARRAY_SIZE(xff)) xff[nxff++] = h->value;
             continue;
         }
         put_header(&o, h->name, h->value);
@@ -186,8 +176,9 @@ static int write_request_head(mg_req_t *r, mg_buf_t *b)
     size_t iplen = mg_conn_client_ip(c, ip, sizeof(ip));
     mg_str_t ipstr = {iplen, ip};
     PUT_LIT(&o, "X-Forwarded-For: ");
-    if (fwd[XFF].len) {
-        PUT_STR(&o, fwd[XFF]);
+    for (size_t i = 0; i < nxff; i++) { /* several lines from a trusted proxy are one list */
+        if (xff[i].len == 0) continue;
+        PUT_STR(&o, xff[i]);
         PUT_LIT(&o, ", ");
     }
     PUT_STR(&o, ipstr);
@@ -395,8 +386,9 @@ void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout)
      * for a stale pooled connection of an idempotent request without a body */
     bool retry = !r->head_sent && nothing_received &&
                  ((connecting && r->tries <= s->retries) ||
-                  (u && u->reused && !connecting && is_idempotent(&r->msg) &&
-                   r->msg.body_kind == MG_BODY_NONE && r->tries <= s->retries + 1));
+                  (u && u->reused && !connecting && !timeout && !r->stale_retried &&
+                   is_idempotent(&r->msg) && r->msg.body_kind == MG_BODY_NONE));
+    if (retry && !connecting) r->stale_retried = 1;
     if (retry) {
         if (!connecting && u) {
             mg_buf_put(u->out); /* rebuild the head for the fresh connection */
@@ -447,11 +439,16 @@ void mg_proxy_pump(mg_req_t *r)
         unsigned err = 0;
 
         /* client -> c->in */
-        if (c->rready && !c->eof && (!r->req_body_done || r->tunnel) && c->in) {
+        /* after the body, the client is still read (into the bounded buffer) until the
+         * response starts, so a client that gives up is noticed and the upstream request
+         * dropped instead of running to read_timeout */
+        if (c->rready && !c->eof && (!r->req_body_done || r->tunnel || !r->head_sent) && c->in) {
             ssize_t n = mg_conn_read(c);
             if (n > 0) progress = true;
-            if (c->eof && !r->req_body_done && !r->tunnel) {
-                mg_log_info("client closed the connection before sending the whole body");
+            if (c->eof && !r->tunnel && (!r->req_body_done || !r->head_sent)) {
+                mg_log_info("client closed the connection before %s",
+                            r->req_body_done ? "the response" : "sending the whole body");
+                r->upstream_failed = 1;
                 mg_conn_abort(c);
                 return;
             }
@@ -488,9 +485,11 @@ void mg_proxy_pump(mg_req_t *r)
         }
         if (r->req_body_done && !r->msg.out_chunked && u->out && mg_buf_len(u->out) == 0)
             r->req_sent = 1;
-        if (r->tunnel && c->eof && u->out && mg_buf_len(u->out) == 0 && !r->req_sent) {
+        if (r->tunnel && c->eof && mg_buf_len(c->in) == 0 && u->out && mg_buf_len(u->out) == 0 &&
+            !r->tunnel_client_done) {
             shutdown(u->fd, SHUT_WR); /* half-close travels through the tunnel */
-            r->req_sent = 1;
+            r->tunnel_client_done = 1;
+            progress = true;
         }
         /* upstream -> u->in */
         if (u->connected && u->rready && !u->eof && !r->resp_done) {
@@ -608,7 +607,7 @@ void mg_proxy_pump(mg_req_t *r)
                 shutdown(c->fd, SHUT_WR);
                 r->resp_done = 1;
             }
-            if (r->resp_done && r->req_sent) {
+            if (r->resp_done && r->tunnel_client_done) {
                 r->keepalive = 0;
                 mg_conn_request_done(r);
                 return;

@@ -107,10 +107,11 @@ struct mg_req_s {
     unsigned resp_done : 1;      /* response body fully read from upstream */
     unsigned keepalive : 1;      /* client connection stays open after this response */
     unsigned tunnel : 1;         /* after a 101: raw bytes both ways */
+    unsigned tunnel_client_done : 1; /* the client's half-close was passed upstream */
     unsigned local_response : 1; /* the gateway answered itself (error, 404) */
     unsigned upstream_failed : 1;
+    unsigned stale_retried : 1;
     unsigned client_aborted : 1;
-    unsigned finishing : 1;
     char request_id[33];
     mg_str_t rid;
     char upstream_addr[64];

@@ -82,7 +82,7 @@ mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r)
 {
     pool_t *p = &pools[s->index];
     mg_uconn_t *u = p->head;
-    if (u) {
+    if (u && !r->stale_retried) {
         p->head = u->next;
         p->count--;
         u->next = NULL;
