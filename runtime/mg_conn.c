@@ -17,7 +17,7 @@
 #include "mg_log.h"
 #include "mg_request.h"
 
-#define REQ_POOL_SIZE 8192
+#define REQ_POOL_SIZE 16384
 #define REQ_POOL_FREE_MAX 256
 #define LINGER_TIMEOUT 2.0
 
@@ -82,8 +82,24 @@ void mg_conn_accept(mg_listener_t *ls, int fd, const struct sockaddr *sa)
     conn_on_head_events(c);
 }
 
+/* IPv4 dotted quad without inet_ntop's printf machinery: this runs for every request. */
+static size_t format_ipv4(const uint8_t *a, char *buf)
+{
+    char *p = buf;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = a[i];
+        if (v >= 100) *p++ = (char)('0' + v / 100);
+        if (v >= 10) *p++ = (char)('0' + v / 10 % 10);
+        *p++ = (char)('0' + v % 10);
+        if (i < 3) *p++ = '.';
+    }
+    *p = '\0';
+    return (size_t)(p - buf);
+}
+
 size_t mg_conn_client_ip(const mg_conn_t *c, char *buf, size_t len)
 {
+    if (c->peer_family == AF_INET && len >= 16) return format_ipv4(c->peer_addr, buf);
     if (c->peer_family == AF_INET6) {
         const struct in6_addr *a = (const struct in6_addr *)c->peer_addr;
         if (IN6_IS_ADDR_V4MAPPED(a)) inet_ntop(AF_INET, c->peer_addr + 12, buf, (socklen_t)len);
@@ -533,7 +549,7 @@ static void access_log(mg_req_t *r)
                      "\"route\":\"%s\",\"service\":\"%s\"%s}\n",
                      cached_time, (int)((now - (double)sec) * 1000) % 1000, ip,
                      (int)r->msg.method.len, r->msg.method.data, (int)plen, path, status,
-                     r->bytes_sent, r->msg.body_seen, r->upstream_addr, total, upstream, rid,
+                     r->bytes_sent, r->msg.body_seen, r->upstream_addr ? r->upstream_addr : "", total, upstream, rid,
                      route, service, r->client_aborted ? ",\"aborted\":true" : "");
     if (n > 0 && n < 4096) mg_access_log_commit((size_t)n);
 }

@@ -49,6 +49,48 @@ static const uint8_t tchar[256] = {
     ['y'] = 1, ['z'] = 1,
 };
 
+/* True when one of the eight bytes is a control character (< 0x20) or DEL (0x7f). */
+static inline bool has_ctl(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    uint64_t lt20 = (x - ones * 0x20) & ~x & highs;      /* some byte < 0x20 */
+    uint64_t del = x ^ (ones * 0x7f);
+    uint64_t is7f = (del - ones) & ~del & highs;         /* some byte == 0x7f */
+    return (lt20 | is7f) != 0;
+}
+
+/* "HTTP/1.x NNN[ reason]" — a strict reading of RFC 9112 §4. */
+static int parse_status_line(mg_http_msg_t *m, const char *p, size_t n)
+{
+    if (n < 12 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') || p[8] != ' ' ||
+        p[9] < '1' || p[9] > '9' || p[10] < '0' || p[10] > '9' || p[11] < '0' || p[11] > '9' ||
+        (n > 12 && p[12] != ' ')) {
+        m->error = "invalid response status line";
+        return MG_ERROR;
+    }
+    m->major = 1;
+    m->minor = (uint8_t)(p[7] - '0');
+    m->status = (unsigned)((p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0'));
+    return MG_OK;
+}
+
+/* Host header bytes: RFC 3986 reg-name / IP-literal characters and ':' for the port. */
+static const uint8_t host_char[256] = {
+    ['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, ['!'] = 1, ['$'] = 1, ['&'] = 1, ['\''] = 1,
+    ['('] = 1, [')'] = 1, ['*'] = 1, ['+'] = 1, [','] = 1, [';'] = 1, ['='] = 1, [':'] = 1,
+    ['['] = 1, [']'] = 1, ['%'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+};
+
 void mg_http_msg_init(mg_http_msg_t *m, enum http_parser_type type, mg_header_t *headers,
                       unsigned max_headers)
 {
@@ -145,6 +187,14 @@ static int scan_head(mg_http_msg_t *m, const char *d, size_t len, size_t max_lin
 {
     size_t i = m->scan_pos;
     for (; i < len; i++) {
+        /* skip eight ordinary bytes at a time: most of a head is printable text */
+        while (i + 8 <= len) {
+            uint64_t x;
+            memcpy(&x, d + i, 8);
+            if (has_ctl(x)) break;
+            i += 8;
+        }
+        if (i >= len) break;
         unsigned char c = (unsigned char)d[i];
         if (MG_LIKELY(c >= 0x20 && c != 0x7f)) continue;
         if (c == '\t') continue;
@@ -175,6 +225,7 @@ static int scan_head(mg_http_msg_t *m, const char *d, size_t len, size_t max_lin
                 m->error = "request line too long";
                 return request ? 414 : 502;
             }
+            if (!request && parse_status_line(m, d + ls, line_len) != MG_OK) return 502;
             if (request) { /* method SP target SP version: exactly two spaces, no tabs */
                 unsigned spaces = 0;
                 for (size_t k = ls; k < ls + line_len; k++) {
@@ -211,6 +262,15 @@ static int scan_head(mg_http_msg_t *m, const char *d, size_t len, size_t max_lin
                 m->error = (d[ls] == ' ' || d[ls] == '\t') ? "obs-fold or leading whitespace"
                                                            : "invalid header name";
                 return request ? 400 : 502;
+            }
+            if (!request) { /* responses are tokenised here; http-parser only sees bodies */
+                if (m->nheaders >= m->max_headers) {
+                    m->error = "too many headers";
+                    return 502;
+                }
+                m->headers[m->nheaders].name = (mg_str_t){k - ls, d + ls};
+                m->headers[m->nheaders].value = trim(d + k + 1, i - 1 - (k + 1));
+                m->nheaders++;
             }
         }
         m->lines++;
@@ -259,13 +319,34 @@ static bool parse_content_length(mg_str_t v, uint64_t *out)
     return have;
 }
 
-/* Decides body framing from Content-Length / Transfer-Encoding. Returns MG_OK or a status. */
+/* True when the comma-separated list v contains token (case-insensitive). */
+static bool header_has_token(mg_str_t v, mg_str_t token)
+{
+    size_t i = 0;
+    while (i <= v.len) {
+        size_t j = i;
+        while (j < v.len && v.data[j] != ',') j++;
+        if (mg_str_caseeq(trim(v.data + i, j - i), token)) return true;
+        i = j + 1;
+    }
+    return false;
+}
+
+/* Decides body framing from Content-Length / Transfer-Encoding and notes the Connection
+ * header's options. Returns MG_OK or a status. */
 static int check_framing(mg_http_msg_t *m, int bad_status)
 {
     bool have_cl = false, chunked = false;
     uint64_t cl = 0;
     for (unsigned h = 0; h < m->nheaders; h++) {
         mg_header_t *hd = &m->headers[h];
+        if (hd->name.len == 10 && mg_str_caseeq_lit(hd->name, "connection")) {
+            m->nconnection++;
+            if (header_has_token(hd->value, MG_STR("close"))) m->conn_close = 1;
+            if (header_has_token(hd->value, MG_STR("keep-alive"))) m->conn_keepalive = 1;
+            continue;
+        }
+        if (hd->name.len != 14 && hd->name.len != 17) continue;
         if (mg_str_caseeq_lit(hd->name, "content-length")) {
             uint64_t v;
             if (!parse_content_length(hd->value, &v) || (have_cl && v != cl)) {
@@ -306,25 +387,26 @@ static int check_framing(mg_http_msg_t *m, int bad_status)
         m->error = "both Content-Length and Transfer-Encoding";
         return bad_status;
     }
-    /* our reading must agree with http-parser's, or someone found a gap between them */
-    if (chunked != !!(m->parser.flags & F_CHUNKED) ||
-        (have_cl && m->parser.content_length != cl && !m->body_done)) {
+    /* for requests, http-parser read the head too: our reading must agree with its reading,
+     * or someone found a gap between the two parsers */
+    if (m->parser.type == HTTP_REQUEST &&
+        (chunked != !!(m->parser.flags & F_CHUNKED) ||
+         (have_cl && m->parser.content_length != cl && !m->body_done))) {
         m->error = "framing disagreement";
         return bad_status;
     }
+    m->has_content_length = have_cl;
+    m->content_length = cl;
     if (chunked) m->body_kind = MG_BODY_CHUNKED;
-    else if (have_cl && cl > 0) m->body_kind = MG_BODY_LENGTH, m->content_length = cl;
+    else if (have_cl && cl > 0) m->body_kind = MG_BODY_LENGTH;
     else m->body_kind = MG_BODY_NONE;
     return MG_OK;
 }
 
 static bool valid_host(mg_str_t h)
 {
-    for (size_t i = 0; i < h.len; i++) {
-        unsigned char c = (unsigned char)h.data[i];
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) continue;
-        if (strchr("-._~!$&'()*+,;=:[]%", c) == NULL || c == 0) return false;
-    }
+    for (size_t i = 0; i < h.len; i++)
+        if (!host_char[(unsigned char)h.data[i]]) return false;
     return true;
 }
 
@@ -443,23 +525,9 @@ int mg_http_parse_response_head(mg_http_msg_t *m, const char *data, size_t len,
 {
     int rc = scan_head(m, data, len, max_head, max_head, max_head, m->max_headers, false);
     if (rc != MG_OK) return rc == MG_AGAIN ? rc : 502;
+    m->head_done = 1;
     m->skip_body = request_method_head ? 1 : 0;
-    size_t n = http_parser_execute(&m->parser, &settings, data, m->head_len);
-    enum http_errno e = HTTP_PARSER_ERRNO(&m->parser);
-    if ((e != HPE_OK && e != HPE_PAUSED) || !m->head_done ||
-        (n != m->head_len && e != HPE_PAUSED && !m->parser.upgrade)) {
-        m->error = e != HPE_OK ? http_errno_description(e) : "invalid response head";
-        return 502;
-    }
-    if (e == HPE_PAUSED) http_parser_pause(&m->parser, 0);
-    m->status = m->parser.status_code;
-    m->major = (uint8_t)m->parser.http_major;
-    m->minor = (uint8_t)m->parser.http_minor;
-    if (m->major != 1 || m->status < 100 || m->status > 999) {
-        m->error = "invalid response status line";
-        return 502;
-    }
-    if (m->status >= 100 && m->status < 200) {
+    if (m->status < 200) {
         m->upgrade = m->status == 101;
         m->body_kind = MG_BODY_NONE;
         return MG_OK;
@@ -468,11 +536,18 @@ int mg_http_parse_response_head(mg_http_msg_t *m, const char *data, size_t len,
     if (rc != MG_OK) return rc;
     if (request_method_head || m->status == 204 || m->status == 304) {
         m->body_kind = MG_BODY_NONE;
-    } else if (m->body_kind == MG_BODY_NONE && !(m->parser.flags & F_CONTENTLENGTH) &&
-               !m->body_done) {
+    } else if (m->body_kind == MG_BODY_NONE && !m->has_content_length) {
         m->body_kind = MG_BODY_EOF; /* no framing: the body ends when the upstream closes */
+    } else if (m->body_kind == MG_BODY_CHUNKED) {
+        /* http-parser decodes chunked bodies; put it in that state with a minimal head */
+        static const char chunked_head[] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        http_parser_init(&m->parser, HTTP_RESPONSE);
+        m->parser.data = m;
+        size_t n = http_parser_execute(&m->parser, &settings, chunked_head, sizeof(chunked_head) - 1);
+        if (n != sizeof(chunked_head) - 1 || HTTP_PARSER_ERRNO(&m->parser) != HPE_OK) return 502;
     }
-    m->keepalive = (m->body_kind != MG_BODY_EOF && http_should_keep_alive(&m->parser)) ? 1 : 0;
+    bool keep = m->minor == 1 ? !m->conn_close : m->conn_keepalive && !m->conn_close;
+    m->keepalive = (m->body_kind != MG_BODY_EOF && keep) ? 1 : 0;
     return MG_OK;
 }
 
@@ -564,17 +639,11 @@ const mg_header_t *mg_http_header(const mg_http_msg_t *m, mg_str_t name)
 
 static bool listed_in_connection(const mg_http_msg_t *m, mg_str_t name)
 {
+    if (m->nconnection == 0) return false;
     for (unsigned h = 0; h < m->nheaders; h++) {
-        if (m->headers[h].name.len != 10 || !mg_str_caseeq_lit(m->headers[h].name, "connection"))
-            continue;
-        mg_str_t v = m->headers[h].value;
-        size_t i = 0;
-        while (i <= v.len) {
-            size_t j = i;
-            while (j < v.len && v.data[j] != ',') j++;
-            if (mg_str_caseeq(trim(v.data + i, j - i), name)) return true;
-            i = j + 1;
-        }
+        if (m->headers[h].name.len == 10 && mg_str_caseeq_lit(m->headers[h].name, "connection") &&
+            header_has_token(m->headers[h].value, name))
+            return true;
     }
     return false;
 }

@@ -37,7 +37,7 @@ typedef struct mg_http_msg_s {
     unsigned nheaders, max_headers;
 
     mg_body_kind_t body_kind;
-    uint64_t content_length; /* MG_BODY_LENGTH only */
+    uint64_t content_length; /* the Content-Length value (see has_content_length) */
     uint64_t body_seen;      /* body bytes (decoded) consumed so far */
     uint64_t body_limit;     /* 0 = unlimited; exceeding it answers 413 */
 
@@ -49,6 +49,10 @@ typedef struct mg_http_msg_s {
     unsigned out_chunked : 1;     /* mg_http_body_feed re-frames the body as chunked */
     unsigned skip_body : 1;       /* response to HEAD, or 204/304 */
     unsigned in_trailers : 1;
+    unsigned has_content_length : 1; /* a Content-Length header was present (even 0) */
+    unsigned conn_close : 1;      /* Connection: close */
+    unsigned conn_keepalive : 1;  /* Connection: keep-alive */
+    unsigned nconnection;         /* Connection header lines (0: nothing listed in them) */
 
     /* incremental head scanning state (offsets from the start of the head) */
     size_t scan_pos, line_start, head_len;

@@ -15,6 +15,9 @@
 #include "mg_log.h"
 #include "mg_request.h"
 
+/* Upstream response heads may carry this many header lines (else 502). */
+#define MAX_RESP_HEADERS 128
+
 static int write_request_head(mg_req_t *r, mg_buf_t *b);
 static int write_response_head(mg_req_t *r);
 static bool connect_upstream(mg_req_t *r);
@@ -43,9 +46,9 @@ static void put_cstr(out_t *o, const char *s)
 }
 static void put_u64(out_t *o, uint64_t v)
 {
-    char tmp[24];
-    int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
-    put(o, tmp, (size_t)n);
+    char tmp[24], *p = tmp + sizeof(tmp);
+    do *--p = (char)('0' + v % 10); while ((v /= 10) != 0);
+    put(o, p, (size_t)(tmp + sizeof(tmp) - p));
 }
 static void put_header(out_t *o, mg_str_t name, mg_str_t value)
 {
@@ -275,11 +278,9 @@ static int write_response_head(mg_req_t *r)
     } else {
         bool has_body = u->body_kind != MG_BODY_NONE;
         if (u->body_kind == MG_BODY_LENGTH ||
-            (!has_body && (u->parser.flags & F_CONTENTLENGTH) && u->status != 204 &&
-             u->status >= 200)) {
+            (!has_body && u->has_content_length && u->status != 204 && u->status >= 200)) {
             PUT_LIT(&o, "Content-Length: ");
-            put_u64(&o, u->body_kind == MG_BODY_LENGTH ? u->content_length
-                                                       : u->parser.content_length);
+            put_u64(&o, u->content_length);
             PUT_LIT(&o, "\r\n");
         } else if (has_body) {
             if (client10) {
@@ -332,13 +333,7 @@ static bool connect_upstream(mg_req_t *r)
             return false;
         }
     }
-    const struct sockaddr *sa = (const struct sockaddr *)&s->addr;
-    char host[INET6_ADDRSTRLEN];
-    if (sa->sa_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host, sizeof(host));
-    else
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host, sizeof(host));
-    snprintf(r->upstream_addr, sizeof(r->upstream_addr), "%s:%u", host, s->port);
+    r->upstream_addr = mg_upstream_addr_text(s);
     return true;
 }
 
@@ -503,8 +498,8 @@ void mg_proxy_pump(mg_req_t *r)
         /* u->in -> r->out */
         if (u->in && !r->resp.head_done && (mg_buf_len(u->in) || u->eof)) {
             if (r->resp.headers == NULL) {
-                r->resp_headers = mg_pool_alloc(r->pool, sizeof(mg_header_t) * 256);
-                mg_http_msg_init(&r->resp, HTTP_RESPONSE, r->resp_headers, 256);
+                r->resp_headers = mg_pool_alloc(r->pool, sizeof(mg_header_t) * MAX_RESP_HEADERS);
+                mg_http_msg_init(&r->resp, HTTP_RESPONSE, r->resp_headers, MAX_RESP_HEADERS);
             }
             int rc = mg_http_parse_response_head(&r->resp, mg_buf_pos(u->in), mg_buf_len(u->in),
                                                  MG_BUF_SIZE / 2, r->msg.parser.method == HTTP_HEAD);
@@ -526,7 +521,7 @@ void mg_proxy_pump(mg_req_t *r)
             } else if (r->resp.status < 200 && r->resp.status != 101) {
                 /* 100 Continue / 103 Early Hints: the gateway already answered 100 itself */
                 u->in->start += r->resp.head_len;
-                mg_http_msg_init(&r->resp, HTTP_RESPONSE, r->resp_headers, 256);
+                mg_http_msg_init(&r->resp, HTTP_RESPONSE, r->resp_headers, MAX_RESP_HEADERS);
                 progress = true;
                 continue;
             } else if (r->resp.status == 101 && !r->msg.upgrade) {

@@ -114,7 +114,7 @@ struct mg_req_s {
     unsigned client_aborted : 1;
     char request_id[33];
     mg_str_t rid;
-    char upstream_addr[64];
+    const char *upstream_addr;   /* "ip:port" of the service, for the log; "" before */
 };
 
 /* mg_conn.c */
@@ -162,6 +162,8 @@ int mg_upstream_init(const mg_config_t *cfg);
 /* Reads into u->in / writes from u->out, like mg_conn_read / mg_conn_write. */
 ssize_t mg_upstream_read(mg_uconn_t *u);
 int mg_upstream_write(mg_uconn_t *u);
+/* "ip:port" of the service's address, formatted once per worker. */
+const char *mg_upstream_addr_text(const mg_service_t *s);
 
 /* mg_worker.c */
 int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned slot);

@@ -9,7 +9,9 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <unistd.h>
+#include <arpa/inet.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <sys/socket.h>
 
 #include "mg_log.h"
@@ -18,6 +20,7 @@
 typedef struct {
     mg_uconn_t *head;
     unsigned count;
+    char addr_text[64]; /* "ip:port", for logs */
 } pool_t;
 
 static pool_t *pools;
@@ -31,7 +34,19 @@ int mg_upstream_init(const mg_config_t *cfg)
 {
     npools = cfg->nservices;
     pools = calloc(npools ? npools : 1, sizeof(pool_t));
-    return pools ? MG_OK : MG_ERROR;
+    if (pools == NULL) return MG_ERROR;
+    for (size_t i = 0; i < npools; i++) {
+        const mg_service_t *s = &cfg->services[i];
+        const struct sockaddr *sa = (const struct sockaddr *)&s->addr;
+        char host[INET6_ADDRSTRLEN] = "";
+        if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host, sizeof(host));
+        else
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host, sizeof(host));
+        snprintf(pools[i].addr_text, sizeof(pools[i].addr_text),
+                 sa->sa_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, s->port);
+    }
+    return MG_OK;
 }
 
 static void uconn_close(mg_uconn_t *u)
@@ -262,7 +277,7 @@ void mg_upstream_pool_close_all(void)
     }
 }
 
-void mg_upstream_discard(mg_uconn_t *u)
+const char *mg_upstream_addr_text(const mg_service_t *s)
 {
-    uconn_close(u);
+    return pools[s->index].addr_text;
 }
