@@ -263,15 +263,6 @@ static int scan_head(mg_http_msg_t *m, const char *d, size_t len, size_t max_lin
                                                            : "invalid header name";
                 return request ? 400 : 502;
             }
-            if (!request) { /* responses are tokenised here; http-parser only sees bodies */
-                if (m->nheaders >= m->max_headers) {
-                    m->error = "too many headers";
-                    return 502;
-                }
-                m->headers[m->nheaders].name = (mg_str_t){k - ls, d + ls};
-                m->headers[m->nheaders].value = trim(d + k + 1, i - 1 - (k + 1));
-                m->nheaders++;
-            }
         }
         m->lines++;
         m->line_start = i + 1;
@@ -520,11 +511,30 @@ int mg_http_parse_request_head(mg_http_msg_t *m, const char *data, size_t len,
     return check_request(m);
 }
 
+/* Fills m->headers from a complete response head that scan_head() validated (every line
+ * ends in CRLF and has a colon after a token). Done once the head is complete, because the
+ * buffer may move between partial reads. */
+static void tokenize_response_headers(mg_http_msg_t *m, const char *d)
+{
+    const char *p = memchr(d, '\n', m->head_len) + 1; /* after the status line */
+    const char *end = d + m->head_len - 2;            /* the final empty line */
+    m->nheaders = 0;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end + 2 - p));
+        const char *colon = memchr(p, ':', (size_t)(eol - p));
+        m->headers[m->nheaders].name = (mg_str_t){(size_t)(colon - p), p};
+        m->headers[m->nheaders].value = trim(colon + 1, (size_t)(eol - 1 - (colon + 1)));
+        m->nheaders++;
+        p = eol + 1;
+    }
+}
+
 int mg_http_parse_response_head(mg_http_msg_t *m, const char *data, size_t len,
                                 size_t max_head, bool request_method_head)
 {
     int rc = scan_head(m, data, len, max_head, max_head, max_head, m->max_headers, false);
     if (rc != MG_OK) return rc == MG_AGAIN ? rc : 502;
+    tokenize_response_headers(m, data);
     m->head_done = 1;
     m->skip_body = request_method_head ? 1 : 0;
     if (m->status < 200) {

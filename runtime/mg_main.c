@@ -350,8 +350,10 @@ static int cmd_run(bool daemonize)
     if (mg_log_open(cfg) != MG_OK) return 1;
     if (daemonize) {
         pid_t pid = fork();
-        if (pid < 0) return 1;
-        if (pid > 0) return 0;
+        if (pid < 0 || pid > 0) {
+            mg_config_free(cfg);
+            return pid < 0 ? 1 : 0;
+        }
         setsid();
         int devnull = open("/dev/null", O_RDWR);
         if (devnull >= 0) {
