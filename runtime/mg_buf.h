@@ -26,10 +26,22 @@ void mg_buf_put(mg_buf_t *b);
 /* Frees every buffer on the free list (worker exit, tests). */
 void mg_buf_drain(void);
 
-static inline size_t mg_buf_len(const mg_buf_t *b) { return b->end - b->start; }
-static inline size_t mg_buf_free(const mg_buf_t *b) { return b->size - b->end; }
-static inline char *mg_buf_pos(mg_buf_t *b) { return b->data + b->start; }
-static inline char *mg_buf_last(mg_buf_t *b) { return b->data + b->end; }
+static inline size_t mg_buf_len(const mg_buf_t *b)
+{
+    return b->end - b->start;
+}
+static inline size_t mg_buf_free(const mg_buf_t *b)
+{
+    return b->size - b->end;
+}
+static inline char *mg_buf_pos(mg_buf_t *b)
+{
+    return b->data + b->start;
+}
+static inline char *mg_buf_last(mg_buf_t *b)
+{
+    return b->data + b->end;
+}
 
 /* Moves unread bytes to the front so that the whole tail is free. */
 static inline void mg_buf_compact(mg_buf_t *b)

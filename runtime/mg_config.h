@@ -16,94 +16,112 @@
 #include "mg_pool.h"
 
 typedef struct {
-    char *text;                     /* as written, e.g. "127.0.0.1:8000 ssl" (for messages) */
-    struct sockaddr_storage addr;   /* resolved numeric address (IPv4 or IPv6, or "*"=0.0.0.0) */
+    char *text;                   /* as written, e.g. "127.0.0.1:8000 ssl" (for messages) */
+    struct sockaddr_storage addr; /* resolved numeric address (IPv4 or IPv6, or "*"=0.0.0.0) */
     socklen_t addrlen;
-    bool ssl;                       /* "ssl" flag; TLS itself lands with the TLS issue */
-    int backlog;                    /* "backlog=N" flag, default 511 */
+    bool ssl;    /* "ssl" flag; TLS itself lands with the TLS issue */
+    int backlog; /* "backlog=N" flag, default 511 */
 } mg_listen_t;
 
-typedef struct {                    /* one CIDR from trusted_ips */
-    int family;                     /* AF_INET or AF_INET6 */
+typedef struct { /* one CIDR from trusted_ips */
+    int family;  /* AF_INET or AF_INET6 */
     uint8_t addr[16];
-    int prefix;                     /* bits */
+    int prefix; /* bits */
 } mg_cidr_t;
 
 /* Limits on everything a client controls. Sizes in bytes, times in milliseconds. */
 typedef struct {
-    size_t client_max_body_size;    /* 0 = unlimited; default 8m -> 413 */
-    size_t max_request_line;        /* default 8k -> 414 */
-    size_t max_header_line;         /* one header field line, default 8k -> 431 */
-    size_t max_headers_size;        /* whole request head, default 32k -> 431 */
-    unsigned max_headers;           /* header count, default 100 -> 431 */
-    unsigned client_header_timeout; /* total deadline for the head, default 10s -> 408 */
-    unsigned client_body_timeout;   /* between body reads, default 60s -> 408 */
-    unsigned send_timeout;          /* between successful writes to the client, default 60s */
-    unsigned keepalive_timeout;     /* idle client connection, default 60s; 0 disables */
-    unsigned keepalive_requests;    /* per client connection, default 1000 */
-    unsigned max_connections;       /* per worker, default 16384 */
+    size_t client_max_body_size;      /* 0 = unlimited; default 8m -> 413 */
+    size_t max_request_line;          /* default 8k -> 414 */
+    size_t max_header_line;           /* one header field line, default 8k -> 431 */
+    size_t max_headers_size;          /* whole request head, default 32k -> 431 */
+    unsigned max_headers;             /* header count, default 100 -> 431 */
+    unsigned client_header_timeout;   /* total deadline for the head, default 10s -> 408 */
+    unsigned client_body_timeout;     /* between body reads, default 60s -> 408 */
+    unsigned send_timeout;            /* between successful writes to the client, default 60s */
+    unsigned keepalive_timeout;       /* idle client connection, default 60s; 0 disables */
+    unsigned keepalive_requests;      /* per client connection, default 1000 */
+    unsigned max_connections;         /* per worker, default 16384 */
     unsigned worker_shutdown_timeout; /* graceful stop / reload drain, default 10s */
-    unsigned upstream_keepalive_pool_size;   /* idle conns per target per worker, default 64 */
-    unsigned upstream_keepalive_max_requests;/* default 1000 */
-    unsigned upstream_keepalive_idle_timeout;/* default 60s */
+    unsigned upstream_keepalive_pool_size;    /* idle conns per target per worker, default 64 */
+    unsigned upstream_keepalive_max_requests; /* default 1000 */
+    unsigned upstream_keepalive_idle_timeout; /* default 60s */
 } mg_limits_t;
 
 typedef struct mg_service_s {
-    char *name;                     /* may be NULL for unnamed services */
-    char *protocol;                 /* "http" (https arrives with the TLS issue) */
+    char *name;     /* may be NULL for unnamed services */
+    char *protocol; /* "http" (https arrives with the TLS issue) */
     char *host;
     uint16_t port;
-    char *path;                     /* NULL or starts with "/" */
-    unsigned retries;               /* default 5 */
+    char *path;                                            /* NULL or starts with "/" */
+    unsigned retries;                                      /* default 5 */
     unsigned connect_timeout, write_timeout, read_timeout; /* ms, default 60000 */
-    struct sockaddr_storage addr;   /* host resolved at load (numeric or /etc/hosts/DNS) */
+    struct sockaddr_storage addr; /* host resolved at load (numeric or /etc/hosts/DNS) */
     socklen_t addrlen;
     unsigned index;
 } mg_service_t;
 
 typedef struct {
-    char *name;                     /* lower-cased header name */
-    char **values;                  /* match any of these (case-insensitive; "~*re" later) */
+    char *name;    /* lower-cased header name */
+    char **values; /* match any of these (case-insensitive; "~*re" later) */
     size_t nvalues;
 } mg_header_match_t;
 
 typedef struct mg_route_s {
-    char *name;                     /* may be NULL */
-    mg_service_t *service;          /* never NULL after validation */
-    char **hosts;       size_t nhosts;    /* lower-cased; may contain one leading or trailing "*" and ":port" */
-    char **paths;       size_t npaths;    /* "/prefix" or "~regex" */
-    char **methods;     size_t nmethods;  /* upper-case */
-    char **snis;        size_t nsnis;
-    char **protocols;   size_t nprotocols;/* default ["http","https"] */
-    mg_header_match_t *headers; size_t nheaders;
-    int regex_priority;             /* default 0 */
-    bool strip_path;                /* default true (Kong) */
-    bool preserve_host;             /* default false */
-    unsigned index;                 /* position in mg_config_t.routes: stable tie-breaker */
+    char *name;            /* may be NULL */
+    mg_service_t *service; /* never NULL after validation */
+    char **hosts;
+    size_t nhosts; /* lower-cased; may contain one leading or trailing "*" and ":port" */
+    char **paths;
+    size_t npaths; /* "/prefix" or "~regex" */
+    char **methods;
+    size_t nmethods; /* upper-case */
+    char **snis;
+    size_t nsnis;
+    char **protocols;
+    size_t nprotocols; /* default ["http","https"] */
+    mg_header_match_t *headers;
+    size_t nheaders;
+    int regex_priority; /* default 0 */
+    bool strip_path;    /* default true (Kong) */
+    bool preserve_host; /* default false */
+    unsigned index;     /* position in mg_config_t.routes: stable tie-breaker */
 } mg_route_t;
 
-typedef enum { MG_LOG_DEBUG, MG_LOG_INFO, MG_LOG_NOTICE, MG_LOG_WARN, MG_LOG_ERR, MG_LOG_CRIT } mg_log_level_t;
+typedef enum {
+    MG_LOG_DEBUG,
+    MG_LOG_INFO,
+    MG_LOG_NOTICE,
+    MG_LOG_WARN,
+    MG_LOG_ERR,
+    MG_LOG_CRIT
+} mg_log_level_t;
 
 typedef struct mg_config_s {
-    mg_pool_t *pool;                /* owns everything below */
-    char *path;                     /* file it was read from */
-    char *prefix;                   /* directory relative paths resolve against; default "." */
+    mg_pool_t *pool; /* owns everything below */
+    char *path;      /* file it was read from */
+    char *prefix;    /* directory relative paths resolve against; default "." */
 
-    mg_listen_t *proxy_listen;  size_t nproxy_listen;
-    mg_listen_t *admin_listen;  size_t nadmin_listen;
-    int worker_processes;           /* "auto" -> number of online CPUs */
-    bool master_process;            /* default true */
-    char *pid_file;                 /* default "logs/moongate.pid" (relative to prefix) */
-    char *access_log;               /* path, "stdout" or "off"; default "logs/access.log" */
-    char *error_log;                /* path or "stderr"; default "stderr" */
-    mg_log_level_t log_level;       /* default notice */
-    mg_cidr_t *trusted_ips;     size_t ntrusted_ips;
-    char *real_ip_header;           /* default "X-Real-IP" (Kong's default) */
-    char *request_id_header;        /* default "X-Request-ID"; "off" disables -> NULL */
+    mg_listen_t *proxy_listen;
+    size_t nproxy_listen;
+    mg_listen_t *admin_listen;
+    size_t nadmin_listen;
+    int worker_processes;     /* "auto" -> number of online CPUs */
+    bool master_process;      /* default true */
+    char *pid_file;           /* default "logs/moongate.pid" (relative to prefix) */
+    char *access_log;         /* path, "stdout" or "off"; default "logs/access.log" */
+    char *error_log;          /* path or "stderr"; default "stderr" */
+    mg_log_level_t log_level; /* default notice */
+    mg_cidr_t *trusted_ips;
+    size_t ntrusted_ips;
+    char *real_ip_header;    /* default "X-Real-IP" (Kong's default) */
+    char *request_id_header; /* default "X-Request-ID"; "off" disables -> NULL */
     mg_limits_t limits;
 
-    mg_service_t *services;     size_t nservices;
-    mg_route_t *routes;         size_t nroutes;   /* nested and top-level, flattened */
+    mg_service_t *services;
+    size_t nservices;
+    mg_route_t *routes;
+    size_t nroutes; /* nested and top-level, flattened */
 } mg_config_t;
 
 /* A list of "PATH: message" strings collected while loading; owned by its pool. */

@@ -102,8 +102,10 @@ size_t mg_conn_client_ip(const mg_conn_t *c, char *buf, size_t len)
     if (c->peer_family == AF_INET && len >= 16) return format_ipv4(c->peer_addr, buf);
     if (c->peer_family == AF_INET6) {
         const struct in6_addr *a = (const struct in6_addr *)c->peer_addr;
-        if (IN6_IS_ADDR_V4MAPPED(a)) inet_ntop(AF_INET, c->peer_addr + 12, buf, (socklen_t)len);
-        else inet_ntop(AF_INET6, c->peer_addr, buf, (socklen_t)len);
+        if (IN6_IS_ADDR_V4MAPPED(a))
+            inet_ntop(AF_INET, c->peer_addr + 12, buf, (socklen_t)len);
+        else
+            inet_ntop(AF_INET6, c->peer_addr, buf, (socklen_t)len);
     } else {
         inet_ntop(AF_INET, c->peer_addr, buf, (socklen_t)len);
     }
@@ -165,8 +167,10 @@ void mg_conn_update(mg_conn_t *c)
                           (!r->head_sent && !r->local_response));
         if (want_write && !c->wready) ev |= EV_WRITE;
         if (want_read && !c->rready) ev |= EV_READ;
-        if (want_write) deadline = c->last_io + lim->send_timeout * ms;
-        else if (r->tunnel) deadline = c->last_io + r->service->read_timeout * ms;
+        if (want_write)
+            deadline = c->last_io + lim->send_timeout * ms;
+        else if (r->tunnel)
+            deadline = c->last_io + r->service->read_timeout * ms;
         else if (want_read && !r->req_body_done)
             deadline = c->last_io + lim->client_body_timeout * ms;
         break;
@@ -216,8 +220,10 @@ static void conn_close(mg_conn_t *c)
     ev_timer_stop(mg_worker.loop, &c->timer);
     close(c->fd);
     mg_buf_put(c->in);
-    if (c->prev) c->prev->next = c->next;
-    else mg_worker.conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        mg_worker.conns = c->next;
     if (c->next) c->next->prev = c->prev;
     mg_worker.nconns--;
     free(c);
@@ -250,8 +256,10 @@ ssize_t mg_conn_read(mg_conn_t *c)
             return 0;
         }
         if (errno == EINTR) continue;
-        if (errno == EAGAIN) c->rready = 0;
-        else c->eof = 1;
+        if (errno == EAGAIN)
+            c->rready = 0;
+        else
+            c->eof = 1;
         return -1;
     }
 }
@@ -283,12 +291,18 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
     if (revents & EV_WRITE) c->wready = 1;
     switch (c->state) {
     case MG_CONN_IDLE:
-    case MG_CONN_HEAD: conn_on_head_events(c); break;
-    case MG_CONN_ACTIVE:
-        if (c->r->local_response) conn_write_plain(c);
-        else mg_proxy_pump(c->r);
+    case MG_CONN_HEAD:
+        conn_on_head_events(c);
         break;
-    case MG_CONN_LINGER: conn_linger(c); break;
+    case MG_CONN_ACTIVE:
+        if (c->r->local_response)
+            conn_write_plain(c);
+        else
+            mg_proxy_pump(c->r);
+        break;
+    case MG_CONN_LINGER:
+        conn_linger(c);
+        break;
     }
 }
 
@@ -298,7 +312,9 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     c->deadline = 0;
     switch (c->state) {
     case MG_CONN_IDLE:
-    case MG_CONN_LINGER: conn_close(c); break;
+    case MG_CONN_LINGER:
+        conn_close(c);
+        break;
     case MG_CONN_HEAD:
         mg_log_info("client timed out sending the request head");
         mg_conn_respond_error(c->r, 408, NULL);
@@ -365,8 +381,7 @@ static void conn_on_head_events(mg_conn_t *c)
             continue;
         }
         if (rc != MG_OK) {
-            mg_log_info("bad request from client: %s (%d)", r->msg.error ? r->msg.error : "?",
-                        rc);
+            mg_log_info("bad request from client: %s (%d)", r->msg.error ? r->msg.error : "?", rc);
             mg_conn_respond_error(r, (unsigned)rc, NULL);
             return;
         }
@@ -408,7 +423,8 @@ static void make_request_id(mg_req_t *r)
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
         z ^= z >> 31;
-        for (int i = 0; i < 16; i++) r->request_id[half * 16 + i] = hex[(z >> (i * 4)) & 15];
+        for (int i = 0; i < 16; i++)
+            r->request_id[half * 16 + i] = hex[(z >> (i * 4)) & 15];
     }
     r->request_id[32] = '\0';
     r->rid = (mg_str_t){32, r->request_id};
@@ -482,8 +498,8 @@ void mg_conn_respond_error(mg_req_t *r, unsigned status, const char *message)
     /* the connection survives only when the request was read completely */
     bool body_read = r->msg.head_done &&
                      (r->msg.body_kind == MG_BODY_NONE || r->msg.body_done || r->req_body_done);
-    r->keepalive = body_read && status < 500 && status != 408 && status != 400 &&
-                   mg_conn_may_keepalive(r);
+    r->keepalive =
+        body_read && status < 500 && status != 408 && status != 400 && mg_conn_may_keepalive(r);
     if (r->out == NULL && (r->out = mg_buf_get()) == NULL) {
         conn_close(c);
         return;
@@ -541,16 +557,17 @@ static void access_log(mg_req_t *r)
                                strlen(r->service->name))] = 0;
     if (r->rid.len) rid[mg_json_escape(rid, sizeof(rid) - 1, r->rid.data, r->rid.len)] = 0;
     unsigned status = r->client_aborted && !r->head_sent ? 499 : r->status;
-    int n = snprintf(p, 4096,
-                     "{\"time\":\"%s.%03dZ\",\"client_ip\":\"%s\",\"method\":\"%.*s\","
-                     "\"path\":\"%.*s\",\"status\":%u,\"bytes_sent\":%" PRIu64 ","
-                     "\"request_body_bytes\":%" PRIu64 ",\"upstream_addr\":\"%s\","
-                     "\"latency_ms\":%.3f,\"upstream_latency_ms\":%.3f,\"request_id\":\"%s\","
-                     "\"route\":\"%s\",\"service\":\"%s\"%s}\n",
-                     cached_time, (int)((now - (double)sec) * 1000) % 1000, ip,
-                     (int)r->msg.method.len, r->msg.method.data, (int)plen, path, status,
-                     r->bytes_sent, r->msg.body_seen, r->upstream_addr ? r->upstream_addr : "", total, upstream, rid,
-                     route, service, r->client_aborted ? ",\"aborted\":true" : "");
+    int n =
+        snprintf(p, 4096,
+                 "{\"time\":\"%s.%03dZ\",\"client_ip\":\"%s\",\"method\":\"%.*s\","
+                 "\"path\":\"%.*s\",\"status\":%u,\"bytes_sent\":%" PRIu64 ","
+                 "\"request_body_bytes\":%" PRIu64 ",\"upstream_addr\":\"%s\","
+                 "\"latency_ms\":%.3f,\"upstream_latency_ms\":%.3f,\"request_id\":\"%s\","
+                 "\"route\":\"%s\",\"service\":\"%s\"%s}\n",
+                 cached_time, (int)((now - (double)sec) * 1000) % 1000, ip, (int)r->msg.method.len,
+                 r->msg.method.data, (int)plen, path, status, r->bytes_sent, r->msg.body_seen,
+                 r->upstream_addr ? r->upstream_addr : "", total, upstream, rid, route, service,
+                 r->client_aborted ? ",\"aborted\":true" : "");
     if (n > 0 && n < 4096) mg_access_log_commit((size_t)n);
 }
 

@@ -36,26 +36,24 @@ static const http_parser_settings settings = {
 /* RFC 9110 tchar */
 static const uint8_t tchar[256] = {
     ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
-    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
-    ['8'] = 1, ['9'] = 1,
-    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
-    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
-    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
-    ['Y'] = 1, ['Z'] = 1,
-    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
-    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
-    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
-    ['y'] = 1, ['z'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,  ['~'] = 1, ['0'] = 1,
+    ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,  ['7'] = 1, ['8'] = 1,
+    ['9'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1,  ['F'] = 1, ['G'] = 1,
+    ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1,  ['N'] = 1, ['O'] = 1,
+    ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1,  ['V'] = 1, ['W'] = 1,
+    ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1,  ['d'] = 1, ['e'] = 1,
+    ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1,  ['l'] = 1, ['m'] = 1,
+    ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1,  ['t'] = 1, ['u'] = 1,
+    ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
 };
 
 /* True when one of the eight bytes is a control character (< 0x20) or DEL (0x7f). */
 static inline bool has_ctl(uint64_t x)
 {
     const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-    uint64_t lt20 = (x - ones * 0x20) & ~x & highs;      /* some byte < 0x20 */
+    uint64_t lt20 = (x - ones * 0x20) & ~x & highs; /* some byte < 0x20 */
     uint64_t del = x ^ (ones * 0x7f);
-    uint64_t is7f = (del - ones) & ~del & highs;         /* some byte == 0x7f */
+    uint64_t is7f = (del - ones) & ~del & highs; /* some byte == 0x7f */
     return (lt20 | is7f) != 0;
 }
 
@@ -78,17 +76,15 @@ static int parse_status_line(mg_http_msg_t *m, const char *p, size_t n)
 static const uint8_t host_char[256] = {
     ['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, ['!'] = 1, ['$'] = 1, ['&'] = 1, ['\''] = 1,
     ['('] = 1, [')'] = 1, ['*'] = 1, ['+'] = 1, [','] = 1, [';'] = 1, ['='] = 1, [':'] = 1,
-    ['['] = 1, [']'] = 1, ['%'] = 1,
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
-    ['8'] = 1, ['9'] = 1,
-    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
-    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
-    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
-    ['Y'] = 1, ['Z'] = 1,
-    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
-    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
-    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
-    ['y'] = 1, ['z'] = 1,
+    ['['] = 1, [']'] = 1, ['%'] = 1, ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1,
+    ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1,
+    ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1,
+    ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1,
+    ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['a'] = 1,
+    ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1,
+    ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1,
+    ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1,
+    ['z'] = 1,
 };
 
 void mg_http_msg_init(mg_http_msg_t *m, enum http_parser_type type, mg_header_t *headers,
@@ -103,8 +99,10 @@ void mg_http_msg_init(mg_http_msg_t *m, enum http_parser_type type, mg_header_t 
 
 static mg_str_t trim(const char *at, size_t len)
 {
-    while (len && (at[0] == ' ' || at[0] == '\t')) at++, len--;
-    while (len && (at[len - 1] == ' ' || at[len - 1] == '\t')) len--;
+    while (len && (at[0] == ' ' || at[0] == '\t'))
+        at++, len--;
+    while (len && (at[len - 1] == ' ' || at[len - 1] == '\t'))
+        len--;
     return (mg_str_t){len, at};
 }
 
@@ -229,8 +227,10 @@ static int scan_head(mg_http_msg_t *m, const char *d, size_t len, size_t max_lin
             if (request) { /* method SP target SP version: exactly two spaces, no tabs */
                 unsigned spaces = 0;
                 for (size_t k = ls; k < ls + line_len; k++) {
-                    if (d[k] == ' ') spaces++;
-                    else if (d[k] == '\t') spaces = 99;
+                    if (d[k] == ' ')
+                        spaces++;
+                    else if (d[k] == '\t')
+                        spaces = 99;
                 }
                 if (spaces != 2) {
                     m->error = "malformed request line";
@@ -257,7 +257,8 @@ static int scan_head(mg_http_msg_t *m, const char *d, size_t len, size_t max_lin
             /* field-name: 1*tchar immediately followed by ':' (no obs-fold, no leading
              * whitespace, no whitespace before the colon) */
             size_t k = ls;
-            while (k < i - 1 && tchar[(unsigned char)d[k]]) k++;
+            while (k < i - 1 && tchar[(unsigned char)d[k]])
+                k++;
             if (k == ls || d[k] != ':') {
                 m->error = (d[ls] == ' ' || d[ls] == '\t') ? "obs-fold or leading whitespace"
                                                            : "invalid header name";
@@ -293,7 +294,8 @@ static bool parse_content_length(mg_str_t v, uint64_t *out)
     size_t i = 0;
     while (i <= v.len) {
         size_t j = i;
-        while (j < v.len && v.data[j] != ',') j++;
+        while (j < v.len && v.data[j] != ',')
+            j++;
         mg_str_t e = trim(v.data + i, j - i);
         if (e.len == 0 || e.len > 18) return false;
         uint64_t n = 0;
@@ -316,7 +318,8 @@ static bool header_has_token(mg_str_t v, mg_str_t token)
     size_t i = 0;
     while (i <= v.len) {
         size_t j = i;
-        while (j < v.len && v.data[j] != ',') j++;
+        while (j < v.len && v.data[j] != ',')
+            j++;
         if (mg_str_caseeq(trim(v.data + i, j - i), token)) return true;
         i = j + 1;
     }
@@ -359,7 +362,8 @@ static int check_framing(mg_http_msg_t *m, int bad_status)
             }
             while (i <= v.len) {
                 size_t j = i;
-                while (j < v.len && v.data[j] != ',') j++;
+                while (j < v.len && v.data[j] != ',')
+                    j++;
                 mg_str_t e = trim(v.data + i, j - i);
                 if (!mg_str_caseeq_lit(e, "chunked")) {
                     m->error = "unsupported transfer coding";
@@ -388,9 +392,12 @@ static int check_framing(mg_http_msg_t *m, int bad_status)
     }
     m->has_content_length = have_cl;
     m->content_length = cl;
-    if (chunked) m->body_kind = MG_BODY_CHUNKED;
-    else if (have_cl && cl > 0) m->body_kind = MG_BODY_LENGTH;
-    else m->body_kind = MG_BODY_NONE;
+    if (chunked)
+        m->body_kind = MG_BODY_CHUNKED;
+    else if (have_cl && cl > 0)
+        m->body_kind = MG_BODY_LENGTH;
+    else
+        m->body_kind = MG_BODY_NONE;
     return MG_OK;
 }
 
@@ -409,8 +416,8 @@ static int check_request(mg_http_msg_t *m)
         m->error = "unsupported HTTP version";
         return 505;
     }
-    m->method = (mg_str_t){strlen(http_method_str(m->parser.method)),
-                           http_method_str(m->parser.method)};
+    m->method =
+        (mg_str_t){strlen(http_method_str(m->parser.method)), http_method_str(m->parser.method)};
     if (m->parser.method == HTTP_CONNECT) {
         m->error = "CONNECT is not supported";
         return 405;
@@ -453,7 +460,8 @@ static int check_request(mg_http_msg_t *m)
     if (t.len >= 7 && (strncasecmp(t.data, "http://", 7) == 0 ||
                        (t.len >= 8 && strncasecmp(t.data, "https://", 8) == 0))) {
         size_t s = t.data[4] == ':' ? 7 : 8, e = s;
-        while (e < t.len && t.data[e] != '/' && t.data[e] != '?') e++;
+        while (e < t.len && t.data[e] != '/' && t.data[e] != '?')
+            e++;
         m->host = (mg_str_t){e - s, t.data + s};
         if (m->host.len == 0 || !valid_host(m->host) || memchr(m->host.data, '@', m->host.len)) {
             m->error = "invalid authority in request target";
@@ -529,8 +537,8 @@ static void tokenize_response_headers(mg_http_msg_t *m, const char *d)
     }
 }
 
-int mg_http_parse_response_head(mg_http_msg_t *m, const char *data, size_t len,
-                                size_t max_head, bool request_method_head)
+int mg_http_parse_response_head(mg_http_msg_t *m, const char *data, size_t len, size_t max_head,
+                                bool request_method_head)
 {
     int rc = scan_head(m, data, len, max_head, max_head, max_head, m->max_headers, false);
     if (rc != MG_OK) return rc == MG_AGAIN ? rc : 502;
@@ -553,7 +561,8 @@ int mg_http_parse_response_head(mg_http_msg_t *m, const char *data, size_t len,
         static const char chunked_head[] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
         http_parser_init(&m->parser, HTTP_RESPONSE);
         m->parser.data = m;
-        size_t n = http_parser_execute(&m->parser, &settings, chunked_head, sizeof(chunked_head) - 1);
+        size_t n =
+            http_parser_execute(&m->parser, &settings, chunked_head, sizeof(chunked_head) - 1);
         if (n != sizeof(chunked_head) - 1 || HTTP_PARSER_ERRNO(&m->parser) != HPE_OK) return 502;
     }
     bool keep = m->minor == 1 ? !m->conn_close : m->conn_keepalive && !m->conn_close;
@@ -594,9 +603,10 @@ int mg_http_body_feed(mg_http_msg_t *m, const char *data, size_t len, mg_buf_t *
     if (m->body_kind == MG_BODY_LENGTH) want = MG_MIN(want, m->content_length - m->body_seen);
     if (m->out_chunked) room = room > 32 ? room - 32 : 0;
     want = MG_MIN(want, room);
-    if (want == 0) return m->body_kind == MG_BODY_LENGTH && m->body_seen == m->content_length
-                              ? (m->body_done = 1, MG_DONE)
-                              : MG_OK;
+    if (want == 0)
+        return m->body_kind == MG_BODY_LENGTH && m->body_seen == m->content_length
+                   ? (m->body_done = 1, MG_DONE)
+                   : MG_OK;
     if (m->body_limit && m->body_seen + want > m->body_limit) {
         m->error = "body exceeds client_max_body_size";
         return 413;
@@ -661,15 +671,24 @@ static bool listed_in_connection(const mg_http_msg_t *m, mg_str_t name)
 bool mg_http_is_hop_by_hop(const mg_http_msg_t *m, mg_str_t n)
 {
     switch (n.len) {
-    case 2: if (mg_str_caseeq_lit(n, "te")) return true; break;
-    case 7: if (mg_str_caseeq_lit(n, "trailer") || mg_str_caseeq_lit(n, "upgrade")) return true;
+    case 2:
+        if (mg_str_caseeq_lit(n, "te")) return true;
         break;
-    case 10: if (mg_str_caseeq_lit(n, "connection") || mg_str_caseeq_lit(n, "keep-alive"))
-            return true;
+    case 7:
+        if (mg_str_caseeq_lit(n, "trailer") || mg_str_caseeq_lit(n, "upgrade")) return true;
         break;
-    case 14: if (mg_str_caseeq_lit(n, "content-length")) return true; break;
-    case 16: if (mg_str_caseeq_lit(n, "proxy-connection")) return true; break;
-    case 17: if (mg_str_caseeq_lit(n, "transfer-encoding")) return true; break;
+    case 10:
+        if (mg_str_caseeq_lit(n, "connection") || mg_str_caseeq_lit(n, "keep-alive")) return true;
+        break;
+    case 14:
+        if (mg_str_caseeq_lit(n, "content-length")) return true;
+        break;
+    case 16:
+        if (mg_str_caseeq_lit(n, "proxy-connection")) return true;
+        break;
+    case 17:
+        if (mg_str_caseeq_lit(n, "transfer-encoding")) return true;
+        break;
     }
     return listed_in_connection(m, n);
 }
@@ -677,63 +696,114 @@ bool mg_http_is_hop_by_hop(const mg_http_msg_t *m, mg_str_t n)
 const char *mg_http_reason(unsigned status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 417: return "Expectation Failed";
-    case 426: return "Upgrade Required";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 417:
+        return "Expectation Failed";
+    case 426:
+        return "Upgrade Required";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
     }
 }
 
 const char *mg_http_error_message(unsigned status)
 {
     switch (status) {
-    case 400: return "Bad request";
-    case 404: return "Not found";
-    case 405: return "Method not allowed";
-    case 408: return "Request timeout";
-    case 411: return "Length required";
-    case 413: return "Request size limit exceeded";
-    case 414: return "URI too long";
-    case 417: return "Expectation failed";
-    case 431: return "Request header fields too large";
-    case 500: return "An unexpected error occurred";
-    case 501: return "Not implemented";
-    case 502: return "An invalid response was received from the upstream server";
-    case 503: return "Service unavailable";
-    case 504: return "The upstream server is timing out";
-    case 505: return "HTTP version not supported";
-    default: return mg_http_reason(status);
+    case 400:
+        return "Bad request";
+    case 404:
+        return "Not found";
+    case 405:
+        return "Method not allowed";
+    case 408:
+        return "Request timeout";
+    case 411:
+        return "Length required";
+    case 413:
+        return "Request size limit exceeded";
+    case 414:
+        return "URI too long";
+    case 417:
+        return "Expectation failed";
+    case 431:
+        return "Request header fields too large";
+    case 500:
+        return "An unexpected error occurred";
+    case 501:
+        return "Not implemented";
+    case 502:
+        return "An invalid response was received from the upstream server";
+    case 503:
+        return "Service unavailable";
+    case 504:
+        return "The upstream server is timing out";
+    case 505:
+        return "HTTP version not supported";
+    default:
+        return mg_http_reason(status);
     }
 }
 

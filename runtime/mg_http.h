@@ -46,20 +46,20 @@ typedef struct mg_http_msg_s {
     unsigned expect_continue : 1; /* request carried Expect: 100-continue */
     unsigned head_done : 1;
     unsigned body_done : 1;
-    unsigned out_chunked : 1;     /* mg_http_body_feed re-frames the body as chunked */
-    unsigned skip_body : 1;       /* response to HEAD, or 204/304 */
+    unsigned out_chunked : 1; /* mg_http_body_feed re-frames the body as chunked */
+    unsigned skip_body : 1;   /* response to HEAD, or 204/304 */
     unsigned in_trailers : 1;
     unsigned has_content_length : 1; /* a Content-Length header was present (even 0) */
-    unsigned conn_close : 1;      /* Connection: close */
-    unsigned conn_keepalive : 1;  /* Connection: keep-alive */
-    unsigned nconnection;         /* Connection header lines (0: nothing listed in them) */
+    unsigned conn_close : 1;         /* Connection: close */
+    unsigned conn_keepalive : 1;     /* Connection: keep-alive */
+    unsigned nconnection;            /* Connection header lines (0: nothing listed in them) */
 
     /* incremental head scanning state (offsets from the start of the head) */
     size_t scan_pos, line_start, head_len;
     unsigned lines;
 
-    const char *error;            /* short reason for the error log, set with an error status */
-    mg_buf_t *out;                /* body output while feeding */
+    const char *error; /* short reason for the error log, set with an error status */
+    mg_buf_t *out;     /* body output while feeding */
 } mg_http_msg_t;
 
 /*
@@ -83,8 +83,8 @@ int mg_http_parse_request_head(mg_http_msg_t *m, const char *data, size_t len,
  * tells the parser the response has no body. A 1xx other than 101 is returned as MG_OK with
  * m->status set; the caller skips it and parses again after m->head_len bytes.
  */
-int mg_http_parse_response_head(mg_http_msg_t *m, const char *data, size_t len,
-                                size_t max_head, bool request_method_head);
+int mg_http_parse_response_head(mg_http_msg_t *m, const char *data, size_t len, size_t max_head,
+                                bool request_method_head);
 
 /*
  * Consumes body bytes from data[0..len) and appends them to out, re-framed as chunked when
@@ -119,8 +119,8 @@ const char *mg_http_error_message(unsigned status);
 
 /*
  * Writes a complete error response (JSON body, Content-Length, Server without version,
- * `request_id_header: request_id` when both are given, Connection: close when `close`) into out. Returns MG_OK, or
- * MG_ERROR when it does not fit.
+ * `request_id_header: request_id` when both are given, Connection: close when `close`) into out.
+ * Returns MG_OK, or MG_ERROR when it does not fit.
  */
 int mg_http_write_error(mg_buf_t *out, unsigned status, const char *message,
                         const char *request_id_header, mg_str_t request_id, bool close);

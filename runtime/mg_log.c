@@ -131,7 +131,8 @@ size_t mg_json_escape(char *dst, size_t cap, const char *s, size_t len)
         } else {
             if (o + 6 > cap) break;
             dst[o++] = '\\';
-            if (c == '"' || c == '\\') dst[o++] = (char)c;
+            if (c == '"' || c == '\\')
+                dst[o++] = (char)c;
             else {
                 dst[o++] = 'u';
                 dst[o++] = '0';

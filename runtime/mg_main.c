@@ -25,8 +25,8 @@
 #define MAX_LISTEN 64
 
 typedef struct {
-    char key[160];              /* the listen address as written, flags stripped */
-    int fds[MAX_WORKERS];       /* one SO_REUSEPORT socket per worker slot, -1 when absent */
+    char key[160];        /* the listen address as written, flags stripped */
+    int fds[MAX_WORKERS]; /* one SO_REUSEPORT socket per worker slot, -1 when absent */
 } listen_set_t;
 
 typedef struct {
@@ -62,8 +62,10 @@ static mg_config_t *load_config(bool print_errors)
         char err[512];
         mg_router_t *rt = mg_router_build(cfg, err, sizeof(err));
         if (rt == NULL) {
-            if (print_errors) fprintf(stderr, "%s\n", err);
-            else mg_log_err("%s", err);
+            if (print_errors)
+                fprintf(stderr, "%s\n", err);
+            else
+                mg_log_err("%s", err);
             mg_config_free(cfg);
             cfg = NULL;
         } else {
@@ -72,8 +74,10 @@ static mg_config_t *load_config(bool print_errors)
     }
     if (cfg == NULL) {
         for (size_t i = 0; i < errs.n; i++) {
-            if (print_errors) fprintf(stderr, "%s\n", errs.items[i]);
-            else mg_log_err("config: %s", errs.items[i]);
+            if (print_errors)
+                fprintf(stderr, "%s\n", errs.items[i]);
+            else
+                mg_log_err("config: %s", errs.items[i]);
         }
     }
     mg_config_errors_free(&errs);
@@ -127,7 +131,8 @@ static int sync_listeners(const mg_config_t *cfg, unsigned nslots, bool reusepor
             ls = &lsets[nlsets];
             keep[nlsets++] = true;
             snprintf(ls->key, sizeof(ls->key), "%s", key);
-            for (int s = 0; s < MAX_WORKERS; s++) ls->fds[s] = -1;
+            for (int s = 0; s < MAX_WORKERS; s++)
+                ls->fds[s] = -1;
         }
         for (unsigned s = 0; s < nslots; s++) {
             if (ls->fds[s] >= 0) continue;
@@ -135,8 +140,7 @@ static int sync_listeners(const mg_config_t *cfg, unsigned nslots, bool reusepor
             if (ls->fds[s] < 0) {
                 fprintf(stderr, "moongate: cannot listen on %s: %s\n", cfg->proxy_listen[i].text,
                         strerror(errno));
-                mg_log_crit("cannot listen on %s: %s", cfg->proxy_listen[i].text,
-                            strerror(errno));
+                mg_log_crit("cannot listen on %s: %s", cfg->proxy_listen[i].text, strerror(errno));
                 return MG_ERROR;
             }
         }
@@ -149,7 +153,8 @@ static int sync_listeners(const mg_config_t *cfg, unsigned nslots, bool reusepor
     /* drop addresses that went away, then reorder to match cfg->proxy_listen */
     listen_set_t kept[MAX_LISTEN];
     size_t nkept = 0;
-    for (size_t i = 0; i < cfg->nproxy_listen; i++) kept[nkept++] = *order[i];
+    for (size_t i = 0; i < cfg->nproxy_listen; i++)
+        kept[nkept++] = *order[i];
     for (size_t j = 0; j < nlsets; j++) {
         if (keep[j]) continue;
         for (int s = 0; s < MAX_WORKERS; s++)
@@ -163,7 +168,8 @@ static int sync_listeners(const mg_config_t *cfg, unsigned nslots, bool reusepor
 static int run_worker(const mg_config_t *cfg, unsigned slot)
 {
     int fds[MAX_LISTEN];
-    for (size_t i = 0; i < nlsets; i++) fds[i] = lsets[i].fds[slot];
+    for (size_t i = 0; i < nlsets; i++)
+        fds[i] = lsets[i].fds[slot];
     /* other slots' sockets stay closed in this worker: each worker owns its own queue */
     for (size_t i = 0; i < nlsets; i++)
         for (int s = 0; s < MAX_WORKERS; s++)
@@ -197,8 +203,7 @@ static pid_t spawn_worker(const mg_config_t *cfg, unsigned slot)
 static void signal_generation(unsigned gen, int sig, bool older)
 {
     for (size_t i = 0; i < nprocs; i++)
-        if (older ? procs[i].generation < gen : procs[i].generation == gen)
-            kill(procs[i].pid, sig);
+        if (older ? procs[i].generation < gen : procs[i].generation == gen) kill(procs[i].pid, sig);
 }
 
 static int write_pid_file(const char *path)
@@ -254,7 +259,8 @@ static int master(mg_config_t *cfg)
     signal(SIGPIPE, SIG_IGN);
 
     generation = 1;
-    for (unsigned s = 0; s < nworkers; s++) spawn_worker(cfg, s);
+    for (unsigned s = 0; s < nworkers; s++)
+        spawn_worker(cfg, s);
     mg_log_notice("moongate started: master %d, %u workers", (int)getpid(), nworkers);
 
     bool stopping = false;
@@ -278,7 +284,8 @@ static int master(mg_config_t *cfg)
             }
             mg_log_open(next);
             generation++;
-            for (unsigned s = 0; s < n; s++) spawn_worker(next, s);
+            for (unsigned s = 0; s < n; s++)
+                spawn_worker(next, s);
             signal_generation(generation, SIGTERM, true); /* old workers drain and exit */
             mg_config_free(cfg);
             cfg = next;
@@ -294,7 +301,8 @@ static int master(mg_config_t *cfg)
                 stop_deadline = time(NULL) + cfg->limits.worker_shutdown_timeout / 1000 + 5;
                 mg_log_notice("%s stop requested", sig == SIGTERM ? "graceful" : "fast");
             }
-            for (size_t i = 0; i < nprocs; i++) kill(procs[i].pid, sig == SIGINT ? SIGQUIT : sig);
+            for (size_t i = 0; i < nprocs; i++)
+                kill(procs[i].pid, sig == SIGINT ? SIGQUIT : sig);
         }
         /* reap and respawn */
         pid_t pid;
@@ -318,7 +326,8 @@ static int master(mg_config_t *cfg)
         if (stopping) {
             if (nprocs == 0) break;
             if (time(NULL) > stop_deadline) {
-                for (size_t i = 0; i < nprocs; i++) kill(procs[i].pid, SIGKILL);
+                for (size_t i = 0; i < nprocs; i++)
+                    kill(procs[i].pid, SIGKILL);
             }
         }
     }
@@ -382,7 +391,8 @@ static int cmd_signal(int sig)
         return 1;
     }
     if (sig == SIGTERM) { /* stop waits until the master is gone */
-        for (int i = 0; i < 600 && kill(pid, 0) == 0; i++) usleep(100000);
+        for (int i = 0; i < 600 && kill(pid, 0) == 0; i++)
+            usleep(100000);
     }
     mg_config_free(cfg);
     return 0;
@@ -396,8 +406,10 @@ int main(int argc, char **argv)
     }
     const char *cmd = argv[1];
     for (int i = 2; i < argc; i++) {
-        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) conf_path = argv[++i];
-        else if (strcmp(argv[i], "-p") == 0 && i + 1 < argc) pid_path = argv[++i];
+        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
+            conf_path = argv[++i];
+        else if (strcmp(argv[i], "-p") == 0 && i + 1 < argc)
+            pid_path = argv[++i];
         else {
             usage(stderr);
             return 2;

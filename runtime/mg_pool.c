@@ -67,7 +67,8 @@ static void run_cleanups(mg_pool_t *p)
     /* cleanups were pushed at the head, so this runs them in reverse order of registration */
     cleanup_t *c = p->cleanups;
     p->cleanups = NULL;
-    for (; c; c = c->next) c->fn(c->data);
+    for (; c; c = c->next)
+        c->fn(c->data);
 }
 
 static void free_large(mg_pool_t *p)

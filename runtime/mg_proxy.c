@@ -47,7 +47,9 @@ static void put_cstr(out_t *o, const char *s)
 static void put_u64(out_t *o, uint64_t v)
 {
     char tmp[24], *p = tmp + sizeof(tmp);
-    do *--p = (char)('0' + v % 10); while ((v /= 10) != 0);
+    do
+        *--p = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
     put(o, p, (size_t)(tmp + sizeof(tmp) - p));
 }
 static void put_header(out_t *o, mg_str_t name, mg_str_t value)
@@ -61,9 +63,15 @@ static void put_header(out_t *o, mg_str_t name, mg_str_t value)
 static bool is_idempotent(const mg_http_msg_t *m)
 {
     switch (m->parser.method) {
-    case HTTP_GET: case HTTP_HEAD: case HTTP_PUT: case HTTP_DELETE: case HTTP_OPTIONS:
-    case HTTP_TRACE: return true;
-    default: return false;
+    case HTTP_GET:
+    case HTTP_HEAD:
+    case HTTP_PUT:
+    case HTTP_DELETE:
+    case HTTP_OPTIONS:
+    case HTTP_TRACE:
+        return true;
+    default:
+        return false;
     }
 }
 
@@ -89,8 +97,8 @@ static bool client_trusted(const mg_conn_t *c)
  * address, folded into ours). */
 enum { XFF, XFPROTO, XFHOST, XFPORT, XFPATH, XREALIP, NFWD };
 static const mg_str_t fwd_names[NFWD] = {
-    {15, "x-forwarded-for"}, {17, "x-forwarded-proto"}, {16, "x-forwarded-host"},
-    {16, "x-forwarded-port"}, {16, "x-forwarded-path"}, {9, "x-real-ip"},
+    {15, "x-forwarded-for"},  {17, "x-forwarded-proto"}, {16, "x-forwarded-host"},
+    {16, "x-forwarded-port"}, {16, "x-forwarded-path"},  {9, "x-real-ip"},
 };
 
 static int fwd_index(mg_str_t n)
@@ -186,23 +194,31 @@ static int write_request_head(mg_req_t *r, mg_buf_t *b)
     }
     PUT_STR(&o, ipstr);
     PUT_LIT(&o, "\r\nX-Forwarded-Proto: ");
-    if (fwd[XFPROTO].len) PUT_STR(&o, fwd[XFPROTO]);
-    else put_cstr(&o, c->ls->conf->ssl ? "https" : "http");
+    if (fwd[XFPROTO].len)
+        PUT_STR(&o, fwd[XFPROTO]);
+    else
+        put_cstr(&o, c->ls->conf->ssl ? "https" : "http");
     PUT_LIT(&o, "\r\nX-Forwarded-Host: ");
     if (fwd[XFHOST].len) {
         PUT_STR(&o, fwd[XFHOST]);
     } else {
         mg_str_t h = m->host;
         const char *colon = h.len && h.data[0] != '[' ? memchr(h.data, ':', h.len) : NULL;
-        if (h.len && h.data[0] == '[') colon = memchr(h.data, ']', h.len), colon = colon && colon + 1 < h.data + h.len ? colon + 1 : NULL;
+        if (h.len && h.data[0] == '[')
+            colon = memchr(h.data, ']', h.len),
+            colon = colon && colon + 1 < h.data + h.len ? colon + 1 : NULL;
         PUT_STR(&o, ((mg_str_t){colon ? (size_t)(colon - h.data) : h.len, h.data}));
     }
     PUT_LIT(&o, "\r\nX-Forwarded-Port: ");
-    if (fwd[XFPORT].len) PUT_STR(&o, fwd[XFPORT]);
-    else put_u64(&o, c->ls->port);
+    if (fwd[XFPORT].len)
+        PUT_STR(&o, fwd[XFPORT]);
+    else
+        put_u64(&o, c->ls->port);
     PUT_LIT(&o, "\r\nX-Forwarded-Path: ");
-    if (fwd[XFPATH].len) PUT_STR(&o, fwd[XFPATH]);
-    else PUT_STR(&o, m->path);
+    if (fwd[XFPATH].len)
+        PUT_STR(&o, fwd[XFPATH]);
+    else
+        PUT_STR(&o, m->path);
     PUT_LIT(&o, "\r\nX-Real-IP: ");
     mg_str_t real = ipstr;
     if (trusted && cfg->real_ip_header) {
@@ -213,7 +229,8 @@ static int write_request_head(mg_req_t *r, mg_buf_t *b)
             const char *comma = memrchr(real.data, ',', real.len); /* rightmost hop */
             if (comma) {
                 real = (mg_str_t){real.len - (size_t)(comma + 1 - real.data), comma + 1};
-                while (real.len && real.data[0] == ' ') real.data++, real.len--;
+                while (real.len && real.data[0] == ' ')
+                    real.data++, real.len--;
             }
         }
     }
@@ -293,8 +310,10 @@ static int write_response_head(mg_req_t *r)
                    m->parser.method != HTTP_HEAD) {
             PUT_LIT(&o, "Content-Length: 0\r\n");
         }
-        if (!keep) PUT_LIT(&o, "Connection: close\r\n");
-        else if (client10) PUT_LIT(&o, "Connection: keep-alive\r\n");
+        if (!keep)
+            PUT_LIT(&o, "Connection: close\r\n");
+        else if (client10)
+            PUT_LIT(&o, "Connection: keep-alive\r\n");
     }
     PUT_LIT(&o, "\r\n");
     if (o.overflow) return MG_ERROR;
@@ -373,10 +392,10 @@ void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout)
     mg_uconn_t *u = r->u;
     const mg_service_t *s = r->service;
     bool connecting = u && !u->connected;
-    bool nothing_received = !r->resp.head_done && (u == NULL || u->in == NULL ||
-                                                   mg_buf_len(u->in) == 0);
-    mg_log_err("upstream %s (%s:%u, try %u): %s", connecting ? "connect failed" : "failed",
-               s->host, s->port, r->tries, timeout ? "timed out" : strerror(err));
+    bool nothing_received =
+        !r->resp.head_done && (u == NULL || u->in == NULL || mg_buf_len(u->in) == 0);
+    mg_log_err("upstream %s (%s:%u, try %u): %s", connecting ? "connect failed" : "failed", s->host,
+               s->port, r->tries, timeout ? "timed out" : strerror(err));
     /* a failed connect has sent nothing, so any method may be retried; later failures only
      * for a stale pooled connection of an idempotent request without a body */
     bool retry = !r->head_sent && nothing_received &&
@@ -463,10 +482,14 @@ void mg_proxy_pump(mg_req_t *r)
             progress = true;
         }
         if (err) {
-            if (err == 413) mg_log_info("request body exceeds client_max_body_size");
-            else mg_log_info("bad request body: %s", r->msg.error ? r->msg.error : "?");
-            if (r->head_sent) mg_conn_abort(c);
-            else mg_conn_respond_error(r, err, NULL);
+            if (err == 413)
+                mg_log_info("request body exceeds client_max_body_size");
+            else
+                mg_log_info("bad request body: %s", r->msg.error ? r->msg.error : "?");
+            if (r->head_sent)
+                mg_conn_abort(c);
+            else
+                mg_conn_respond_error(r, err, NULL);
             return;
         }
         /* u->out -> upstream */
@@ -489,7 +512,8 @@ void mg_proxy_pump(mg_req_t *r)
         /* upstream -> u->in */
         if (u->connected && u->rready && !u->eof && !r->resp_done) {
             ssize_t n = mg_upstream_read(u);
-            if (n > 0) progress = true;
+            if (n > 0)
+                progress = true;
             else if (n < 0 && u->eof && !r->resp.head_done) {
                 mg_proxy_upstream_error(r, errno, false);
                 return;
@@ -501,8 +525,9 @@ void mg_proxy_pump(mg_req_t *r)
                 r->resp_headers = mg_pool_alloc(r->pool, sizeof(mg_header_t) * MAX_RESP_HEADERS);
                 mg_http_msg_init(&r->resp, HTTP_RESPONSE, r->resp_headers, MAX_RESP_HEADERS);
             }
-            int rc = mg_http_parse_response_head(&r->resp, mg_buf_pos(u->in), mg_buf_len(u->in),
-                                                 MG_BUF_SIZE / 2, r->msg.parser.method == HTTP_HEAD);
+            int rc =
+                mg_http_parse_response_head(&r->resp, mg_buf_pos(u->in), mg_buf_len(u->in),
+                                            MG_BUF_SIZE / 2, r->msg.parser.method == HTTP_HEAD);
             if (rc == MG_AGAIN) {
                 if (u->eof) {
                     if (!r->resp.head_done && mg_buf_len(u->in) == 0) {
@@ -555,8 +580,8 @@ void mg_proxy_pump(mg_req_t *r)
                 }
             } else if (mg_buf_len(u->in)) {
                 size_t used;
-                int rc = mg_http_body_feed(&r->resp, mg_buf_pos(u->in), mg_buf_len(u->in),
-                                           r->out, &used);
+                int rc = mg_http_body_feed(&r->resp, mg_buf_pos(u->in), mg_buf_len(u->in), r->out,
+                                           &used);
                 u->in->start += used;
                 if (used) progress = true;
                 if (rc == MG_DONE) {

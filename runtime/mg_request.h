@@ -42,10 +42,10 @@ typedef struct {
     mg_listener_t *listeners;
     size_t nlisteners;
     unsigned nconns;
-    bool draining;          /* graceful stop: no accepts, finish what is in flight */
-    mg_conn_t *conns;       /* every live client connection (for draining) */
-    ev_timer flush_timer;   /* access-log batches */
-    ev_timer drain_timer;   /* graceful-stop deadline */
+    bool draining;        /* graceful stop: no accepts, finish what is in flight */
+    mg_conn_t *conns;     /* every live client connection (for draining) */
+    ev_timer flush_timer; /* access-log batches */
+    ev_timer drain_timer; /* graceful-stop deadline */
     ev_signal sig_term, sig_quit, sig_int, sig_hup;
     uint64_t rid_seed, rid_counter;
     uint64_t requests_total;
@@ -57,17 +57,17 @@ struct mg_conn_s {
     ev_io io;
     ev_timer timer;
     int fd;
-    uint8_t state;             /* MG_CONN_* */
+    uint8_t state; /* MG_CONN_* */
     uint8_t peer_family;
     uint16_t peer_port;
     uint8_t peer_addr[16];
     unsigned rready : 1, wready : 1, eof : 1;
-    unsigned requests;         /* served on this connection */
+    unsigned requests;           /* served on this connection */
     ev_tstamp last_io, deadline; /* last client progress; armed timer's deadline (0 = none) */
     const mg_listener_t *ls;
-    mg_buf_t *in;              /* client bytes not yet consumed; NULL while idle */
-    mg_req_t *r;               /* the current request, NULL while idle */
-    mg_conn_t *prev, *next;    /* mg_worker.conns */
+    mg_buf_t *in;           /* client bytes not yet consumed; NULL while idle */
+    mg_req_t *r;            /* the current request, NULL while idle */
+    mg_conn_t *prev, *next; /* mg_worker.conns */
 };
 
 enum { MG_CONN_IDLE, MG_CONN_HEAD, MG_CONN_ACTIVE, MG_CONN_LINGER };
@@ -81,40 +81,40 @@ struct mg_uconn_s {
     const mg_service_t *service; /* keepalive pool key: the service's address */
     mg_req_t *r;                 /* owner, NULL while idle in the pool */
     mg_buf_t *in, *out;
-    mg_uconn_t *next;            /* pool list */
+    mg_uconn_t *next; /* pool list */
     ev_tstamp last_io, deadline;
 };
 
 struct mg_req_s {
     mg_conn_t *c;
     mg_pool_t *pool;
-    mg_http_msg_t msg;           /* what the client sent */
+    mg_http_msg_t msg; /* what the client sent */
     const mg_route_t *route;
     const mg_service_t *service;
     size_t prefix_len;
-    mg_buf_t *out;               /* bytes for the client */
+    mg_buf_t *out; /* bytes for the client */
     mg_uconn_t *u;
-    mg_http_msg_t resp;          /* what the upstream answered */
+    mg_http_msg_t resp; /* what the upstream answered */
     mg_header_t *resp_headers;
-    unsigned status;             /* status sent (or to log) */
-    uint64_t bytes_sent;         /* to the client, head included */
+    unsigned status;     /* status sent (or to log) */
+    uint64_t bytes_sent; /* to the client, head included */
     uint64_t resp_head_bytes;
     ev_tstamp start, upstream_start, upstream_head;
     unsigned tries;
-    unsigned head_sent : 1;      /* client already has part of the response */
-    unsigned req_body_done : 1;  /* request body fully read from the client */
-    unsigned req_sent : 1;       /* request (head and body) fully written upstream */
-    unsigned resp_done : 1;      /* response body fully read from upstream */
-    unsigned keepalive : 1;      /* client connection stays open after this response */
-    unsigned tunnel : 1;         /* after a 101: raw bytes both ways */
+    unsigned head_sent : 1;          /* client already has part of the response */
+    unsigned req_body_done : 1;      /* request body fully read from the client */
+    unsigned req_sent : 1;           /* request (head and body) fully written upstream */
+    unsigned resp_done : 1;          /* response body fully read from upstream */
+    unsigned keepalive : 1;          /* client connection stays open after this response */
+    unsigned tunnel : 1;             /* after a 101: raw bytes both ways */
     unsigned tunnel_client_done : 1; /* the client's half-close was passed upstream */
-    unsigned local_response : 1; /* the gateway answered itself (error, 404) */
+    unsigned local_response : 1;     /* the gateway answered itself (error, 404) */
     unsigned upstream_failed : 1;
     unsigned stale_retried : 1;
     unsigned client_aborted : 1;
     char request_id[33];
     mg_str_t rid;
-    const char *upstream_addr;   /* "ip:port" of the service, for the log; "" before */
+    const char *upstream_addr; /* "ip:port" of the service, for the log; "" before */
 };
 
 /* mg_conn.c */

@@ -14,11 +14,11 @@ typedef struct mg_router_s mg_router_t;
 
 /* What the router needs from a request. Strings need not be NUL-terminated. */
 typedef struct {
-    mg_str_t method;        /* "GET" */
-    mg_str_t host;          /* Host header value as received (may include ":port"), any case */
-    mg_str_t path;          /* request-target path, without the query string, not decoded */
-    mg_str_t sni;           /* empty without TLS */
-    bool https;             /* protocol the request arrived on */
+    mg_str_t method; /* "GET" */
+    mg_str_t host;   /* Host header value as received (may include ":port"), any case */
+    mg_str_t path;   /* request-target path, without the query string, not decoded */
+    mg_str_t sni;    /* empty without TLS */
+    bool https;      /* protocol the request arrived on */
     /* Header lookup: returns the number of values of `name` (lower-case) and stores up to
      * `max` of them in `out`. NULL when the router has no header-matching routes. */
     size_t (*get_header)(void *ud, mg_str_t name, mg_str_t *out, size_t max);
@@ -27,8 +27,8 @@ typedef struct {
 
 typedef struct {
     const mg_route_t *route;
-    size_t path_prefix_len;  /* bytes of the path the route matched (prefix or regex match
-                                end), for strip_path; 0 when the route has no paths */
+    size_t path_prefix_len; /* bytes of the path the route matched (prefix or regex match
+                               end), for strip_path; 0 when the route has no paths */
 } mg_router_match_t;
 
 /*

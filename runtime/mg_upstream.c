@@ -177,8 +177,10 @@ void mg_upstream_update(mg_uconn_t *u)
         bool want_read = !u->eof && !r->resp_done && in_room && (r->tunnel ? out_room : true);
         if (want_write && !u->wready) ev |= EV_WRITE;
         if (want_read && !u->rready) ev |= EV_READ;
-        if (want_write) deadline = u->last_io + s->write_timeout * ms;
-        else if (want_read && out_room && !r->tunnel) deadline = u->last_io + s->read_timeout * ms;
+        if (want_write)
+            deadline = u->last_io + s->write_timeout * ms;
+        else if (want_read && out_room && !r->tunnel)
+            deadline = u->last_io + s->read_timeout * ms;
     }
     set_events(u, ev);
     set_deadline(u, deadline);
@@ -202,8 +204,10 @@ ssize_t mg_upstream_read(mg_uconn_t *u)
             return 0;
         }
         if (errno == EINTR) continue;
-        if (errno == EAGAIN) u->rready = 0;
-        else u->eof = 1;
+        if (errno == EAGAIN)
+            u->rready = 0;
+        else
+            u->eof = 1;
         return -1;
     }
 }

@@ -55,8 +55,7 @@ static void start_drain(void)
         mg_worker.listeners[i].fd = -1;
     }
     mg_upstream_pool_close_all();
-    ev_timer_set(&mg_worker.drain_timer, mg_worker.cfg->limits.worker_shutdown_timeout * 0.001,
-                 0.);
+    ev_timer_set(&mg_worker.drain_timer, mg_worker.cfg->limits.worker_shutdown_timeout * 0.001, 0.);
     ev_timer_start(mg_worker.loop, &mg_worker.drain_timer);
     mg_conn_drain_all();
 }
@@ -126,7 +125,8 @@ int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned
     ev_run(mg_worker.loop, 0);
 
     mg_access_log_flush();
-    while (mg_worker.conns) mg_conn_abort(mg_worker.conns);
+    while (mg_worker.conns)
+        mg_conn_abort(mg_worker.conns);
     mg_upstream_pool_close_all();
     mg_router_free(mg_worker.router);
     free(mg_worker.listeners);

@@ -12,7 +12,10 @@
 #include <string.h>
 
 typedef void (*mg_test_fn)(void);
-typedef struct { const char *name; mg_test_fn fn; } mg_test_case_t;
+typedef struct {
+    const char *name;
+    mg_test_fn fn;
+} mg_test_case_t;
 
 static mg_test_case_t mg_tests[512];
 static int mg_ntests, mg_case_failed;
@@ -30,7 +33,7 @@ static int mg_ntests, mg_case_failed;
     do {                                                                                           \
         if (!(cond)) {                                                                             \
             mg_case_failed = 1;                                                                    \
-            fprintf(stderr, "#   %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);         \
+            fprintf(stderr, "#   %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);           \
         }                                                                                          \
     } while (0)
 
@@ -39,7 +42,7 @@ static int mg_ntests, mg_case_failed;
         long long a_ = (long long)(a), b_ = (long long)(b);                                        \
         if (a_ != b_) {                                                                            \
             mg_case_failed = 1;                                                                    \
-            fprintf(stderr, "#   %s:%d: %s == %lld, expected %lld\n", __FILE__, __LINE__, #a, a_, \
+            fprintf(stderr, "#   %s:%d: %s == %lld, expected %lld\n", __FILE__, __LINE__, #a, a_,  \
                     b_);                                                                           \
         }                                                                                          \
     } while (0)
@@ -49,7 +52,7 @@ static int mg_ntests, mg_case_failed;
         const char *a_ = (a), *b_ = (b);                                                           \
         if (a_ == NULL || b_ == NULL || strcmp(a_, b_) != 0) {                                     \
             mg_case_failed = 1;                                                                    \
-            fprintf(stderr, "#   %s:%d: %s == \"%s\", expected \"%s\"\n", __FILE__, __LINE__, #a, \
+            fprintf(stderr, "#   %s:%d: %s == \"%s\", expected \"%s\"\n", __FILE__, __LINE__, #a,  \
                     a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                       \
         }                                                                                          \
     } while (0)
