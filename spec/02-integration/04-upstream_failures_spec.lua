@@ -104,6 +104,7 @@ describe("upstream failures", function()
         svc("pooled-reset", up.url),
         svc("read-1000", up.url, { read_timeout = 1000 }),
         svc("slow", up.url, { read_timeout = 1500 }),
+        svc("abandoned", up.url, { read_timeout = 10000 }),
         svc("fast", up.url),
         svc("keepalive", up.url),
         svc("blackhole", "http://127.0.0.1:" .. bh.port, { connect_timeout = 200, retries = 1 }),
@@ -321,6 +322,31 @@ describe("upstream failures", function()
       local hung = assert(c:read_response({ timeout = 3 }))
       c:close()
       assert.equal(504, hung.status)
+    end)
+  end)
+
+  describe("when the client leaves", function()
+    it("drops the upstream request at once (499 in the access log) instead of waiting for "
+       .. "read_timeout", function()
+      local c = assert(helpers.connect(gw.port, { timeout = 5 }))
+      assert(c:send("GET /abandoned/gone HTTP/1.1\r\nHost: x\r\nX-Upstream-Mode: hang\r\n\r\n"))
+      helpers.eventually(function()                         -- the hang reached the upstream
+        local last = up:last_request()
+        assert.equal("/gone", last and last.path)
+      end, 2)
+      local t0 = helpers.now()
+      c:close()
+      helpers.eventually(function()
+        local found
+        for _, line in ipairs(gw:access_log_lines()) do
+          if line.path == "/abandoned/gone" then found = line end
+        end
+        assert.is_truthy(found, "no access log line for the abandoned request yet")
+        assert.equal(499, found.status)
+        assert.is_true(found.aborted)
+        assert.is_true(found.latency_ms < 3000, "ended after " .. found.latency_ms .. " ms")
+      end, 3)
+      assert.is_true(helpers.now() - t0 < 3, "took as long as read_timeout")
     end)
   end)
 
