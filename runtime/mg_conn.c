@@ -249,6 +249,8 @@ ssize_t mg_conn_read(mg_conn_t *c)
         if (n > 0) {
             c->in->end += (size_t)n;
             c->last_io = ev_now(mg_worker.loop);
+            /* a short read drained the socket: wait for epoll rather than read EAGAIN */
+            if ((size_t)n < room) c->rready = 0;
             return n;
         }
         if (n == 0) {

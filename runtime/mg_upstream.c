@@ -107,7 +107,8 @@ mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r)
         u->wready = 1;
         u->last_io = ev_now(mg_worker.loop);
         set_deadline(u, 0);
-        set_events(u, 0);
+        /* the idle watcher (EV_READ) stays armed: the request needs exactly that, and leaving
+         * it saves an epoll_ctl per request */
         return u;
     }
     int fd = socket(s->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -197,6 +198,7 @@ ssize_t mg_upstream_read(mg_uconn_t *u)
         if (n > 0) {
             u->in->end += (size_t)n;
             u->last_io = ev_now(mg_worker.loop);
+            if ((size_t)n < room) u->rready = 0; /* drained: wait for epoll, skip the EAGAIN */
             return n;
         }
         if (n == 0) {
