@@ -110,6 +110,7 @@ describe("limits with small values", function()
         client_body_timeout = "1s",
         keepalive_timeout = "1s",
         keepalive_requests = 3,
+        send_timeout = "1s",
       },
       _format_version = "3.0",
       services = { service("small", up.url, { "/" }) },
@@ -221,6 +222,29 @@ describe("limits with small values", function()
   end)
 
   describe("timeouts", function()
+    it("aborts a response the client stops reading once send_timeout (1s) passes without "
+       .. "progress", function()
+      local path = unique_path("slow-reader")
+      local c = open(gw.port)
+      local t0 = now()
+      assert(c:send("GET " .. path .. " HTTP/1.1\r\nHost: example.com\r\n"
+                    .. "X-Upstream-Mode: big:104857600\r\n\r\n"))
+      -- read nothing: socket buffers fill, the gateway's writes stall, send_timeout fires
+      local line
+      helpers.eventually(function()
+        for _, l in ipairs(gw:access_log_lines()) do
+          if l.path == path then line = l end
+        end
+        assert.is_truthy(line, "no access log line yet")
+      end, TIMEOUT)
+      local elapsed = now() - t0
+      c:close()
+      assert.equal(200, line.status)
+      assert.is_true(line.aborted)
+      assert.is_true(line.bytes_sent < 104857600, "sent everything: " .. line.bytes_sent)
+      assert.is_true(elapsed >= 0.9 and elapsed < 4, "aborted after " .. elapsed .. " s")
+    end)
+
     it("treats client_header_timeout (1s) as a total deadline, not reset per byte",
        function()
       local path = unique_path("slow-head")
