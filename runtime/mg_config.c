@@ -1690,8 +1690,8 @@ static void set_defaults(ctx_t *x, mg_config_t *cfg)
         .keepalive_requests = 1000,
         .max_connections = 16384,
         .worker_shutdown_timeout = 10000,
-        .upstream_keepalive_pool_size = 64,
-        .upstream_keepalive_max_requests = 1000,
+        .upstream_keepalive_pool_size = 512,      /* Kong's default */
+        .upstream_keepalive_max_requests = 10000, /* Kong's default */
         .upstream_keepalive_idle_timeout = 60000,
     };
 }

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -240,6 +241,21 @@ static void mkdir_parent(const char *path)
     mkdir(dir, 0755);
 }
 
+/* Raises the soft open-file limit so that max_connections can be reached: each client
+ * connection may hold an upstream connection too (nginx's worker_rlimit_nofile, automatic). */
+static void raise_nofile_limit(const mg_config_t *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    rlim_t want = (rlim_t)cfg->limits.max_connections * 2 + 1024;
+    if (rl.rlim_max != RLIM_INFINITY && want > rl.rlim_max) want = rl.rlim_max;
+    if (want <= rl.rlim_cur) return;
+    rl.rlim_cur = want;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        mg_log_warn("cannot raise the open-file limit to %lu: %s", (unsigned long)want,
+                    strerror(errno));
+}
+
 static int master(mg_config_t *cfg)
 {
     unsigned nworkers = (unsigned)MG_MIN(cfg->worker_processes, MAX_WORKERS);
@@ -372,6 +388,7 @@ static int cmd_run(bool daemonize)
             if (devnull > 2) close(devnull);
         }
     }
+    raise_nofile_limit(cfg);
     return cfg->master_process ? master(cfg) : single_process(cfg);
 }
 

@@ -153,8 +153,8 @@ TEST(defaults_apply_when_settings_are_absent)
     CHECK_INT(cfg->limits.keepalive_requests, 1000);
     CHECK_INT(cfg->limits.max_connections, 16384);
     CHECK_INT(cfg->limits.worker_shutdown_timeout, 10000);
-    CHECK_INT(cfg->limits.upstream_keepalive_pool_size, 64);
-    CHECK_INT(cfg->limits.upstream_keepalive_max_requests, 1000);
+    CHECK_INT(cfg->limits.upstream_keepalive_pool_size, 512);
+    CHECK_INT(cfg->limits.upstream_keepalive_max_requests, 10000);
     CHECK_INT(cfg->limits.upstream_keepalive_idle_timeout, 60000);
 
     CHECK_INT(cfg->nservices, 1);
