@@ -43,8 +43,7 @@ typedef struct {
     unsigned keepalive_requests;      /* per client connection, default 1000 */
     unsigned max_connections;         /* per worker, default 16384 */
     unsigned worker_shutdown_timeout; /* graceful stop / reload drain, default 10s */
-    unsigned
-        upstream_keepalive_pool_size; /* idle conns per service per worker, default 512 (Kong) */
+    unsigned upstream_keepalive_pool_size;    /* idle per service and worker, default 512 */
     unsigned upstream_keepalive_max_requests; /* default 10000 (Kong) */
     unsigned upstream_keepalive_idle_timeout; /* default 60s */
 } mg_limits_t;
