@@ -68,9 +68,16 @@ asan:
 	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	  LDFLAGS="-fsanitize=address,undefined" test
 
-bench: build
+# Side by side with nginx (bench/README.md), then route lookup cost for 10 to 10,000 routes.
+bench: build $(BUILD)/router_bench
 	@scripts/deps.sh all
 	@bench/run.sh $(abspath $(BUILD)/moongate)
+	@echo "== route lookup, ns per match (bench/router_bench.c)"
+	@$(BUILD)/router_bench
+
+$(BUILD)/router_bench: bench/router_bench.c runtime/mg_router.c runtime/mg_pool.c runtime/*.h
+	$(CC) $(CFLAGS) $(WARN_CFLAGS) bench/router_bench.c runtime/mg_router.c runtime/mg_pool.c \
+	  -lpcre2-8 -o $@
 
 fuzz:
 	@scripts/deps.sh all
