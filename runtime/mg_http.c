@@ -9,6 +9,7 @@
  */
 #include <stdio.h>
 #include <inttypes.h>
+#include <time.h>
 
 #include "mg_http.h"
 #include "mg_log.h"
@@ -807,6 +808,21 @@ const char *mg_http_error_message(unsigned status)
     }
 }
 
+const char *mg_http_date(void)
+{
+    /* RFC 9110 §6.6.1: an origin with a clock sends Date; formatted once per second */
+    static time_t cached;
+    static char date[32];
+    time_t now = time(NULL);
+    if (now != cached) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        cached = now;
+    }
+    return date;
+}
+
 int mg_http_write_error(mg_buf_t *out, unsigned status, const char *message,
                         const char *request_id_header, mg_str_t request_id, bool close)
 {
@@ -821,17 +837,19 @@ int mg_http_write_error(mg_buf_t *out, unsigned status, const char *message,
     mg_buf_compact(out);
     char *p = mg_buf_last(out);
     size_t room = mg_buf_free(out);
-    int n = snprintf(p, room,
-                     "HTTP/1.1 %u %s\r\n"
-                     "Content-Type: application/json; charset=utf-8\r\n"
-                     "Content-Length: %zu\r\n"
-                     "Server: " MG_SERVER_NAME "\r\n"
-                     "%s%s%.*s%s"
-                     "%s"
-                     "\r\n%.*s",
-                     status, mg_http_reason(status), blen, rid ? request_id_header : "",
-                     rid ? ": " : "", rid ? (int)request_id.len : 0, rid ? request_id.data : "",
-                     rid ? "\r\n" : "", close ? "Connection: close\r\n" : "", (int)blen, body);
+    int n =
+        snprintf(p, room,
+                 "HTTP/1.1 %u %s\r\n"
+                 "Content-Type: application/json; charset=utf-8\r\n"
+                 "Content-Length: %zu\r\n"
+                 "Server: " MG_SERVER_NAME "\r\n"
+                 "Date: %s\r\n"
+                 "%s%s%.*s%s"
+                 "%s"
+                 "\r\n%.*s",
+                 status, mg_http_reason(status), blen, mg_http_date(), rid ? request_id_header : "",
+                 rid ? ": " : "", rid ? (int)request_id.len : 0, rid ? request_id.data : "",
+                 rid ? "\r\n" : "", close ? "Connection: close\r\n" : "", (int)blen, body);
     if (n < 0 || (size_t)n >= room) return MG_ERROR;
     out->end += (size_t)n;
     return MG_OK;

@@ -117,8 +117,11 @@ const char *mg_http_reason(unsigned status);
 /* The {"message":"..."} body the gateway answers `status` with (Kong's texts). */
 const char *mg_http_error_message(unsigned status);
 
+/* The current time as an HTTP date ("Sun, 06 Nov 1994 08:49:37 GMT"), cached per second. */
+const char *mg_http_date(void);
+
 /*
- * Writes a complete error response (JSON body, Content-Length, Server without version,
+ * Writes a complete error response (JSON body, Content-Length, Server without version, Date,
  * `request_id_header: request_id` when both are given, Connection: close when `close`) into out.
  * Returns MG_OK, or MG_ERROR when it does not fit.
  */

@@ -4,8 +4,9 @@
  * SO_REUSEPORT socket per address and worker slot, held by the master for its whole life so
  * that no queued connection is lost when workers come and go) and supervise the workers:
  * a dead worker is respawned, SIGHUP reloads (validate, start a new generation, drain the
- * old), SIGTERM stops gracefully and SIGQUIT/SIGINT stop at once. `check` validates,
- * `stop`/`reload` signal the master named by the pid file.
+ * old), SIGUSR1 reopens the logs (rotation), SIGTERM stops gracefully and SIGQUIT/SIGINT stop
+ * at once. `check` validates; `stop`, `reload` and `reopen` signal the master named by the
+ * pid file.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -50,6 +51,7 @@ static void usage(FILE *out)
                  "       moongate start  [-c FILE] [-p PIDFILE] daemon\n"
                  "       moongate stop   [-c FILE] [-p PIDFILE]\n"
                  "       moongate reload [-c FILE] [-p PIDFILE]\n"
+                 "       moongate reopen [-c FILE] [-p PIDFILE]  reopen the logs (rotation)\n"
                  "       moongate check  [-c FILE]\n"
                  "       moongate version\n");
 }
@@ -166,7 +168,7 @@ static int sync_listeners(const mg_config_t *cfg, unsigned nslots, bool reusepor
     return MG_OK;
 }
 
-static int run_worker(const mg_config_t *cfg, unsigned slot)
+static int run_worker(const mg_config_t *cfg, unsigned slot, bool standalone)
 {
     int fds[MAX_LISTEN];
     for (size_t i = 0; i < nlsets; i++)
@@ -175,7 +177,7 @@ static int run_worker(const mg_config_t *cfg, unsigned slot)
     for (size_t i = 0; i < nlsets; i++)
         for (int s = 0; s < MAX_WORKERS; s++)
             if (s != (int)slot && lsets[i].fds[s] >= 0) close(lsets[i].fds[s]);
-    return mg_worker_run(cfg, fds, nlsets, slot);
+    return mg_worker_run(cfg, fds, nlsets, slot, standalone);
 }
 
 static pid_t spawn_worker(const mg_config_t *cfg, unsigned slot)
@@ -191,7 +193,7 @@ static pid_t spawn_worker(const mg_config_t *cfg, unsigned slot)
         sigprocmask(SIG_SETMASK, &all, NULL);
         signal(SIGHUP, SIG_IGN);
         signal(SIGCHLD, SIG_DFL);
-        _exit(run_worker(cfg, slot) == MG_OK ? 0 : 2);
+        _exit(run_worker(cfg, slot, false) == MG_OK ? 0 : 2);
     }
     procs[nprocs].pid = pid;
     procs[nprocs].slot = slot;
@@ -271,6 +273,7 @@ static int master(mg_config_t *cfg)
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGQUIT);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
     sigprocmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -307,6 +310,13 @@ static int master(mg_config_t *cfg)
             cfg = next;
             nworkers = n;
             mg_log_notice("reload done: generation %u", generation);
+        } else if (sig == SIGUSR1) {
+            if (mg_log_open(cfg) != MG_OK)
+                mg_log_err("cannot reopen the logs");
+            else
+                mg_log_notice("logs reopened"); /* the first line of the new file */
+            for (size_t i = 0; i < nprocs; i++)
+                kill(procs[i].pid, SIGUSR1);
         } else if (sig == SIGTERM || sig == SIGQUIT || sig == SIGINT) {
             if (!stopping) {
                 stopping = true;
@@ -360,7 +370,7 @@ static int single_process(mg_config_t *cfg)
     const char *pidf = pid_file_for(cfg);
     mkdir_parent(pidf);
     write_pid_file(pidf);
-    int rc = run_worker(cfg, 0);
+    int rc = run_worker(cfg, 0, true);
     unlink(pidf);
     mg_config_free(cfg);
     return rc == MG_OK ? 0 : 1;
@@ -447,6 +457,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "start") == 0) return cmd_run(true);
     if (strcmp(cmd, "stop") == 0) return cmd_signal(SIGTERM);
     if (strcmp(cmd, "reload") == 0) return cmd_signal(SIGHUP);
+    if (strcmp(cmd, "reopen") == 0) return cmd_signal(SIGUSR1);
     if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0) {
         usage(stdout);
         return 0;

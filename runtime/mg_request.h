@@ -46,7 +46,7 @@ typedef struct {
     mg_conn_t *conns;     /* every live client connection (for draining) */
     ev_timer flush_timer; /* access-log batches */
     ev_timer drain_timer; /* graceful-stop deadline */
-    ev_signal sig_term, sig_quit, sig_int, sig_hup;
+    ev_signal sig_term, sig_quit, sig_int, sig_hup, sig_usr1;
     uint64_t rid_seed, rid_counter;
     uint64_t requests_total;
 } mg_worker_t;
@@ -166,6 +166,9 @@ int mg_upstream_write(mg_uconn_t *u);
 const char *mg_upstream_addr_text(const mg_service_t *s);
 
 /* mg_worker.c */
-int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned slot);
+/* Runs a worker's event loop on listen_fds (one per cfg->proxy_listen entry) until it is
+ * stopped; `standalone` when there is no master (master_process: off). MG_OK or MG_ERROR. */
+int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned slot,
+                  bool standalone);
 
 #endif

@@ -62,6 +62,15 @@ static void start_drain(void)
 
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
+    if (w->signum == SIGUSR1) { /* log rotation: the files were moved away, open new ones */
+        mg_access_log_flush();
+        if (mg_log_open(mg_worker.cfg) != MG_OK) mg_log_err("cannot reopen the logs");
+        return;
+    }
+    if (w->signum == SIGHUP) {
+        mg_log_warn("reload needs master_process: on; the configuration stays as it is");
+        return;
+    }
     if (w->signum == SIGTERM) {
         mg_log_info("worker draining (graceful stop)");
         start_drain();
@@ -81,7 +90,8 @@ static void drain_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
-int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned slot)
+int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned slot,
+                  bool standalone)
 {
     char err[512];
     memset(&mg_worker, 0, sizeof(mg_worker));
@@ -117,6 +127,12 @@ int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned
     ev_signal_start(mg_worker.loop, &mg_worker.sig_term);
     ev_signal_start(mg_worker.loop, &mg_worker.sig_quit);
     ev_signal_start(mg_worker.loop, &mg_worker.sig_int);
+    ev_signal_init(&mg_worker.sig_usr1, signal_cb, SIGUSR1);
+    ev_signal_start(mg_worker.loop, &mg_worker.sig_usr1);
+    if (standalone) { /* without a master, SIGHUP must not kill the server */
+        ev_signal_init(&mg_worker.sig_hup, signal_cb, SIGHUP);
+        ev_signal_start(mg_worker.loop, &mg_worker.sig_hup);
+    }
     ev_timer_init(&mg_worker.flush_timer, flush_cb, 0.1, 0.1);
     ev_timer_start(mg_worker.loop, &mg_worker.flush_timer);
     ev_init(&mg_worker.drain_timer, drain_timeout_cb);
