@@ -550,7 +550,10 @@ static void access_log(mg_req_t *r)
     mg_conn_client_ip(r->c, ip, sizeof(ip));
     size_t plen = mg_json_escape(path, sizeof(path), r->msg.path.data, r->msg.path.len);
     double total = (now - r->start) * 1000.0;
-    double upstream = r->upstream_start > 0 ? (now - r->upstream_start) * 1000.0 : 0;
+    /* upstream latency: until the response head arrived (time to first byte), or until now
+     * when none came */
+    ev_tstamp upstream_end = r->upstream_head > 0 ? r->upstream_head : now;
+    double upstream = r->upstream_start > 0 ? (upstream_end - r->upstream_start) * 1000.0 : 0;
     char route[256] = "", service[256] = "", rid[256] = "";
     if (r->route && r->route->name)
         route[mg_json_escape(route, sizeof(route) - 1, r->route->name, strlen(r->route->name))] = 0;
