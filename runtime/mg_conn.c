@@ -56,7 +56,7 @@ void mg_conn_accept(mg_listener_t *ls, int fd, const struct sockaddr *sa)
         close(fd);
         return;
     }
-    c->fd = fd;
+    c->s.fd = fd;
     c->ls = ls;
     c->peer_family = (uint8_t)sa->sa_family;
     if (sa->sa_family == AF_INET) {
@@ -68,17 +68,17 @@ void mg_conn_accept(mg_listener_t *ls, int fd, const struct sockaddr *sa)
         memcpy(c->peer_addr, &in6->sin6_addr, 16);
         c->peer_port = ntohs(in6->sin6_port);
     }
-    c->wready = 1;
+    c->s.wready = 1;
     c->state = MG_CONN_IDLE;
-    c->last_io = ev_now(mg_worker.loop);
-    ev_io_init(&c->io, conn_io_cb, fd, EV_READ);
-    ev_init(&c->timer, conn_timer_cb);
+    c->s.last_io = ev_now(mg_worker.loop);
+    ev_io_init(&c->s.io, conn_io_cb, fd, EV_READ);
+    ev_init(&c->s.timer, conn_timer_cb);
     c->next = mg_worker.conns;
     if (c->next) c->next->prev = c;
     mg_worker.conns = c;
     mg_worker.nconns++;
     /* data usually arrives with or right after the handshake: try reading at once */
-    c->rready = 1;
+    c->s.rready = 1;
     conn_on_head_events(c);
 }
 
@@ -112,28 +112,6 @@ size_t mg_conn_client_ip(const mg_conn_t *c, char *buf, size_t len)
     return strlen(buf);
 }
 
-static void set_deadline(mg_conn_t *c, ev_tstamp deadline)
-{
-    if (deadline == c->deadline) return;
-    ev_timer_stop(mg_worker.loop, &c->timer);
-    c->deadline = deadline;
-    if (deadline > 0) {
-        ev_tstamp after = deadline - ev_now(mg_worker.loop);
-        ev_timer_set(&c->timer, after > 0 ? after : 0.0001, 0.);
-        ev_timer_start(mg_worker.loop, &c->timer);
-    }
-}
-
-static void set_events(mg_conn_t *c, int events)
-{
-    if (ev_is_active(&c->io) && (c->io.events & (EV_READ | EV_WRITE)) == events) return;
-    ev_io_stop(mg_worker.loop, &c->io);
-    if (events) {
-        ev_io_set(&c->io, c->fd, events);
-        ev_io_start(mg_worker.loop, &c->io);
-    }
-}
-
 void mg_conn_update(mg_conn_t *c)
 {
     const mg_limits_t *lim = &mg_worker.cfg->limits;
@@ -149,7 +127,7 @@ void mg_conn_update(mg_conn_t *c)
         unsigned idle = c->requests == 0 ? lim->client_header_timeout : lim->keepalive_timeout;
         if (mg_worker.draining) idle = MG_MIN(idle, 1000);
         ev = EV_READ;
-        deadline = c->last_io + idle * ms;
+        deadline = c->s.last_io + idle * ms;
         break;
     }
     case MG_CONN_HEAD:
@@ -158,26 +136,26 @@ void mg_conn_update(mg_conn_t *c)
         break;
     case MG_CONN_LINGER:
         ev = EV_READ;
-        deadline = c->deadline;
+        deadline = c->s.deadline;
         break;
     case MG_CONN_ACTIVE: {
         bool want_write = r->out && mg_buf_len(r->out) > 0;
-        bool want_read = !c->eof && c->in && mg_buf_free(c->in) + c->in->start > 0 &&
+        bool want_read = !c->s.eof && c->in && mg_buf_free(c->in) + c->in->start > 0 &&
                          ((!r->req_body_done && !r->local_response) || r->tunnel ||
                           (!r->head_sent && !r->local_response));
-        if (want_write && !c->wready) ev |= EV_WRITE;
-        if (want_read && !c->rready) ev |= EV_READ;
+        if (want_write && !c->s.wready) ev |= EV_WRITE;
+        if (want_read && !c->s.rready) ev |= EV_READ;
         if (want_write)
-            deadline = c->last_io + lim->send_timeout * ms;
+            deadline = c->s.last_io + lim->send_timeout * ms;
         else if (r->tunnel)
-            deadline = c->last_io + r->service->read_timeout * ms;
+            deadline = c->s.last_io + r->service->read_timeout * ms;
         else if (want_read && !r->req_body_done)
-            deadline = c->last_io + lim->client_body_timeout * ms;
+            deadline = c->s.last_io + lim->client_body_timeout * ms;
         break;
     }
     }
-    set_events(c, ev);
-    set_deadline(c, deadline);
+    mg_sock_set_events(&c->s, ev);
+    mg_sock_set_deadline(&c->s, deadline);
 }
 
 static mg_req_t *req_new(mg_conn_t *c)
@@ -216,9 +194,9 @@ static void conn_close(mg_conn_t *c)
         req_free(c->r);
         c->r = NULL;
     }
-    ev_io_stop(mg_worker.loop, &c->io);
-    ev_timer_stop(mg_worker.loop, &c->timer);
-    close(c->fd);
+    ev_io_stop(mg_worker.loop, &c->s.io);
+    ev_timer_stop(mg_worker.loop, &c->s.timer);
+    close(c->s.fd);
     mg_buf_put(c->in);
     if (c->prev)
         c->prev->next = c->next;
@@ -239,58 +217,11 @@ void mg_conn_abort(mg_conn_t *c)
     conn_close(c);
 }
 
-ssize_t mg_conn_read(mg_conn_t *c)
-{
-    mg_buf_compact(c->in);
-    size_t room = mg_buf_free(c->in);
-    if (room == 0) return -1;
-    for (;;) {
-        ssize_t n = read(c->fd, mg_buf_last(c->in), room);
-        if (n > 0) {
-            c->in->end += (size_t)n;
-            c->last_io = ev_now(mg_worker.loop);
-            /* a short read drained the socket: wait for epoll rather than read EAGAIN */
-            if ((size_t)n < room) c->rready = 0;
-            return n;
-        }
-        if (n == 0) {
-            c->eof = 1;
-            return 0;
-        }
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN)
-            c->rready = 0;
-        else
-            c->eof = 1;
-        return -1;
-    }
-}
-
-int mg_conn_write(mg_conn_t *c, mg_buf_t *b)
-{
-    while (mg_buf_len(b) > 0 && c->wready) {
-        ssize_t n = write(c->fd, mg_buf_pos(b), mg_buf_len(b));
-        if (n > 0) {
-            b->start += (size_t)n;
-            if (c->r) c->r->bytes_sent += (uint64_t)n;
-            c->last_io = ev_now(mg_worker.loop);
-        } else if (n < 0 && errno == EINTR) {
-            continue;
-        } else if (n < 0 && errno == EAGAIN) {
-            c->wready = 0;
-        } else {
-            return MG_ERROR;
-        }
-    }
-    if (mg_buf_len(b) == 0) b->start = b->end = 0;
-    return MG_OK;
-}
-
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-    mg_conn_t *c = MG_CONTAINER_OF(w, mg_conn_t, io);
-    if (revents & EV_READ) c->rready = 1;
-    if (revents & EV_WRITE) c->wready = 1;
+    mg_conn_t *c = MG_CONTAINER_OF(w, mg_conn_t, s.io);
+    if (revents & EV_READ) c->s.rready = 1;
+    if (revents & EV_WRITE) c->s.wready = 1;
     switch (c->state) {
     case MG_CONN_IDLE:
     case MG_CONN_HEAD:
@@ -310,8 +241,8 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-    mg_conn_t *c = MG_CONTAINER_OF(w, mg_conn_t, timer);
-    c->deadline = 0;
+    mg_conn_t *c = MG_CONTAINER_OF(w, mg_conn_t, s.timer);
+    c->s.deadline = 0;
     switch (c->state) {
     case MG_CONN_IDLE:
     case MG_CONN_LINGER:
@@ -348,9 +279,9 @@ static void conn_on_head_events(mg_conn_t *c)
         bool need_read = mg_buf_len(c->in) == 0 ||
                          (c->state == MG_CONN_HEAD && c->r->msg.scan_pos >= mg_buf_len(c->in));
         if (need_read) {
-            if (!c->rready) break;
-            ssize_t n = mg_conn_read(c);
-            if (n == 0 || (n < 0 && c->eof)) {
+            if (!c->s.rready) break;
+            ssize_t n = mg_sock_read(&c->s, c->in);
+            if (n == 0 || (n < 0 && c->s.eof)) {
                 conn_close(c); /* the client went away between or inside a head */
                 return;
             }
@@ -520,7 +451,7 @@ void mg_conn_respond_error(mg_req_t *r, unsigned status, const char *message)
 static void conn_write_plain(mg_conn_t *c)
 {
     mg_req_t *r = c->r;
-    if (mg_conn_write(c, r->out) != MG_OK) {
+    if (mg_sock_write(&c->s, r->out, &r->bytes_sent) != MG_OK) {
         mg_conn_abort(c);
         return;
     }
@@ -579,7 +510,7 @@ static void access_log(mg_req_t *r)
 bool mg_conn_may_keepalive(const mg_req_t *r)
 {
     const mg_limits_t *lim = &mg_worker.cfg->limits;
-    return r->msg.keepalive && !r->c->eof && !mg_worker.draining && lim->keepalive_timeout > 0 &&
+    return r->msg.keepalive && !r->c->s.eof && !mg_worker.draining && lim->keepalive_timeout > 0 &&
            r->c->requests < lim->keepalive_requests;
 }
 
@@ -601,11 +532,11 @@ void mg_conn_request_done(mg_req_t *r)
         return;
     }
     c->state = MG_CONN_IDLE;
-    c->last_io = ev_now(mg_worker.loop);
+    c->s.last_io = ev_now(mg_worker.loop);
     if (c->in && mg_buf_len(c->in) > 0) {
         /* a pipelined request is already buffered: serve it from the loop, not recursively */
         mg_conn_update(c); /* first: stopping a watcher clears its pending events */
-        ev_feed_event(mg_worker.loop, &c->io, EV_CUSTOM);
+        ev_feed_event(mg_worker.loop, &c->s.io, EV_CUSTOM);
         return;
     }
     mg_buf_put(c->in);
@@ -623,20 +554,20 @@ static void conn_linger(mg_conn_t *c)
             req_free(c->r);
             c->r = NULL;
         }
-        if (c->eof || shutdown(c->fd, SHUT_WR) != 0) {
+        if (c->s.eof || shutdown(c->s.fd, SHUT_WR) != 0) {
             conn_close(c);
             return;
         }
-        c->rready = 1;
-        set_deadline(c, ev_now(mg_worker.loop) + LINGER_TIMEOUT);
+        c->s.rready = 1;
+        mg_sock_set_deadline(&c->s, ev_now(mg_worker.loop) + LINGER_TIMEOUT);
     }
     char scratch[4096];
     for (int i = 0; i < 16; i++) { /* bounded: a flooding client waits for the next event */
-        ssize_t n = read(c->fd, scratch, sizeof(scratch));
+        ssize_t n = read(c->s.fd, scratch, sizeof(scratch));
         if (n > 0) continue;
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && errno == EAGAIN) {
-            c->rready = 0;
+            c->s.rready = 0;
             mg_conn_update(c);
             return;
         }

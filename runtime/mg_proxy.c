@@ -456,10 +456,11 @@ void mg_proxy_pump(mg_req_t *r)
         /* after the body, the client is still read (into the bounded buffer) until the
          * response starts, so a client that gives up is noticed and the upstream request
          * dropped instead of running to read_timeout */
-        if (c->rready && !c->eof && (!r->req_body_done || r->tunnel || !r->head_sent) && c->in) {
-            ssize_t n = mg_conn_read(c);
+        if (c->s.rready && !c->s.eof && (!r->req_body_done || r->tunnel || !r->head_sent) &&
+            c->in) {
+            ssize_t n = mg_sock_read(&c->s, c->in);
             if (n > 0) progress = true;
-            if (c->eof && !r->tunnel && (!r->req_body_done || !r->head_sent)) {
+            if (c->s.eof && !r->tunnel && (!r->req_body_done || !r->head_sent)) {
                 mg_log_info("client closed the connection before %s",
                             r->req_body_done ? "the response" : "sending the whole body");
                 r->upstream_failed = 1;
@@ -493,9 +494,9 @@ void mg_proxy_pump(mg_req_t *r)
             return;
         }
         /* u->out -> upstream */
-        if (u->connected && u->wready && u->out && mg_buf_len(u->out)) {
+        if (u->connected && u->s.wready && u->out && mg_buf_len(u->out)) {
             size_t before = mg_buf_len(u->out);
-            if (mg_upstream_write(u) != MG_OK) {
+            if (mg_sock_write(&u->s, u->out, NULL) != MG_OK) {
                 mg_proxy_upstream_error(r, errno, false);
                 return;
             }
@@ -503,24 +504,28 @@ void mg_proxy_pump(mg_req_t *r)
         }
         if (r->req_body_done && !r->msg.out_chunked && u->out && mg_buf_len(u->out) == 0)
             r->req_sent = 1;
-        if (r->tunnel && c->eof && mg_buf_len(c->in) == 0 && u->out && mg_buf_len(u->out) == 0 &&
+        if (r->tunnel && c->s.eof && mg_buf_len(c->in) == 0 && u->out && mg_buf_len(u->out) == 0 &&
             !r->tunnel_client_done) {
-            shutdown(u->fd, SHUT_WR); /* half-close travels through the tunnel */
+            shutdown(u->s.fd, SHUT_WR); /* half-close travels through the tunnel */
             r->tunnel_client_done = 1;
             progress = true;
         }
         /* upstream -> u->in */
-        if (u->connected && u->rready && !u->eof && !r->resp_done) {
-            ssize_t n = mg_upstream_read(u);
+        if (u->connected && u->s.rready && !u->s.eof && !r->resp_done) {
+            if (u->in == NULL && (u->in = mg_buf_get()) == NULL) {
+                finish_upstream_failure(r, 502);
+                return;
+            }
+            ssize_t n = mg_sock_read(&u->s, u->in);
             if (n > 0)
                 progress = true;
-            else if (n < 0 && u->eof && !r->resp.head_done) {
+            else if (n < 0 && u->s.eof && !r->resp.head_done) {
                 mg_proxy_upstream_error(r, errno, false);
                 return;
             }
         }
         /* u->in -> r->out */
-        if (u->in && !r->resp.head_done && (mg_buf_len(u->in) || u->eof)) {
+        if (u->in && !r->resp.head_done && (mg_buf_len(u->in) || u->s.eof)) {
             if (r->resp.headers == NULL) {
                 r->resp_headers = mg_pool_alloc(r->pool, sizeof(mg_header_t) * MAX_RESP_HEADERS);
                 mg_http_msg_init(&r->resp, HTTP_RESPONSE, r->resp_headers, MAX_RESP_HEADERS);
@@ -529,7 +534,7 @@ void mg_proxy_pump(mg_req_t *r)
                 mg_http_parse_response_head(&r->resp, mg_buf_pos(u->in), mg_buf_len(u->in),
                                             MG_BUF_SIZE / 2, r->msg.parser.method == HTTP_HEAD);
             if (rc == MG_AGAIN) {
-                if (u->eof) {
+                if (u->s.eof) {
                     if (!r->resp.head_done && mg_buf_len(u->in) == 0) {
                         mg_proxy_upstream_error(r, ECONNRESET, false);
                         return;
@@ -594,7 +599,7 @@ void mg_proxy_pump(mg_req_t *r)
                     return;
                 }
             }
-            if (u->eof && !r->resp_done && mg_buf_len(u->in) == 0) {
+            if (u->s.eof && !r->resp_done && mg_buf_len(u->in) == 0) {
                 if (r->resp.body_kind == MG_BODY_EOF) {
                     r->resp_done = 1;
                     progress = true;
@@ -612,9 +617,9 @@ void mg_proxy_pump(mg_req_t *r)
             }
         }
         /* r->out -> client */
-        if (r->out && mg_buf_len(r->out) && c->wready) {
+        if (r->out && mg_buf_len(r->out) && c->s.wready) {
             size_t before = mg_buf_len(r->out);
-            if (mg_conn_write(c, r->out) != MG_OK) {
+            if (mg_sock_write(&c->s, r->out, &r->bytes_sent) != MG_OK) {
                 mg_log_info("client closed the connection while receiving the response");
                 mg_conn_abort(c);
                 return;
@@ -623,8 +628,8 @@ void mg_proxy_pump(mg_req_t *r)
         }
         /* tunnel: a side that finished sending half-closes the other */
         if (r->tunnel) {
-            if (u->eof && mg_buf_len(u->in) == 0 && mg_buf_len(r->out) == 0 && !r->resp_done) {
-                shutdown(c->fd, SHUT_WR);
+            if (u->s.eof && mg_buf_len(u->in) == 0 && mg_buf_len(r->out) == 0 && !r->resp_done) {
+                shutdown(c->s.fd, SHUT_WR);
                 r->resp_done = 1;
             }
             if (r->resp_done && r->tunnel_client_done) {
@@ -646,5 +651,5 @@ void mg_proxy_pump(mg_req_t *r)
     /* still busy after a fair share of work: yield to other connections, continue soon */
     mg_conn_update(c);
     if (r->u) mg_upstream_update(r->u);
-    ev_feed_event(mg_worker.loop, &c->io, EV_CUSTOM); /* after: a stop clears pending events */
+    ev_feed_event(mg_worker.loop, &c->s.io, EV_CUSTOM); /* after: a stop clears pending events */
 }

@@ -23,6 +23,7 @@
 #include "mg_http.h"
 #include "mg_pool.h"
 #include "mg_router.h"
+#include "mg_sock.h"
 
 typedef struct mg_req_s mg_req_t;
 typedef struct mg_conn_s mg_conn_t;
@@ -54,16 +55,12 @@ typedef struct {
 extern mg_worker_t mg_worker;
 
 struct mg_conn_s {
-    ev_io io;
-    ev_timer timer;
-    int fd;
+    mg_sock_t s;   /* the client socket, its watcher, timer and readiness */
     uint8_t state; /* MG_CONN_* */
     uint8_t peer_family;
     uint16_t peer_port;
     uint8_t peer_addr[16];
-    unsigned rready : 1, wready : 1, eof : 1;
-    unsigned requests;           /* served on this connection */
-    ev_tstamp last_io, deadline; /* last client progress; armed timer's deadline (0 = none) */
+    unsigned requests; /* served on this connection */
     const mg_listener_t *ls;
     mg_buf_t *in;           /* client bytes not yet consumed; NULL while idle */
     mg_req_t *r;            /* the current request, NULL while idle */
@@ -73,16 +70,13 @@ struct mg_conn_s {
 enum { MG_CONN_IDLE, MG_CONN_HEAD, MG_CONN_ACTIVE, MG_CONN_LINGER };
 
 struct mg_uconn_s {
-    ev_io io;
-    ev_timer timer;
-    int fd;
-    unsigned rready : 1, wready : 1, connected : 1, reused : 1, eof : 1;
+    mg_sock_t s; /* the upstream socket, its watcher, timer and readiness */
+    unsigned connected : 1, reused : 1;
     unsigned requests;
     const mg_service_t *service; /* keepalive pool key: the service's address */
     mg_req_t *r;                 /* owner, NULL while idle in the pool */
     mg_buf_t *in, *out;
     mg_uconn_t *next; /* pool list */
-    ev_tstamp last_io, deadline;
 };
 
 struct mg_req_s {
@@ -133,11 +127,6 @@ void mg_conn_update(mg_conn_t *c);
 /* Graceful stop: idle connections close now, busy ones after their current response. */
 void mg_conn_drain_all(void);
 size_t mg_conn_client_ip(const mg_conn_t *c, char *buf, size_t len);
-/* Reads into c->in: bytes read, 0 on EOF, -1 on EAGAIN (rready cleared) or error (eof set). */
-ssize_t mg_conn_read(mg_conn_t *c);
-/* Writes as much of b as the socket takes. Returns MG_OK (all written or EAGAIN, wready
- * cleared) or MG_ERROR (the client is gone). */
-int mg_conn_write(mg_conn_t *c, mg_buf_t *b);
 
 /* mg_proxy.c */
 /* Starts proxying r (head parsed and routed). */
@@ -159,9 +148,6 @@ void mg_upstream_update(mg_uconn_t *u);
 void mg_upstream_pool_close_all(void);
 /* Sizes the per-service pools for cfg (worker start). MG_OK or MG_ERROR. */
 int mg_upstream_init(const mg_config_t *cfg);
-/* Reads into u->in / writes from u->out, like mg_conn_read / mg_conn_write. */
-ssize_t mg_upstream_read(mg_uconn_t *u);
-int mg_upstream_write(mg_uconn_t *u);
 /* "ip:port" of the service's address, formatted once per worker. */
 const char *mg_upstream_addr_text(const mg_service_t *s);
 
