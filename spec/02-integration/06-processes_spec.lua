@@ -4,37 +4,16 @@
 
 local helpers = require "spec.helpers"
 
+local read_file, write_file = helpers.read_file, helpers.write_file
+local shell_quote = helpers.shell_quote
+
 local fmt, match = string.format, string.match
 
 local BIN = os.getenv("MOONGATE_BIN") or "./build/moongate"
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
 -- Runs a shell command line; returns its output (stdout and stderr) and exit code.
 local function sh(cmd)
-  local p = assert(io.popen("(" .. cmd .. ") 2>&1 </dev/null\necho \"__rc=$?\"", "r"))
-  local out = p:read("*a")
-  p:close()
-  local body, rc = match(out, "^(.-)__rc=(%d+)\n?$")
-  return body or out, tonumber(rc)
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then
-    return nil
-  end
-  local data = f:read("*a")
-  f:close()
-  return data
-end
-
-local function write_file(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
+  return helpers.run("(" .. cmd .. ") 2>&1 </dev/null")
 end
 
 local function pid_alive(pid)

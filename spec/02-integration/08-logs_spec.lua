@@ -5,17 +5,9 @@
 
 local helpers = require "spec.helpers"
 
-local BIN = os.getenv("MOONGATE_BIN") or "./build/moongate"
+local read_file = helpers.read_file
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then
-    return nil
-  end
-  local data = f:read("*a")
-  f:close()
-  return data
-end
+local BIN = os.getenv("MOONGATE_BIN") or "./build/moongate"
 
 local function services(up)
   return { { name = "svc", url = up.url, routes = { { name = "r", paths = { "/" } } } } }

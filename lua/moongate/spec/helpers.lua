@@ -87,6 +87,24 @@ local function run(cmd)
   return body or out, tonumber(rc)
 end
 
+--- Reads a whole file.
+-- @param path file name
+-- @return its contents, or nil when it cannot be opened
+_M.read_file = read_file
+
+--- Writes a whole file (raises on failure).
+-- @param path file name
+-- @param data contents
+_M.write_file = write_file
+
+--- Quotes a string for a POSIX shell command line.
+_M.shell_quote = shell_quote
+
+--- Runs a shell command line.
+-- @param cmd the command (add `2>&1` to capture stderr)
+-- @return its output and its exit code
+_M.run = run
+
 local function split_lines(s)
   local lines = {}
   for line in (gsub(s, "\r", "") .. "\n"):gmatch("(.-)\n") do
