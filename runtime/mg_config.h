@@ -88,6 +88,58 @@ typedef struct mg_route_s {
     unsigned index;     /* position in mg_config_t.routes: stable tie-breaker */
 } mg_route_t;
 
+/* A configuration value kept as written, for what Lua validates (plugin configs, consumer
+ * credentials): YAML 1.1 plain scalars are resolved (null/~, true/false/yes/no/on/off,
+ * integers, floats); quoted scalars stay strings. */
+typedef enum {
+    MG_VAL_NULL,
+    MG_VAL_BOOL,
+    MG_VAL_INT,
+    MG_VAL_FLOAT,
+    MG_VAL_STRING,
+    MG_VAL_ARRAY,
+    MG_VAL_MAP,
+} mg_value_kind_t;
+
+typedef struct mg_value_s {
+    mg_value_kind_t kind;
+    int line; /* 1-based line in the file (for messages) */
+    union {
+        bool boolean;
+        int64_t integer;
+        double number;
+    } u;
+    char *str;                /* MG_VAL_STRING, NUL-terminated */
+    size_t len;               /* string length, or item count for arrays and maps */
+    char **keys;              /* MG_VAL_MAP: len keys */
+    struct mg_value_s *items; /* MG_VAL_ARRAY / MG_VAL_MAP: len items */
+} mg_value_t;
+
+/* One plugin entity wherever it was declared; Lua validates `config` against the plugin's
+ * schema and builds the per-route chains. */
+typedef struct {
+    char *name;
+    char *path;          /* e.g. "services[0].plugins[1]", for error messages */
+    int service;         /* index in cfg->services, or -1 */
+    int route;           /* index in cfg->routes, or -1 */
+    int consumer;        /* index in cfg->consumers, or -1 */
+    bool enabled;        /* default true */
+    mg_value_t *config;  /* the `config` map as written; NULL when absent */
+    mg_value_t *entity;  /* the whole entity (name, config, protocols, tags, ...) */
+} mg_plugin_conf_t;
+
+typedef struct {
+    char *username;      /* NULL when absent */
+    char *custom_id;     /* NULL when absent */
+    char *path;          /* "consumers[3]" */
+    mg_value_t *entity;  /* the whole entity, credentials included */
+} mg_consumer_t;
+
+typedef struct {
+    char *name;
+    size_t size; /* bytes */
+} mg_shdict_conf_t;
+
 typedef enum {
     MG_LOG_DEBUG,
     MG_LOG_INFO,
@@ -117,6 +169,17 @@ typedef struct mg_config_s {
     char *real_ip_header;    /* default "X-Real-IP" (Kong's default) */
     char *request_id_header; /* default "X-Request-ID"; "off" disables -> NULL */
     mg_limits_t limits;
+
+    char **plugin_names; /* the `plugins:` setting as written ("bundled" included);
+                            default ["bundled"] */
+    size_t nplugin_names;
+    char *lua_package_path; /* NULL = default; ";;" stands for the default path */
+    mg_shdict_conf_t *shared_dicts;
+    size_t nshared_dicts;
+    mg_plugin_conf_t *plugins; /* every plugin entity: global, service, route, consumer */
+    size_t nplugins;
+    mg_consumer_t *consumers;
+    size_t nconsumers;
 
     mg_service_t *services;
     size_t nservices;
