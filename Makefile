@@ -31,8 +31,9 @@ $(BUILD)/obj/%.o: runtime/%.c $(wildcard runtime/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(WARN_CFLAGS) $(DEPS_CFLAGS) -c $< -o $@
 
+# -rdynamic: the mg_ffi_* functions must be visible to LuaJIT's ffi.C
 $(BUILD)/moongate: $(OBJS) $(BUILD)/obj/mg_main.o
-	$(CC) $(CFLAGS) $(WARN_CFLAGS) $^ -o $@ $(LDFLAGS) $(DEPS_LIBS)
+	$(CC) $(CFLAGS) $(WARN_CFLAGS) -rdynamic $^ -o $@ $(LDFLAGS) $(DEPS_LIBS)
 
 # Unit tests #include the .c under test so statics are testable; they link the other objects.
 $(BUILD)/t/%: runtime/t/%.c $(OBJS) runtime/t/mg_test.h

@@ -7,10 +7,15 @@
  * MOONGATE_<SETTING> environment variables become one-node YAML documents fed through the
  * same rows. Rules that span entities (unique names, `service:` references) run once all is
  * read; the result is flattened into the arrays the router and the proxy use.
+ *
+ * Plugin entities and consumers are checked here only as far as their shape goes (known keys,
+ * references, unique usernames); each is also kept whole as an mg_value_t tree for the Lua
+ * side, which validates plugin configs against each plugin's schema.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <netdb.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,6 +33,9 @@
 #define NONE SIZE_MAX     /* field offset: validate the value, store it nowhere */
 #define BAD_LIST SIZE_MAX /* list_of(): the node is not a list */
 #define MAX_WORKERS 1024
+#define MAX_VALUE_DEPTH 64         /* nesting of a value tree (an alias cycle hits this) */
+#define MAX_ALIAS_VALUES 100000    /* values aliases may add beyond the documents' own nodes */
+#define MIN_SHDICT_SIZE (32 << 10) /* mg_shdict_create's minimum */
 #define MSG_MAIN_ONLY "only allowed in the main configuration file"
 #define MSG_NOT_WITH_DECL "not allowed together with declarative_config"
 
@@ -78,16 +86,35 @@ typedef struct route_item_s {
     svc_item_t *svc;    /* nested routes: the enclosing service; top-level: resolved later */
     char *service_name; /* top-level routes: `service:` as written */
     char *path;
+    int final; /* index in cfg->routes, -1 when left out (disabled service) */
     struct route_item_s *next;
 } route_item_t;
 
-typedef struct {
-    char *name;
-} plugin_item_t;
-
-typedef struct {
-    char *username, *custom_id;
+typedef struct consumer_item_s {
+    mg_consumer_t c;
+    int index; /* in cfg->consumers */
+    struct consumer_item_s *next;
 } consumer_item_t;
+
+/* Where a plugin entity was declared; cfg->plugins lists them in this order. */
+enum {
+    PS_GLOBAL,    /* top-level `plugins:` entries (with or without service/route/consumer) */
+    PS_SERVICE,   /* services[i].plugins */
+    PS_ROUTE,     /* services[i].routes[j].plugins */
+    PS_TOP_ROUTE, /* routes[j].plugins */
+    PS_CONSUMER,  /* consumers[k].plugins */
+    PS_COUNT
+};
+
+typedef struct plugin_item_s {
+    mg_plugin_conf_t p; /* name, path, enabled, config, entity; indices are set by finish() */
+    int scope;          /* PS_* */
+    svc_item_t *svc;    /* the enclosing entity, or what a reference resolved to */
+    route_item_t *route;
+    consumer_item_t *consumer;
+    char *service_name, *route_name, *consumer_name; /* references as written */
+    struct plugin_item_s *next;
+} plugin_item_t;
 
 typedef struct { /* a named entity, sorted to find duplicates and to look services up */
     const char *name, *path;
@@ -110,6 +137,13 @@ struct ctx_s {
     char *declarative;
     svc_item_t *svcs, **svcs_tail;
     route_item_t *nested, **nested_tail, *top, **top_tail;
+    consumer_item_t *consumers, **consumers_tail;
+    plugin_item_t *plugins[PS_COUNT], **plugins_tail[PS_COUNT];
+    size_t entity_index; /* p_entities: the position of the entity being parsed */
+    bool quiet;          /* parse_map: key problems were reported by the value conversion */
+    size_t budget;       /* values value_of() may still create */
+    bool values_failed;  /* a conversion gave up (budget, depth): the next ones do not try */
+    yaml_node_t *value_stack[MAX_VALUE_DEPTH]; /* value_at(): the collections being converted */
     size_t plen;
     char path[512];
     char msg[512]; /* a check's message when it quotes the value */
@@ -141,9 +175,10 @@ static void p_list(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_sub(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_entities(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_mapping(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
-static void p_any(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
+static void p_records(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_unsupported(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_plugins(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
+static void p_plugin_ref(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_shared_dicts(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_headers(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_route_service(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
@@ -165,6 +200,7 @@ static bool i_url(ctx_t *x, const char *s, void *out, const field_t *f);
 
 static bool is_label_char(char c);
 static const char *check_name(ctx_t *x, char *s);
+static const char *check_plugin_name(ctx_t *x, char *s);
 static const char *check_tag(ctx_t *x, char *s);
 static const char *check_header_name(ctx_t *x, char *s);
 static const char *check_header_value(ctx_t *x, char *s);
@@ -176,8 +212,13 @@ static const char *check_method(ctx_t *x, char *s);
 
 static void parse_service(ctx_t *x, yaml_node_t *n, void *parent);
 static void parse_route(ctx_t *x, yaml_node_t *n, void *parent);
-static void parse_plugin(ctx_t *x, yaml_node_t *n, void *parent);
+static plugin_item_t *parse_plugin(ctx_t *x, yaml_node_t *n, int scope, mg_value_t *entity);
+static void parse_service_plugin(ctx_t *x, yaml_node_t *n, void *parent);
+static void parse_route_plugin(ctx_t *x, yaml_node_t *n, void *parent);
+static void parse_consumer_plugin(ctx_t *x, yaml_node_t *n, void *parent);
 static void parse_consumer(ctx_t *x, yaml_node_t *n, void *parent);
+static mg_value_t *value_of(ctx_t *x, yaml_node_t *n);
+static const mg_value_t *value_get(const mg_value_t *map, const char *key);
 static void resolve(ctx_t *x, svc_item_t *it);
 
 static bool load_doc(ctx_t *x, int slot, const char *file, const char *label, yaml_node_t **root);
@@ -234,22 +275,33 @@ static const field_t limits_fields[] = {
     LIMIT(i_duration, upstream_keepalive_idle_timeout, 1),
 };
 
+/* A plugin's `service:`, `route:` and `consumer:` references in their mapping form. */
+static const field_t plugin_service_ref[] = {ONE("name", i_string, plugin_item_t, service_name)};
+static const field_t plugin_route_ref[] = {ONE("name", i_string, plugin_item_t, route_name)};
+static const field_t plugin_consumer_ref[] = {
+    ONE("username", i_string, plugin_item_t, consumer_name)};
+#define PLUGIN_REF(n, t)                                                                           \
+    {                                                                                              \
+        .name = (n), .parse = p_plugin_ref, .sub = (t), .nsub = 1                                  \
+    }
+
 static const field_t plugin_fields[] = {
-    ONE("name", i_string, plugin_item_t, name),
+    ONE("name", i_string, plugin_item_t, p.name, .check = check_plugin_name),
     {.name = "config", .parse = p_mapping},
-    SKIP("enabled", i_bool),
+    ONE("enabled", i_bool, plugin_item_t, p.enabled),
     {.name = "protocols", .parse = p_list, .item = i_string, .off = NONE},
-    {.name = "service", .parse = p_any},
-    {.name = "route", .parse = p_any},
-    {.name = "consumer", .parse = p_any},
+    PLUGIN_REF("service", plugin_service_ref),
+    PLUGIN_REF("route", plugin_route_ref),
+    PLUGIN_REF("consumer", plugin_consumer_ref),
     SKIP("instance_name", i_string, .check = check_name),
     {.name = "ordering", .parse = p_mapping},
+    SKIP("id", i_string),
     TAGS,
 };
 
-#define NESTED_PLUGINS                                                                             \
+#define NESTED_PLUGINS(fn)                                                                         \
     {                                                                                              \
-        .name = "plugins", .parse = p_entities, .entity = parse_plugin                             \
+        .name = "plugins", .parse = p_entities, .entity = (fn)                                     \
     }
 
 static const field_t service_ref_fields[] = {
@@ -273,7 +325,7 @@ static const field_t route_fields[] = {
     SKIP("https_redirect_status_code", i_enum, .choices = redirect_codes),
     SKIP("request_buffering", i_bool),
     SKIP("response_buffering", i_bool),
-    NESTED_PLUGINS,
+    NESTED_PLUGINS(parse_route_plugin),
     TAGS,
 };
 
@@ -291,20 +343,26 @@ static const field_t service_fields[] = {
     TIMEOUT(write_timeout),
     TIMEOUT(read_timeout),
     {.name = "routes", .parse = p_entities, .entity = parse_route},
-    NESTED_PLUGINS,
+    NESTED_PLUGINS(parse_service_plugin),
     ONE("enabled", i_bool, svc_item_t, enabled),
     TAGS,
 };
 
+/* Credentials are lists of mappings kept in the consumer's entity; Lua validates them. */
+#define CREDENTIALS(n)                                                                             \
+    {                                                                                              \
+        .name = (n), .parse = p_records                                                            \
+    }
+
 static const field_t consumer_fields[] = {
-    ONE("username", i_string, consumer_item_t, username),
-    ONE("custom_id", i_string, consumer_item_t, custom_id),
-    NESTED_PLUGINS,
-    {.name = "keyauth_credentials", .parse = p_unsupported},
-    {.name = "basicauth_credentials", .parse = p_unsupported},
-    {.name = "jwt_secrets", .parse = p_unsupported},
-    {.name = "hmacauth_credentials", .parse = p_unsupported},
-    {.name = "acls", .parse = p_unsupported},
+    ONE("username", i_string, consumer_item_t, c.username),
+    ONE("custom_id", i_string, consumer_item_t, c.custom_id),
+    NESTED_PLUGINS(parse_consumer_plugin),
+    CREDENTIALS("keyauth_credentials"),
+    CREDENTIALS("basicauth_credentials"),
+    CREDENTIALS("jwt_secrets"),
+    CREDENTIALS("hmacauth_credentials"),
+    CREDENTIALS("acls"),
     TAGS,
 };
 
@@ -336,7 +394,7 @@ static const field_t top_fields[] = {
      .flags = F_SETTING},
     /* plugin names (a setting) and global plugin entities share the key: p_plugins sorts */
     {.name = "plugins", .parse = p_plugins, .flags = F_ENV | F_LIST},
-    SKIP("lua_package_path", i_string, .flags = F_SETTING | F_ENV),
+    SETTING(lua_package_path, i_string),
     {.name = "shared_dicts", .parse = p_shared_dicts, .flags = F_SETTING},
     SKIP("declarative_config", i_declarative, .flags = F_SETTING | F_ENV),
     SKIP("_format_version", i_enum, .choices = format_versions),
@@ -399,13 +457,10 @@ static char *lower(char *s)
     return s;
 }
 
-static void errors_add(mg_config_errors_t *e, const char *fmt, ...)
+static void verrors_add(mg_config_errors_t *e, const char *fmt, va_list ap)
 {
     char buf[2048];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
     if (e->pool == NULL) return;
     if (e->n == e->cap) {
         size_t cap = e->cap ? e->cap * 2 : 16;
@@ -417,6 +472,14 @@ static void errors_add(mg_config_errors_t *e, const char *fmt, ...)
     }
     char *s = mg_pool_strdup(e->pool, buf);
     if (s) e->items[e->n++] = s;
+}
+
+static void errors_add(mg_config_errors_t *e, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    verrors_add(e, fmt, ap);
+    va_end(ap);
 }
 
 static void vfail_at(ctx_t *x, const char *path, const char *fmt, va_list ap)
@@ -580,6 +643,8 @@ static bool allowed(ctx_t *x, const field_t *f)
 /*
  * Walks a mapping against a table: unknown and repeated keys are errors, null values are
  * skipped (Kong's exports write `path: null`). Returns a bit per table row whose key was set.
+ * With x->quiet (the mapping was converted by value_of(), which reported its keys), repeated
+ * and non-string keys are skipped without a second report.
  */
 static uint64_t parse_map(ctx_t *x, yaml_node_t *n, void *obj, const field_t *t, size_t nt)
 {
@@ -592,7 +657,7 @@ static uint64_t parse_map(ctx_t *x, yaml_node_t *n, void *obj, const field_t *t,
         const char *key = text(node_at(x, p->key));
         yaml_node_t *v = node_at(x, p->value);
         if (key == NULL) {
-            fail(x, "keys must be strings");
+            if (!x->quiet) fail(x, "keys must be strings");
             continue;
         }
         size_t mark = path_key(x, key);
@@ -601,10 +666,10 @@ static uint64_t parse_map(ctx_t *x, yaml_node_t *n, void *obj, const field_t *t,
         if (f == NULL) {
             fail(x, "unknown field");
         } else if (!is_null(v) && allowed(x, f)) {
-            if (seen & bit)
-                fail(x, "duplicate key");
-            else
+            if (!(seen & bit))
                 f->parse(x, v, obj, f);
+            else if (!x->quiet)
+                fail(x, "duplicate key");
             seen |= bit;
         }
         path_set(x, mark);
@@ -658,7 +723,8 @@ static void p_sub(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
 
 /*
  * A list of entities. Nested rows (no F_ENTITY) pass their object to the entity parser as
- * the parent, which is how a route learns its enclosing service.
+ * the parent, which is how a route learns its enclosing service. x->entity_index tells the
+ * entity parser its position in the list.
  */
 static void p_entities(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
 {
@@ -666,6 +732,7 @@ static void p_entities(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
     size_t cnt = list_of(x, n, false, &items);
     for (size_t i = 0; cnt != BAD_LIST && i < cnt; i++) {
         size_t mark = path_index(x, i);
+        x->entity_index = i;
         if (items[i]->type != YAML_MAPPING_NODE)
             fail(x, "expected a mapping");
         else
@@ -679,7 +746,17 @@ static void p_mapping(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
     if (n->type != YAML_MAPPING_NODE) fail(x, "expected a mapping");
 }
 
-static void p_any(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f) {}
+/* A list of mappings whose contents Lua validates (consumer credentials). */
+static void p_records(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
+{
+    yaml_node_t **items;
+    size_t cnt = list_of(x, n, false, &items);
+    for (size_t i = 0; cnt != BAD_LIST && i < cnt; i++) {
+        size_t mark = path_index(x, i);
+        if (items[i]->type != YAML_MAPPING_NODE) fail(x, "expected a mapping");
+        path_set(x, mark);
+    }
+}
 
 static void p_unsupported(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
 {
@@ -688,56 +765,92 @@ static void p_unsupported(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
 
 /*
  * `plugins:` is both Kong's setting (names to load: [bundled, my-policy]) and the declarative
- * list of global plugin entities; scalars are the former, mappings the latter.
+ * list of global plugin entities; scalars are the former, mappings the latter. Names replace
+ * the default ["bundled"] (MOONGATE_PLUGINS replaces the file's names, not its entities);
+ * whether each is installed is Lua's to tell.
  */
 static void p_plugins(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
 {
+    static const field_t name_row = {
+        .name = "plugins", .item = i_string, .check = check_plugin_name};
     yaml_node_t **items;
     size_t cnt = list_of(x, n, true, &items);
-    for (size_t i = 0; cnt != BAD_LIST && i < cnt; i++) {
+    if (cnt == BAD_LIST) return;
+    char **names = zalloc(x, x->cfg->pool, (cnt + 1) * sizeof(char *));
+    size_t nnames = 0, nscalars = 0, off = BAD_LIST;
+    for (size_t i = 0; i < cnt; i++) {
         size_t mark = path_index(x, i);
         const char *s = text(items[i]);
-        if (s && x->in_decl)
+        if (s && x->in_decl) {
             fail(x, MSG_MAIN_ONLY);
-        else if (s && strcmp(s, "bundled") != 0)
-            fail(x, "plugin \"%s\" is not installed", s);
-        else if (!s && items[i]->type != YAML_MAPPING_NODE)
+        } else if (s) {
+            nscalars++;
+            if (i_string(x, s, &names[nnames], &name_row)) nnames++;
+            if (strcmp(s, "off") == 0) off = i;
+        } else if (items[i]->type != YAML_MAPPING_NODE) {
             fail(x, "expected a plugin name or a plugin entry");
-        else if (!s && x->decl_set && !x->in_decl)
+        } else if (x->decl_set && !x->in_decl) {
             fail(x, MSG_NOT_WITH_DECL);
-        else if (!s)
-            parse_plugin(x, items[i], NULL);
+        } else {
+            parse_plugin(x, items[i], PS_GLOBAL, NULL);
+        }
         path_set(x, mark);
     }
+    if (off != BAD_LIST && nscalars > 1) {
+        size_t mark = path_index(x, off);
+        fail(x, "\"off\" cannot be combined with other plugin names");
+        path_set(x, mark);
+    }
+    if (nnames == 0) return;
+    x->cfg->plugin_names = names;
+    x->cfg->nplugin_names = nnames;
 }
 
-/* A Lua identifier, so that `moongate.shared.<name>` works. */
+/* A Lua identifier ([A-Za-z_][A-Za-z0-9_]*), so that `moongate.shared.<name>` works. */
 static bool is_identifier(const char *s)
 {
-    if (*s >= '0' && *s <= '9') return false;
+    if (*s == '\0' || (*s >= '0' && *s <= '9')) return false;
     for (; *s; s++)
         if (!(is_label_char(mg_lower(*s)) && *s != '-')) return false;
     return true;
 }
 
+/* `shared_dicts: { name: size, ... }`, kept in the order written. */
 static void p_shared_dicts(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
 {
-    static const field_t dict_size = {.name = "size", .item = i_size, .off = NONE, .min = 1};
+    static const field_t dict_size = {.name = "size", .item = i_size, .off = NONE};
+    mg_config_t *cfg = x->cfg;
     if (n->type != YAML_MAPPING_NODE) {
         fail(x, "expected a mapping");
         return;
     }
+    size_t cnt = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+    cfg->shared_dicts = zalloc(x, cfg->pool, (cnt + 1) * sizeof(mg_shdict_conf_t));
+    cfg->nshared_dicts = 0;
     for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
         const char *name = text(node_at(x, p->key));
         if (name == NULL) {
             fail(x, "keys must be strings");
             continue;
         }
-        size_t mark = path_key(x, name);
-        if (!is_identifier(name))
+        size_t mark = path_key(x, name), size = 0;
+        const char *s = text(node_at(x, p->value));
+        bool seen = false;
+        for (size_t i = 0; i < cfg->nshared_dicts; i++)
+            seen = seen || strcmp(cfg->shared_dicts[i].name, name) == 0;
+        if (!is_identifier(name)) {
             fail(x, "invalid dictionary name: use letters, digits and '_'");
-        else
-            p_one(x, node_at(x, p->value), NULL, &dict_size);
+        } else if (seen) {
+            fail(x, "duplicate key");
+        } else if (s == NULL || mg_config_parse_size(s, &size) != MG_OK) {
+            type_error(x, &dict_size);
+        } else if (size < MIN_SHDICT_SIZE) {
+            fail(x, "must be at least %dk", MIN_SHDICT_SIZE >> 10);
+        } else {
+            mg_shdict_conf_t *d = &cfg->shared_dicts[cfg->nshared_dicts++];
+            d->name = sdup(x, name);
+            d->size = size;
+        }
         path_set(x, mark);
     }
 }
@@ -805,6 +918,34 @@ static void p_route_service(ctx_t *x, yaml_node_t *n, void *obj, const field_t *
         path_set(x, mark);
     } else {
         fail(x, "expected a service name");
+    }
+}
+
+/*
+ * A plugin's `service:`, `route:` or `consumer:`: a name (a username for consumers), or Kong's
+ * `{ name: NAME }` / `{ username: USERNAME }`; finish() resolves it. Not allowed for the kind
+ * of entity the plugin is nested under.
+ */
+static void p_plugin_ref(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
+{
+    static const char *const nested_under[PS_COUNT] = {[PS_SERVICE] = "service",
+                                                       [PS_ROUTE] = "route",
+                                                       [PS_TOP_ROUTE] = "route",
+                                                       [PS_CONSUMER] = "consumer"};
+    plugin_item_t *it = obj;
+    const field_t *key = f->sub;
+    const char *s = text(n), *under = nested_under[it->scope];
+    if (under && strcmp(under, f->name) == 0) {
+        fail(x, "not allowed on a plugin nested under a %s", under);
+    } else if (s) {
+        key->item(x, s, (char *)obj + key->off, key);
+    } else if (n->type == YAML_MAPPING_NODE) {
+        uint64_t seen = parse_map(x, n, obj, key, 1);
+        size_t mark = path_key(x, key->name);
+        if (!seen) fail(x, "required");
+        path_set(x, mark);
+    } else {
+        fail(x, "expected a %s %s", f->name, key->name);
     }
 }
 
@@ -1214,6 +1355,20 @@ static bool i_url(ctx_t *x, const char *s, void *out, const field_t *f)
 
 /* ---- string checks ----------------------------------------------------------------------- */
 
+/* Plugin names become module names (moongate.plugins.<name>.handler): letters, digits, '-',
+ * '_'. */
+static const char *check_plugin_name(ctx_t *x, char *s)
+{
+    for (const char *c = s; *c; c++) {
+        if (!is_label_char(mg_lower(*c))) {
+            snprintf(x->msg, sizeof(x->msg),
+                     "invalid plugin name \"%s\": use letters, digits, '-' or '_'", s);
+            return x->msg;
+        }
+    }
+    return NULL;
+}
+
 /* Kong's entity names: letters, digits, '.', '-', '_', '~' (and UTF-8). */
 static const char *check_name(ctx_t *x, char *s)
 {
@@ -1385,6 +1540,7 @@ static void parse_route(ctx_t *x, yaml_node_t *n, void *parent)
     route_item_t *it = zalloc(x, x->tmp, sizeof(*it));
     mg_route_t *r = &it->r;
     it->svc = parent;
+    it->final = -1;
     r->strip_path = true;
     it->path = tprintf(x, "%s", x->path);
 
@@ -1415,25 +1571,266 @@ static void parse_route(ctx_t *x, yaml_node_t *n, void *parent)
     *tail = &it->next;
 }
 
-/* No plugin runtime yet: a configured plugin is an error rather than silently not running. */
-static void parse_plugin(ctx_t *x, yaml_node_t *n, void *parent)
+/*
+ * One plugin entity, declared at `scope`. The whole mapping is kept as a value (`entity`,
+ * converted here unless the caller already holds it) and `config` points into it; whether
+ * the plugin exists and its config is valid is for Lua to say. Nesting parents and
+ * references are attached by the callers and finish().
+ */
+static plugin_item_t *parse_plugin(ctx_t *x, yaml_node_t *n, int scope, mg_value_t *entity)
 {
-    plugin_item_t p = {0};
-    uint64_t seen = parse_map(x, n, &p, plugin_fields, MG_ARRAY_SIZE(plugin_fields));
-    size_t mark = path_key(x, "name");
-    if (p.name)
-        fail(x, "plugin \"%s\" is not enabled", p.name);
-    else if (!HAS(seen, plugin_fields, "name"))
+    plugin_item_t *it = zalloc(x, x->tmp, sizeof(*it));
+    it->scope = scope;
+    it->p.enabled = true;
+    it->p.service = it->p.route = it->p.consumer = -1;
+    it->p.path = sdup(x, x->path);
+    it->p.entity = entity ? entity : value_of(x, n);
+
+    bool quiet = x->quiet;
+    x->quiet = true;
+    uint64_t seen = parse_map(x, n, it, plugin_fields, MG_ARRAY_SIZE(plugin_fields));
+    x->quiet = quiet;
+    if (!HAS(seen, plugin_fields, "name")) {
+        size_t mark = path_key(x, "name");
         fail(x, "required");
-    path_set(x, mark);
+        path_set(x, mark);
+    }
+    const mg_value_t *conf = value_get(it->p.entity, "config");
+    it->p.config = conf && conf->kind == MG_VAL_MAP ? (mg_value_t *)conf : NULL;
+
+    *x->plugins_tail[scope] = it;
+    x->plugins_tail[scope] = &it->next;
+    return it;
 }
 
+static void parse_service_plugin(ctx_t *x, yaml_node_t *n, void *parent)
+{
+    parse_plugin(x, n, PS_SERVICE, NULL)->svc = parent;
+}
+
+/* A plugin on a route applies to that route only: its service is not recorded (Kong). */
+static void parse_route_plugin(ctx_t *x, yaml_node_t *n, void *parent)
+{
+    route_item_t *r = parent;
+    parse_plugin(x, n, r->svc ? PS_ROUTE : PS_TOP_ROUTE, NULL)->route = r;
+}
+
+/* The consumer's entity already holds this plugin's mapping: the plugin's entity points there. */
+static void parse_consumer_plugin(ctx_t *x, yaml_node_t *n, void *parent)
+{
+    consumer_item_t *c = parent;
+    const mg_value_t *list = value_get(c->c.entity, "plugins");
+    mg_value_t *entity = NULL;
+    if (list && list->kind == MG_VAL_ARRAY && x->entity_index < list->len &&
+        list->items[x->entity_index].kind == MG_VAL_MAP)
+        entity = &list->items[x->entity_index];
+    parse_plugin(x, n, PS_CONSUMER, entity)->consumer = c;
+}
+
+/* A consumer: username and/or custom_id, and the whole entity (credentials, plugins, tags). */
 static void parse_consumer(ctx_t *x, yaml_node_t *n, void *parent)
 {
-    consumer_item_t c = {0};
-    uint64_t seen = parse_map(x, n, &c, consumer_fields, MG_ARRAY_SIZE(consumer_fields));
+    consumer_item_t *it = zalloc(x, x->tmp, sizeof(*it));
+    it->c.path = sdup(x, x->path);
+    it->c.entity = value_of(x, n);
+
+    bool quiet = x->quiet;
+    x->quiet = true;
+    uint64_t seen = parse_map(x, n, it, consumer_fields, MG_ARRAY_SIZE(consumer_fields));
+    x->quiet = quiet;
     if (!HAS(seen, consumer_fields, "username") && !HAS(seen, consumer_fields, "custom_id"))
         fail(x, "must set one of 'username', 'custom_id'");
+    *x->consumers_tail = it;
+    x->consumers_tail = &it->next;
+}
+
+/* ---- value trees --------------------------------------------------------------------------- */
+
+/*
+ * YAML 1.1 resolution of a plain scalar that is not null or a boolean: decimal integers with
+ * an optional sign (beyond int64: a float), and decimal floats ("1.5", ".5", "5.", "1e3",
+ * "-2.5E-2"). Hex, octal, sexagesimal, "1_000", ".inf" and ".nan" stay strings, as do numbers
+ * that overflow a double. False when `s` is not a number.
+ */
+static bool number_value(const char *s, mg_value_t *v)
+{
+    static const char digits[] = "0123456789";
+    const char *p = s + (*s == '-' || *s == '+');
+    size_t ndigits = strspn(p, digits), nfrac = 0;
+    const char *q = p + ndigits;
+    char *end;
+    if (ndigits && *q == '\0') {
+        errno = 0;
+        long long i = strtoll(s, &end, 10);
+        if (errno == 0 && *end == '\0') {
+            v->kind = MG_VAL_INT;
+            v->u.integer = i;
+            return true;
+        }
+    }
+    if (*q == '.') {
+        nfrac = strspn(q + 1, digits);
+        q += 1 + nfrac;
+    }
+    if (ndigits + nfrac == 0) return false;
+    if (*q == 'e' || *q == 'E') {
+        q += 1 + (q[1] == '-' || q[1] == '+');
+        size_t nexp = strspn(q, digits);
+        if (nexp == 0) return false;
+        q += nexp;
+    }
+    if (*q != '\0') return false;
+    double d = strtod(s, &end);
+    if (*end != '\0' || !isfinite(d)) return false;
+    v->kind = MG_VAL_FLOAT;
+    v->u.number = d;
+    return true;
+}
+
+/* Quoted and block scalars are strings; plain ones are resolved (null, bool, int, float). */
+static void scalar_value(ctx_t *x, yaml_node_t *n, mg_value_t *v)
+{
+    static const char *const truths[] = {"true", "yes", "on"}, *const lies[] = {"false", "no",
+                                                                                "off"};
+    const char *s = (const char *)n->data.scalar.value;
+    if (n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE) {
+        if (is_null(n)) {
+            v->kind = MG_VAL_NULL;
+            return;
+        }
+        for (size_t i = 0; i < MG_ARRAY_SIZE(truths); i++) {
+            if (strcasecmp(s, truths[i]) == 0 || strcasecmp(s, lies[i]) == 0) {
+                v->kind = MG_VAL_BOOL;
+                v->u.boolean = strcasecmp(s, truths[i]) == 0;
+                return;
+            }
+        }
+        if (number_value(s, v)) return;
+    }
+    v->kind = MG_VAL_STRING;
+    v->len = n->data.scalar.length;
+    v->str = dupn(x, s, v->len);
+}
+
+typedef struct { /* a key of a mapping being converted, sorted to find repeats */
+    const char *key;
+    size_t pos;
+} key_pos_t;
+
+static int key_pos_cmp(const void *a, const void *b)
+{
+    const key_pos_t *p = a, *q = b;
+    int c = strcmp(p->key, q->key);
+    return c ? c : (p->pos > q->pos) - (p->pos < q->pos);
+}
+
+static void value_at(ctx_t *x, yaml_node_t *n, mg_value_t *v, int depth);
+
+/* A mapping: string keys, the first of repeated keys kept, the others reported. */
+static void map_value(ctx_t *x, yaml_node_t *n, mg_value_t *v, int depth)
+{
+    yaml_node_pair_t *start = n->data.mapping.pairs.start;
+    size_t cnt = (size_t)(n->data.mapping.pairs.top - start);
+    key_pos_t *sorted = zalloc(x, x->tmp, (cnt + 1) * sizeof(key_pos_t));
+    bool *repeat = zalloc(x, x->tmp, cnt + 1);
+    size_t nkeys = 0;
+    for (size_t i = 0; i < cnt; i++) {
+        const char *key = text(node_at(x, start[i].key));
+        if (key) sorted[nkeys++] = (key_pos_t){key, i};
+    }
+    qsort(sorted, nkeys, sizeof(key_pos_t), key_pos_cmp);
+    for (size_t i = 1; i < nkeys; i++)
+        repeat[sorted[i].pos] = strcmp(sorted[i].key, sorted[i - 1].key) == 0;
+
+    v->kind = MG_VAL_MAP;
+    v->keys = zalloc(x, x->cfg->pool, (cnt + 1) * sizeof(char *));
+    v->items = zalloc(x, x->cfg->pool, (cnt + 1) * sizeof(mg_value_t));
+    for (size_t i = 0; i < cnt; i++) {
+        const char *key = text(node_at(x, start[i].key));
+        if (key == NULL) {
+            fail(x, "keys must be strings");
+            continue;
+        }
+        size_t mark = path_key(x, key);
+        if (repeat[i]) {
+            fail(x, "duplicate key");
+        } else {
+            v->keys[v->len] = sdup(x, key);
+            value_at(x, node_at(x, start[i].value), &v->items[v->len++], depth + 1);
+        }
+        path_set(x, mark);
+    }
+}
+
+/*
+ * Converts a node (at x->path, for messages) into `v`. Aliases are expanded, so a value is
+ * a tree; the budget (the documents' own nodes plus MAX_ALIAS_VALUES) and the depth limit
+ * keep "billion laughs" and alias cycles from exhausting memory or the stack.
+ */
+static void value_at(ctx_t *x, yaml_node_t *n, mg_value_t *v, int depth)
+{
+    v->line = (int)MG_MIN(n->start_mark.line + 1, (size_t)INT_MAX);
+    v->kind = MG_VAL_NULL;
+    if (x->values_failed) return;
+    if (x->budget == 0) {
+        fail(x, "too many values after expanding aliases");
+        x->values_failed = true;
+        return;
+    }
+    x->budget--;
+    if (n->type != YAML_SCALAR_NODE) {
+        if (depth >= MAX_VALUE_DEPTH) {
+            fail(x, "nested too deeply (more than %d levels)", MAX_VALUE_DEPTH);
+            x->values_failed = true;
+            return;
+        }
+        for (int i = 0; i < depth; i++) {
+            if (x->value_stack[i] == n) {
+                fail(x, "recursive alias: a value cannot contain itself");
+                x->values_failed = true;
+                return;
+            }
+        }
+        x->value_stack[depth] = n;
+    }
+    switch (n->type) {
+    case YAML_SCALAR_NODE:
+        scalar_value(x, n, v);
+        break;
+    case YAML_SEQUENCE_NODE: {
+        size_t cnt = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+        v->kind = MG_VAL_ARRAY;
+        v->items = zalloc(x, x->cfg->pool, (cnt + 1) * sizeof(mg_value_t));
+        for (; v->len < cnt; v->len++) {
+            size_t mark = path_index(x, v->len);
+            value_at(x, node_at(x, n->data.sequence.items.start[v->len]), &v->items[v->len],
+                     depth + 1);
+            path_set(x, mark);
+        }
+        break;
+    }
+    case YAML_MAPPING_NODE:
+        map_value(x, n, v, depth);
+        break;
+    default:
+        break;
+    }
+}
+
+static mg_value_t *value_of(ctx_t *x, yaml_node_t *n)
+{
+    mg_value_t *v = zalloc(x, x->cfg->pool, sizeof(*v));
+    value_at(x, n, v, 0);
+    return v;
+}
+
+/* The value of `key` in a map, or NULL. */
+static const mg_value_t *value_get(const mg_value_t *map, const char *key)
+{
+    if (map == NULL || map->kind != MG_VAL_MAP) return NULL;
+    for (size_t i = 0; i < map->len; i++)
+        if (strcmp(map->keys[i], key) == 0) return &map->items[i];
+    return NULL;
 }
 
 /* ---- cross-entity rules and flattening --------------------------------------------------- */
@@ -1450,13 +1847,23 @@ static int name_cmp(const void *a, const void *b)
     return strcmp(((const named_t *)a)->name, ((const named_t *)b)->name);
 }
 
-/* Sorts named entities by name, then file order, and reports each repeat of a name. */
-static void unique(ctx_t *x, named_t *v, size_t n)
+/* Sorts named entities by name, then file order, and reports each repeat of a name as
+ * "PATH.field: duplicate what "name"". */
+static void unique(ctx_t *x, named_t *v, size_t n, const char *field, const char *what)
 {
     qsort(v, n, sizeof(*v), named_cmp);
     for (size_t i = 1; i < n; i++)
         if (strcmp(v[i].name, v[i - 1].name) == 0)
-            fail_at(x, tprintf(x, "%s.name", v[i].path), "duplicate name \"%s\"", v[i].name);
+            fail_at(x, tprintf(x, "%s.%s", v[i].path, field), "duplicate %s \"%s\"", what,
+                    v[i].name);
+}
+
+/* The entity named `name` in a table sorted by unique(), or NULL. */
+static void *lookup(const named_t *v, size_t n, const char *name)
+{
+    named_t key = {.name = name};
+    named_t *hit = bsearch(&key, v, n, sizeof(named_t), name_cmp);
+    return hit ? hit->item : NULL;
 }
 
 static void add_name(named_t *v, size_t *n, const char *name, const char *path, void *item)
@@ -1467,40 +1874,71 @@ static void add_name(named_t *v, size_t *n, const char *name, const char *path, 
 }
 
 /*
- * Checks names and `service:` references, then flattens: enabled services in file order,
- * and routes (those nested under services first, then top-level ones) that point into them.
+ * Checks names and references, then flattens: enabled services in file order, routes (those
+ * nested under services first, then top-level ones) that point into them, consumers in file
+ * order, and plugins by where they were declared (PS_* order: top-level `plugins:`, then
+ * nested under services, under nested routes, under top-level routes, under consumers; each
+ * group in file order). Plugins of a disabled service or of its routes, or that reference
+ * one, are left out with them.
  */
 static void finish(ctx_t *x)
 {
     mg_config_t *cfg = x->cfg;
     route_item_t *lists[2] = {x->nested, x->top};
-    size_t nsvcs = 0, nroutes = 0, nsvc_names = 0, nroute_names = 0, nenabled = 0;
+    size_t nsvcs = 0, nroutes = 0, nconsumers = 0, nplugins = 0, nenabled = 0;
+    size_t nsvc_names = 0, nroute_names = 0, nusernames = 0, ncustom_ids = 0;
     for (svc_item_t *s = x->svcs; s; s = s->next)
         nsvcs++;
     for (int l = 0; l < 2; l++)
         for (route_item_t *r = lists[l]; r; r = r->next)
             nroutes++;
+    for (consumer_item_t *c = x->consumers; c; c = c->next)
+        nconsumers++;
+    for (int l = 0; l < PS_COUNT; l++)
+        for (plugin_item_t *p = x->plugins[l]; p; p = p->next)
+            nplugins++;
 
     named_t *svc_names = zalloc(x, x->tmp, (nsvcs + 1) * sizeof(named_t));
     for (svc_item_t *s = x->svcs; s; s = s->next)
         add_name(svc_names, &nsvc_names, s->s.name, s->path, s);
-    unique(x, svc_names, nsvc_names);
+    unique(x, svc_names, nsvc_names, "name", "name");
 
     named_t *route_names = zalloc(x, x->tmp, (nroutes + 1) * sizeof(named_t));
     for (int l = 0; l < 2; l++)
         for (route_item_t *r = lists[l]; r; r = r->next)
             add_name(route_names, &nroute_names, r->r.name, r->path, r);
-    unique(x, route_names, nroute_names);
+    unique(x, route_names, nroute_names, "name", "name");
 
     for (route_item_t *r = x->top; r; r = r->next) {
-        named_t key = {.name = r->service_name};
         if (r->service_name == NULL) continue;
-        named_t *hit = bsearch(&key, svc_names, nsvc_names, sizeof(named_t), name_cmp);
-        if (hit)
-            r->svc = hit->item;
-        else
+        r->svc = lookup(svc_names, nsvc_names, r->service_name);
+        if (r->svc == NULL)
             fail_at(x, tprintf(x, "%s.service", r->path), "no service named \"%s\"",
                     r->service_name);
+    }
+
+    named_t *usernames = zalloc(x, x->tmp, (nconsumers + 1) * sizeof(named_t));
+    named_t *custom_ids = zalloc(x, x->tmp, (nconsumers + 1) * sizeof(named_t));
+    for (consumer_item_t *c = x->consumers; c; c = c->next) {
+        add_name(usernames, &nusernames, c->c.username, c->c.path, c);
+        add_name(custom_ids, &ncustom_ids, c->c.custom_id, c->c.path, c);
+    }
+    unique(x, usernames, nusernames, "username", "username");
+    unique(x, custom_ids, ncustom_ids, "custom_id", "custom_id");
+
+    for (int l = 0; l < PS_COUNT; l++) {
+        for (plugin_item_t *p = x->plugins[l]; p; p = p->next) {
+            if (p->service_name && !(p->svc = lookup(svc_names, nsvc_names, p->service_name)))
+                fail_at(x, tprintf(x, "%s.service", p->p.path), "no service named \"%s\"",
+                        p->service_name);
+            if (p->route_name && !(p->route = lookup(route_names, nroute_names, p->route_name)))
+                fail_at(x, tprintf(x, "%s.route", p->p.path), "no route named \"%s\"",
+                        p->route_name);
+            if (p->consumer_name &&
+                !(p->consumer = lookup(usernames, nusernames, p->consumer_name)))
+                fail_at(x, tprintf(x, "%s.consumer", p->p.path), "no consumer named \"%s\"",
+                        p->consumer_name);
+        }
     }
     if (x->nerrs) return;
 
@@ -1521,7 +1959,26 @@ static void finish(ctx_t *x)
             mg_route_t *dst = &cfg->routes[cfg->nroutes];
             *dst = r->r;
             dst->service = r->svc->final;
+            r->final = (int)cfg->nroutes;
             dst->index = (unsigned)cfg->nroutes++;
+        }
+    }
+
+    cfg->consumers = zalloc(x, cfg->pool, (nconsumers + 1) * sizeof(mg_consumer_t));
+    for (consumer_item_t *c = x->consumers; c; c = c->next) {
+        c->index = (int)cfg->nconsumers;
+        cfg->consumers[cfg->nconsumers++] = c->c;
+    }
+
+    cfg->plugins = zalloc(x, cfg->pool, (nplugins + 1) * sizeof(mg_plugin_conf_t));
+    for (int l = 0; l < PS_COUNT; l++) {
+        for (plugin_item_t *p = x->plugins[l]; p; p = p->next) {
+            if ((p->svc && !p->svc->enabled) || (p->route && p->route->final < 0)) continue;
+            mg_plugin_conf_t *dst = &cfg->plugins[cfg->nplugins++];
+            *dst = p->p;
+            dst->service = p->svc ? (int)p->svc->final->index : -1;
+            dst->route = p->route ? p->route->final : -1;
+            dst->consumer = p->consumer ? p->consumer->index : -1;
         }
     }
 }
@@ -1574,7 +2031,9 @@ static bool load_doc(ctx_t *x, int slot, const char *file, const char *label, ya
     fclose(fp);
     if (!ok) return false;
 
-    *root = yaml_document_get_root_node(&x->docs[slot]);
+    yaml_document_t *doc = &x->docs[slot];
+    x->budget += (size_t)(doc->nodes.top - doc->nodes.start) + MAX_ALIAS_VALUES;
+    *root = yaml_document_get_root_node(doc);
     if (*root && !is_null(*root) && (*root)->type != YAML_MAPPING_NODE) {
         fail_at(x, file, "expected a mapping at the top level");
         return false;
@@ -1677,6 +2136,9 @@ static void set_defaults(ctx_t *x, mg_config_t *cfg)
     cfg->log_level = MG_LOG_NOTICE;
     cfg->real_ip_header = sdup(x, "X-Real-IP");
     cfg->request_id_header = sdup(x, "X-Request-ID");
+    cfg->plugin_names = zalloc(x, cfg->pool, sizeof(char *));
+    cfg->plugin_names[0] = sdup(x, "bundled");
+    cfg->nplugin_names = 1;
     cfg->limits = (mg_limits_t){
         .client_max_body_size = 8 << 20,
         .max_request_line = 8 << 10,
@@ -1712,6 +2174,9 @@ mg_config_t *mg_config_load(const char *path, mg_config_errors_t *errs)
     x->svcs_tail = &x->svcs;
     x->nested_tail = &x->nested;
     x->top_tail = &x->top;
+    x->consumers_tail = &x->consumers;
+    for (int i = 0; i < PS_COUNT; i++)
+        x->plugins_tail[i] = &x->plugins[i];
     cfg->pool = pool;
     if (setjmp(x->oom)) {
         errors_add(errs, "%s: out of memory", path);
@@ -1764,6 +2229,14 @@ void mg_config_errors_init(mg_config_errors_t *errs)
 {
     memset(errs, 0, sizeof(*errs));
     errs->pool = mg_pool_create(4096);
+}
+
+void mg_config_errors_add(mg_config_errors_t *errs, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    verrors_add(errs, fmt, ap);
+    va_end(ap);
 }
 
 void mg_config_errors_free(mg_config_errors_t *errs)

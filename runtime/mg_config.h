@@ -119,20 +119,20 @@ typedef struct mg_value_s {
  * schema and builds the per-route chains. */
 typedef struct {
     char *name;
-    char *path;          /* e.g. "services[0].plugins[1]", for error messages */
-    int service;         /* index in cfg->services, or -1 */
-    int route;           /* index in cfg->routes, or -1 */
-    int consumer;        /* index in cfg->consumers, or -1 */
-    bool enabled;        /* default true */
-    mg_value_t *config;  /* the `config` map as written; NULL when absent */
-    mg_value_t *entity;  /* the whole entity (name, config, protocols, tags, ...) */
+    char *path;         /* e.g. "services[0].plugins[1]", for error messages */
+    int service;        /* index in cfg->services, or -1 */
+    int route;          /* index in cfg->routes, or -1 */
+    int consumer;       /* index in cfg->consumers, or -1 */
+    bool enabled;       /* default true */
+    mg_value_t *config; /* the `config` map as written; NULL when absent */
+    mg_value_t *entity; /* the whole entity (name, config, protocols, tags, ...) */
 } mg_plugin_conf_t;
 
 typedef struct {
-    char *username;      /* NULL when absent */
-    char *custom_id;     /* NULL when absent */
-    char *path;          /* "consumers[3]" */
-    mg_value_t *entity;  /* the whole entity, credentials included */
+    char *username;     /* NULL when absent */
+    char *custom_id;    /* NULL when absent */
+    char *path;         /* "consumers[3]" */
+    mg_value_t *entity; /* the whole entity, credentials included */
 } mg_consumer_t;
 
 typedef struct {
@@ -205,6 +205,9 @@ typedef struct {
 mg_config_t *mg_config_load(const char *path, mg_config_errors_t *errs);
 void mg_config_free(mg_config_t *cfg);
 void mg_config_errors_init(mg_config_errors_t *errs);
+/* Appends one formatted "PATH: message" line to errs. */
+void mg_config_errors_add(mg_config_errors_t *errs, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 void mg_config_errors_free(mg_config_errors_t *errs);
 /* Writes each collected problem to `out`, one "PATH: message" per line. */
 void mg_config_errors_print(const mg_config_errors_t *errs, FILE *out);

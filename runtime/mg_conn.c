@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include "mg_log.h"
+#include "mg_lua.h"
 #include "mg_request.h"
 
 #define REQ_POOL_SIZE 16384
@@ -28,6 +29,7 @@ static void conn_on_head_events(mg_conn_t *c);
 static void conn_dispatch(mg_req_t *r);
 static void conn_linger(mg_conn_t *c);
 static void conn_write_plain(mg_conn_t *c);
+static void conn_watch_while_waiting(mg_conn_t *c);
 static void req_free(mg_req_t *r);
 static void access_log(mg_req_t *r);
 
@@ -179,6 +181,7 @@ static mg_req_t *req_new(mg_conn_t *c)
 
 static void req_free(mg_req_t *r)
 {
+    mg_lua_request_end(r); /* the log phase, while the request is still whole */
     if (r->u) {
         mg_upstream_release(r->u, false);
         r->u = NULL;
@@ -230,6 +233,8 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
     case MG_CONN_ACTIVE:
         if (c->r->local_response)
             conn_write_plain(c);
+        else if (c->r->lua_waiting)
+            conn_watch_while_waiting(c);
         else
             mg_proxy_pump(c->r);
         break;
@@ -265,6 +270,18 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         break;
     }
     }
+}
+
+/* While a plugin waits (sleep, cosocket), the client is only read to notice it leaving;
+ * what it sends meanwhile stays buffered (bounded by c->in). */
+static void conn_watch_while_waiting(mg_conn_t *c)
+{
+    if (c->s.rready && !c->s.eof && mg_sock_read(&c->s, c->in) <= 0 && c->s.eof) {
+        mg_log_info("client closed the connection while a plugin was waiting");
+        mg_conn_abort(c);
+        return;
+    }
+    mg_conn_update(c);
 }
 
 /* Reads and parses the head of the next request; dispatches it when complete. */
@@ -375,10 +392,29 @@ static size_t router_get_header(void *ud, mg_str_t name, mg_str_t *out, size_t m
     return n;
 }
 
+/* The request path after the head, in stages that a suspended Lua phase resumes into:
+ * rewrite (global plugins, before routing) -> route -> access (the route's plugins) ->
+ * proxy. A stage without plugins costs a mask test, nothing more. */
+static void stage_route(mg_req_t *r);
+static void stage_access(mg_req_t *r);
+
 static void conn_dispatch(mg_req_t *r)
 {
-    mg_conn_t *c = r->c;
     make_request_id(r);
+    if (mg_lua_global_mask(mg_lua) & MG_PHASE_REWRITE) {
+        r->lua_stage = MG_LUA_STAGE_REWRITE;
+        int rc = mg_lua_run_yieldable(r, MG_PHASE_REWRITE, -1);
+        if (rc != MG_OK) {
+            mg_conn_lua_continue(r, rc);
+            return;
+        }
+    }
+    stage_route(r);
+}
+
+static void stage_route(mg_req_t *r)
+{
+    mg_conn_t *c = r->c;
     mg_router_req_t q = {
         .method = r->msg.method,
         .host = r->msg.host,
@@ -410,8 +446,82 @@ static void conn_dispatch(mg_req_t *r)
         mg_conn_respond_error(r, 413, NULL);
         return;
     }
-    /* The Lua phase runner (rewrite/access) slots in here, before the proxy starts. */
+    stage_access(r);
+}
+
+static void stage_access(mg_req_t *r)
+{
+    if (mg_lua_route_mask(mg_lua, r->route->index) & MG_PHASE_ACCESS) {
+        r->lua_stage = MG_LUA_STAGE_ACCESS;
+        int rc = mg_lua_run_yieldable(r, MG_PHASE_ACCESS, (int)r->route->index);
+        if (rc != MG_OK) {
+            mg_conn_lua_continue(r, rc);
+            return;
+        }
+    }
     mg_proxy_start(r);
+}
+
+void mg_conn_lua_continue(mg_req_t *r, int rc)
+{
+    mg_conn_t *c = r->c;
+    switch (rc) {
+    case MG_AGAIN: /* suspended: the client side only watches for the client leaving */
+        c->state = MG_CONN_ACTIVE;
+        mg_conn_update(c);
+        return;
+    case MG_DONE: /* a plugin answered (moongate.response.exit): r->out holds it */
+        conn_write_plain(c);
+        return;
+    case MG_ERROR:
+        mg_conn_respond_error(r, 500, NULL);
+        return;
+    default:
+        break;
+    }
+    if (r->lua_stage == MG_LUA_STAGE_REWRITE)
+        stage_route(r);
+    else
+        mg_proxy_start(r);
+}
+
+int mg_conn_stage_response(mg_req_t *r, unsigned status, const char *body, size_t blen,
+                           const char *headers, size_t hlen)
+{
+    size_t ops = 0;
+    for (mg_hdr_op_t *o = r->resp_ops; o; o = o->next)
+        ops += o->name.len + o->value.len + 4;
+    mg_buf_put(r->out);
+    r->out = mg_buf_get_size(blen + hlen + ops + 512);
+    if (r->out == NULL) return MG_ERROR;
+    r->status = status;
+    r->local_response = 1;
+    r->head_sent = 1;
+    bool body_read = r->msg.body_kind == MG_BODY_NONE || r->msg.body_done || r->req_body_done;
+    r->keepalive = body_read && mg_conn_may_keepalive(r);
+    const char *rid_name = mg_worker.cfg->request_id_header;
+    char head[512];
+    int n =
+        snprintf(head, sizeof(head),
+                 "HTTP/1.1 %u %s\r\nContent-Length: %zu\r\nServer: " MG_SERVER_NAME
+                 "\r\nDate: %s\r\n%s%s%.*s%s%s",
+                 status, mg_http_reason(status), blen, mg_http_date(),
+                 rid_name && r->rid.len ? rid_name : "", rid_name && r->rid.len ? ": " : "",
+                 rid_name ? (int)r->rid.len : 0, r->rid.data ? r->rid.data : "",
+                 rid_name && r->rid.len ? "\r\n" : "", r->keepalive ? "" : "Connection: close\r\n");
+    if (n < 0 || (size_t)n >= sizeof(head)) return MG_ERROR;
+    mg_buf_append(r->out, head, (size_t)n);
+    mg_buf_append(r->out, headers, hlen);
+    for (mg_hdr_op_t *o = r->resp_ops; o; o = o->next) {
+        if (o->op == 2) continue;
+        mg_buf_append(r->out, o->name.data, o->name.len);
+        mg_buf_append(r->out, ": ", 2);
+        mg_buf_append(r->out, o->value.data, o->value.len);
+        mg_buf_append(r->out, "\r\n", 2);
+    }
+    mg_buf_append(r->out, "\r\n", 2);
+    if (r->msg.parser.method != HTTP_HEAD) mg_buf_append(r->out, body, blen);
+    return MG_OK;
 }
 
 void mg_conn_respond_error(mg_req_t *r, unsigned status, const char *message)

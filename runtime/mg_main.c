@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 
 #include "mg_log.h"
+#include "mg_lua.h"
 #include "mg_request.h"
 
 #define MAX_WORKERS 256
@@ -56,7 +57,10 @@ static void usage(FILE *out)
                  "       moongate version\n");
 }
 
-static mg_config_t *load_config(bool print_errors)
+/* Loads, validates and (when `lua` is not NULL) prepares the plugins of the config file:
+ * the config, the route table (regexes compile) and the Lua state (plugin configs validate).
+ * Problems go to stderr or the error log. NULL when anything is wrong. */
+static mg_config_t *load_config(bool print_errors, mg_lua_t **lua)
 {
     mg_config_errors_t errs;
     mg_config_errors_init(&errs);
@@ -65,14 +69,18 @@ static mg_config_t *load_config(bool print_errors)
         char err[512];
         mg_router_t *rt = mg_router_build(cfg, err, sizeof(err));
         if (rt == NULL) {
-            if (print_errors)
-                fprintf(stderr, "%s\n", err);
-            else
-                mg_log_err("%s", err);
+            mg_config_errors_add(&errs, "%s", err);
             mg_config_free(cfg);
             cfg = NULL;
         } else {
             mg_router_free(rt);
+        }
+    }
+    if (cfg && lua) {
+        *lua = mg_lua_load(cfg, &errs);
+        if (*lua == NULL) {
+            mg_config_free(cfg);
+            cfg = NULL;
         }
     }
     if (cfg == NULL) {
@@ -290,7 +298,8 @@ static int master(mg_config_t *cfg)
         int sig = sigtimedwait(&set, &si, &ts);
         if (sig == SIGHUP && !stopping) {
             mg_log_notice("reloading configuration from %s", conf_path);
-            mg_config_t *next = load_config(false);
+            mg_lua_t *next_lua = NULL;
+            mg_config_t *next = load_config(false, &next_lua);
             if (next == NULL) {
                 mg_log_err("reload refused: the running configuration stays");
                 continue;
@@ -298,13 +307,17 @@ static int master(mg_config_t *cfg)
             unsigned n = (unsigned)MG_MIN(next->worker_processes, MAX_WORKERS);
             if (sync_listeners(next, n, true) != MG_OK) {
                 mg_log_err("reload refused: cannot open listeners");
+                mg_lua_close(next_lua);
                 mg_config_free(next);
                 continue;
             }
             mg_log_open(next);
             generation++;
+            mg_lua_t *old_lua = mg_lua;
+            mg_lua = next_lua; /* the new workers inherit the new state */
             for (unsigned s = 0; s < n; s++)
                 spawn_worker(next, s);
+            mg_lua_close(old_lua);
             signal_generation(generation, SIGTERM, true); /* old workers drain and exit */
             mg_config_free(cfg);
             cfg = next;
@@ -360,6 +373,8 @@ static int master(mg_config_t *cfg)
     unlink(pidf);
     mg_log_notice("moongate stopped");
     mg_access_log_flush();
+    mg_lua_close(mg_lua);
+    mg_lua = NULL;
     mg_config_free(cfg);
     return 0;
 }
@@ -372,13 +387,15 @@ static int single_process(mg_config_t *cfg)
     write_pid_file(pidf);
     int rc = run_worker(cfg, 0, true);
     unlink(pidf);
+    mg_lua_close(mg_lua);
+    mg_lua = NULL;
     mg_config_free(cfg);
     return rc == MG_OK ? 0 : 1;
 }
 
 static int cmd_run(bool daemonize)
 {
-    mg_config_t *cfg = load_config(true);
+    mg_config_t *cfg = load_config(true, &mg_lua);
     if (cfg == NULL) return 1;
     if (cfg->access_log && strncmp(cfg->access_log, "logs/", 5) == 0) mkdir("logs", 0755);
     if (cfg->error_log && strncmp(cfg->error_log, "logs/", 5) == 0) mkdir("logs", 0755);
@@ -386,6 +403,8 @@ static int cmd_run(bool daemonize)
     if (daemonize) {
         pid_t pid = fork();
         if (pid < 0 || pid > 0) {
+            mg_lua_close(mg_lua);
+            mg_lua = NULL;
             mg_config_free(cfg);
             return pid < 0 ? 1 : 0;
         }
@@ -407,7 +426,7 @@ static int cmd_signal(int sig)
     const char *path = pid_path;
     mg_config_t *cfg = NULL;
     if (path == NULL) {
-        cfg = load_config(true);
+        cfg = load_config(true, NULL);
         if (cfg == NULL) return 1;
         path = cfg->pid_file;
     }
@@ -447,9 +466,11 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "check") == 0) {
-        mg_config_t *cfg = load_config(true);
+        mg_lua_t *lua = NULL;
+        mg_config_t *cfg = load_config(true, &lua);
         if (cfg == NULL) return 1;
         printf("configuration %s is valid\n", conf_path);
+        mg_lua_close(lua);
         mg_config_free(cfg);
         return 0;
     }

@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 
 #include "mg_log.h"
+#include "mg_lua.h"
 #include "mg_request.h"
 
 /* Upstream response heads may carry this many header lines (else 502). */
@@ -109,10 +110,67 @@ static int fwd_index(mg_str_t n)
     return -1;
 }
 
+/* True when a plugin replaced or removed header `name` (set/clear): the original goes. */
+static bool op_overrides(const mg_hdr_op_t *ops, mg_str_t name)
+{
+    for (const mg_hdr_op_t *o = ops; o; o = o->next)
+        if (o->op != 1 && mg_str_caseeq(o->name, name)) return true;
+    return false;
+}
+
+/* Writes the headers plugins set or added (ops in the order they were made; a later set
+ * replaces earlier values, a later clear removes them). */
+static void put_ops(out_t *o, const mg_hdr_op_t *ops, bool skip_host)
+{
+    for (const mg_hdr_op_t *op = ops; op; op = op->next) {
+        if (op->op == 2) continue;
+        if (skip_host && op->name.len == 4 && mg_str_caseeq_lit(op->name, "host")) continue;
+        bool superseded = false; /* a later set or clear of the same name wins */
+        for (const mg_hdr_op_t *later = op->next; later; later = later->next)
+            if (later->op != 1 && mg_str_caseeq(later->name, op->name)) superseded = true;
+        if (!superseded) put_header(o, op->name, op->value);
+    }
+}
+
+/* The last Host a plugin set for the upstream request, or NULL. */
+static const mg_hdr_op_t *host_op(const mg_hdr_op_t *ops)
+{
+    const mg_hdr_op_t *found = NULL;
+    for (const mg_hdr_op_t *o = ops; o; o = o->next)
+        if (o->name.len == 4 && mg_str_caseeq_lit(o->name, "host")) found = o->op == 2 ? NULL : o;
+    return found;
+}
+
+int mg_proxy_forwarded_ip(const mg_req_t *r, mg_str_t *ip)
+{
+    const mg_config_t *cfg = mg_worker.cfg;
+    if (cfg->real_ip_header == NULL || !client_trusted(r->c)) return MG_DECLINED;
+    const mg_header_t *rh =
+        mg_http_header(&r->msg, (mg_str_t){strlen(cfg->real_ip_header), cfg->real_ip_header});
+    if (rh == NULL || rh->value.len == 0) return MG_DECLINED;
+    mg_str_t real = rh->value;
+    const char *comma = memrchr(real.data, ',', real.len); /* the rightmost hop */
+    if (comma) {
+        real = (mg_str_t){real.len - (size_t)(comma + 1 - real.data), comma + 1};
+        while (real.len && real.data[0] == ' ')
+            real.data++, real.len--;
+    }
+    *ip = real;
+    return MG_OK;
+}
+
 /* Joins the service path and the part of the request path left after strip_path
  * (Kong's path_handling "v0"). */
 static void put_upstream_path(out_t *o, mg_req_t *r)
 {
+    if (r->up_path.data) { /* a plugin chose the path */
+        PUT_STR(o, r->up_path);
+        if (r->up_query.data ? r->up_query.len : r->msg.query.data != NULL) {
+            PUT_LIT(o, "?");
+            PUT_STR(o, r->up_query.data ? r->up_query : r->msg.query);
+        }
+        return;
+    }
     mg_str_t path = r->msg.path;
     mg_str_t rest = path;
     if (r->route->strip_path && r->prefix_len > 0) {
@@ -133,9 +191,10 @@ static void put_upstream_path(out_t *o, mg_req_t *r)
         }
         PUT_STR(o, rest);
     }
-    if (r->msg.query.data) {
+    mg_str_t query = r->up_query.data ? r->up_query : r->msg.query;
+    if (query.data && (query.len || !r->up_query.data)) {
         PUT_LIT(o, "?");
-        PUT_STR(o, r->msg.query);
+        PUT_STR(o, query);
     }
 }
 
@@ -149,11 +208,14 @@ static int write_request_head(mg_req_t *r, mg_buf_t *b)
     mg_buf_compact(b);
     out_t o = {mg_buf_last(b), b->data + b->size, false};
 
-    PUT_STR(&o, m->method);
+    PUT_STR(&o, r->up_method.data ? r->up_method : m->method);
     PUT_LIT(&o, " ");
     put_upstream_path(&o, r);
     PUT_LIT(&o, " HTTP/1.1\r\nHost: ");
-    if (r->route->preserve_host && m->host.len) {
+    const mg_hdr_op_t *hop = host_op(r->up_ops);
+    if (hop) {
+        PUT_STR(&o, hop->value);
+    } else if (r->route->preserve_host && m->host.len) {
         PUT_STR(&o, m->host);
     } else {
         put_cstr(&o, s->host);
@@ -175,6 +237,7 @@ static int write_request_head(mg_req_t *r, mg_buf_t *b)
         if (h->name.len == 6 && mg_str_caseeq_lit(h->name, "expect")) continue;
         if (mg_http_is_hop_by_hop(m, h->name)) continue;
         if (rid_name && mg_str_caseeq(h->name, rid_str)) continue;
+        if (r->up_ops && op_overrides(r->up_ops, h->name)) continue;
         int f = fwd_index(h->name);
         if (f >= 0) {
             if (trusted && f != XFF) fwd[f] = h->value;
@@ -220,23 +283,12 @@ static int write_request_head(mg_req_t *r, mg_buf_t *b)
     else
         PUT_STR(&o, m->path);
     PUT_LIT(&o, "\r\nX-Real-IP: ");
-    mg_str_t real = ipstr;
-    if (trusted && cfg->real_ip_header) {
-        const mg_header_t *rh =
-            mg_http_header(m, (mg_str_t){strlen(cfg->real_ip_header), cfg->real_ip_header});
-        if (rh && rh->value.len) {
-            real = rh->value;
-            const char *comma = memrchr(real.data, ',', real.len); /* rightmost hop */
-            if (comma) {
-                real = (mg_str_t){real.len - (size_t)(comma + 1 - real.data), comma + 1};
-                while (real.len && real.data[0] == ' ')
-                    real.data++, real.len--;
-            }
-        }
-    }
+    mg_str_t real;
+    if (!trusted || mg_proxy_forwarded_ip(r, &real) != MG_OK) real = ipstr;
     PUT_STR(&o, real);
     PUT_LIT(&o, "\r\n");
     if (rid_name && r->rid.len) put_header(&o, rid_str, r->rid);
+    if (r->up_ops) put_ops(&o, r->up_ops, true);
 
     if (m->upgrade) {
         const mg_header_t *up = mg_http_header(m, MG_STR("upgrade"));
@@ -279,9 +331,11 @@ static int write_response_head(mg_req_t *r)
     for (unsigned i = 0; i < u->nheaders; i++) {
         mg_header_t *h = &u->headers[i];
         if (mg_http_is_hop_by_hop(u, h->name)) continue;
+        if (r->resp_ops && op_overrides(r->resp_ops, h->name)) continue;
         if (rid_name && mg_str_caseeq(h->name, rid_str)) has_rid = true;
         put_header(&o, h->name, h->value);
     }
+    if (r->resp_ops) put_ops(&o, r->resp_ops, false);
     if (rid_name && r->rid.len && !has_rid) put_header(&o, rid_str, r->rid);
     PUT_LIT(&o, "Via: 1.1 " MG_SERVER_NAME "\r\n");
 
@@ -560,6 +614,23 @@ void mg_proxy_pump(mg_req_t *r)
                 return;
             } else {
                 r->upstream_head = ev_now(mg_worker.loop);
+                unsigned mask = mg_lua_route_mask(mg_lua, r->route->index);
+                if (mask) {
+                    /* plugins may read the response head until the log phase, while the
+                     * buffer it arrived in moves on: keep a copy in the request pool */
+                    char *head = mg_pool_alloc(r->pool, r->resp.head_len);
+                    if (head == NULL) {
+                        finish_upstream_failure(r, 502);
+                        return;
+                    }
+                    memcpy(head, mg_buf_pos(u->in), r->resp.head_len);
+                    mg_http_msg_rebase(&r->resp, mg_buf_pos(u->in), head);
+                    r->status = r->resp.status;
+                }
+                if ((mask & MG_PHASE_HEADER_FILTER) && mg_lua_header_filter(r) != MG_OK) {
+                    finish_upstream_failure(r, 500);
+                    return;
+                }
                 if (write_response_head(r) != MG_OK) {
                     mg_log_err("response head from %s does not fit", r->upstream_addr);
                     finish_upstream_failure(r, 502);

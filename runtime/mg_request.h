@@ -49,6 +49,7 @@ typedef struct {
     ev_timer drain_timer; /* graceful-stop deadline */
     ev_signal sig_term, sig_quit, sig_int, sig_hup, sig_usr1;
     uint64_t rid_seed, rid_counter;
+    unsigned slot; /* the worker's number, 0-based */
     uint64_t requests_total;
 } mg_worker_t;
 
@@ -78,6 +79,15 @@ struct mg_uconn_s {
     mg_buf_t *in, *out;
     mg_uconn_t *next; /* pool list */
 };
+
+/* A header change a plugin asked for, applied when the head is written. */
+typedef struct mg_hdr_op_s {
+    struct mg_hdr_op_s *next;
+    int op; /* 0 set (replaces every value), 1 add, 2 clear */
+    mg_str_t name, value;
+} mg_hdr_op_t;
+
+enum { MG_LUA_STAGE_REWRITE = 1, MG_LUA_STAGE_ACCESS = 2 };
 
 struct mg_req_s {
     mg_conn_t *c;
@@ -109,6 +119,16 @@ struct mg_req_s {
     char request_id[33];
     mg_str_t rid;
     const char *upstream_addr; /* "ip:port" of the service, for the log; "" before */
+
+    /* Lua: only requests whose route (or a global rewrite) has plugins ever set these */
+    unsigned lua_id;          /* the request's id on the Lua side; 0 = never entered Lua */
+    int lua_co_ref;           /* registry ref of the suspended coroutine, or 0 */
+    uint8_t lua_stage;        /* MG_LUA_STAGE_*: what a resumed coroutine was running */
+    unsigned lua_waiting : 1; /* a coroutine is suspended (sleep, cosocket) */
+    ev_timer lua_timer;       /* moongate.sleep */
+    mg_hdr_op_t *up_ops, **up_ops_tail;     /* changes to the upstream request's headers */
+    mg_hdr_op_t *resp_ops, **resp_ops_tail; /* changes to the response's headers */
+    mg_str_t up_path, up_query, up_method;  /* replacements (data NULL: none) */
 };
 
 /* mg_conn.c */
@@ -128,11 +148,23 @@ void mg_conn_update(mg_conn_t *c);
 void mg_conn_drain_all(void);
 size_t mg_conn_client_ip(const mg_conn_t *c, char *buf, size_t len);
 
+/* Continues a request after its Lua phase finished: rc is MG_OK (go on), MG_DONE (a plugin
+ * answered), MG_AGAIN (still suspended) or MG_ERROR (a plugin failed: 500). */
+void mg_conn_lua_continue(mg_req_t *r, int rc);
+/* Stages a complete response (a plugin's own answer) in r->out: status, the header block
+ * ("Name: value\r\n..."), the response header changes plugins made, and body. MG_OK or
+ * MG_ERROR (out of memory). The caller ends the phase; mg_conn_lua_continue sends it. */
+int mg_conn_stage_response(mg_req_t *r, unsigned status, const char *body, size_t blen,
+                           const char *headers, size_t hlen);
+
 /* mg_proxy.c */
 /* Starts proxying r (head parsed and routed). */
 void mg_proxy_start(mg_req_t *r);
 /* Moves bytes as far as possible in every direction; called from every I/O event. */
 void mg_proxy_pump(mg_req_t *r);
+/* The client address per trusted_ips + real_ip_header (MG_OK), or MG_DECLINED when the peer
+ * is not trusted or sent none. */
+int mg_proxy_forwarded_ip(const mg_req_t *r, mg_str_t *ip);
 /* An upstream connection attempt or exchange failed before the response began. */
 void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout);
 

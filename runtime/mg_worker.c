@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 
 #include "mg_log.h"
+#include "mg_lua.h"
 #include "mg_request.h"
 
 mg_worker_t mg_worker;
@@ -136,6 +137,8 @@ int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned
     ev_timer_init(&mg_worker.flush_timer, flush_cb, 0.1, 0.1);
     ev_timer_start(mg_worker.loop, &mg_worker.flush_timer);
     ev_init(&mg_worker.drain_timer, drain_timeout_cb);
+    mg_worker.slot = slot;
+    if (mg_lua) mg_lua_init_worker(mg_lua);
     mg_log_info("worker %u started", slot);
 
     ev_run(mg_worker.loop, 0);

@@ -156,6 +156,12 @@ TEST(defaults_apply_when_settings_are_absent)
     CHECK_INT(cfg->limits.upstream_keepalive_pool_size, 512);
     CHECK_INT(cfg->limits.upstream_keepalive_max_requests, 10000);
     CHECK_INT(cfg->limits.upstream_keepalive_idle_timeout, 60000);
+    CHECK_INT(cfg->nplugin_names, 1);
+    CHECK_STR(cfg->plugin_names[0], "bundled");
+    CHECK(cfg->lua_package_path == NULL);
+    CHECK_INT(cfg->nshared_dicts, 0);
+    CHECK_INT(cfg->nplugins, 0);
+    CHECK_INT(cfg->nconsumers, 0);
 
     CHECK_INT(cfg->nservices, 1);
     mg_service_t *s = &cfg->services[0];
@@ -307,6 +313,24 @@ TEST(full_config_loads_with_every_value)
     CHECK_INT(cfg->limits.upstream_keepalive_pool_size, 0);
     CHECK_INT(cfg->limits.upstream_keepalive_max_requests, 7);
     CHECK_INT(cfg->limits.upstream_keepalive_idle_timeout, 5000);
+    CHECK_INT(cfg->nplugin_names, 1);
+    CHECK_STR(cfg->plugin_names[0], "bundled");
+    CHECK_STR(cfg->lua_package_path, "./lua_modules/share/lua/5.1/?.lua;;");
+    CHECK_INT(cfg->nshared_dicts, 2);
+    if (cfg->nshared_dicts == 2) {
+        CHECK_STR(cfg->shared_dicts[0].name, "rate_limit");
+        CHECK_INT(cfg->shared_dicts[0].size, 16 << 20);
+        CHECK_STR(cfg->shared_dicts[1].name, "cache");
+        CHECK_INT(cfg->shared_dicts[1].size, 64 << 20);
+    }
+    CHECK_INT(cfg->nconsumers, 2);
+    if (cfg->nconsumers == 2) {
+        CHECK_STR(cfg->consumers[0].username, "alice");
+        CHECK(cfg->consumers[0].custom_id == NULL);
+        CHECK(cfg->consumers[1].username == NULL);
+        CHECK_STR(cfg->consumers[1].custom_id, "42");
+    }
+    CHECK_INT(cfg->nplugins, 0);
 
     CHECK_INT(cfg->nservices, 4);
     mg_service_t *orders = &cfg->services[0], *users = &cfg->services[1];
@@ -578,14 +602,14 @@ TEST(listen_addresses_are_checked)
 TEST(settings_values_are_checked)
 {
     EXPECT_ERRORS("trusted_ips: [10.0.0.0/33, nonsense, '::/129', 0.0.0.0/0, '::/0']\n"
-                  "real_ip_header: 'X Real'\nplugins: [bundled, my-policy]\n"
+                  "real_ip_header: 'X Real'\nplugins: [bundled, my.policy]\n"
                   "shared_dicts: {cache: 0, 'bad-name': 1m, ok: huge}\nlua_package_path: ''\n",
                   "trusted_ips[0]: invalid IP or CIDR \"10.0.0.0/33\"",
                   "trusted_ips[1]: invalid IP or CIDR \"nonsense\"",
                   "trusted_ips[2]: invalid IP or CIDR \"::/129\"",
                   "real_ip_header: invalid header name \"X Real\"",
-                  "plugins[1]: plugin \"my-policy\" is not installed",
-                  "shared_dicts.cache: must be greater than 0",
+                  "plugins[1]: invalid plugin name \"my.policy\": use letters, digits, '-' or '_'",
+                  "shared_dicts.cache: must be at least 32k",
                   "shared_dicts.bad-name: invalid dictionary name: use letters, digits and '_'",
                   "shared_dicts.ok: expected a size such as \"8m\"",
                   "lua_package_path: must not be empty");
@@ -693,32 +717,666 @@ TEST(names_are_unique_and_references_resolve)
         "routes[0].service: no service named \"X\"");
 }
 
-TEST(plugins_consumers_and_unsupported_entities)
+TEST(unsupported_entities)
 {
+    EXPECT_ERRORS("upstreams: [{name: u}]\ncertificates: []\nsnis: x\n",
+                  "upstreams: not supported yet", "certificates: not supported yet",
+                  "snis: not supported yet");
+}
+
+/* ---- value trees (plugin configs, consumer entities) -------------------------------------- */
+
+/* The value of `key` in the map `m`; a failed check and a dummy when it is missing. */
+static const mg_value_t *val(int line, const mg_value_t *m, const char *key)
+{
+    static const mg_value_t missing = {.kind = (mg_value_kind_t)-1};
+    const mg_value_t *v = value_get(m, key);
+    if (v) return v;
+    mg_case_failed = 1;
+    fprintf(stderr, "#   %s:%d: no key \"%s\"\n", __FILE__, line, key);
+    return &missing;
+}
+
+#define VAL(m, key) val(__LINE__, m, key)
+
+/* The first plugin entity's config of a config that loads. */
+static const mg_value_t *first_config(const mg_config_t *cfg)
+{
+    static const mg_value_t none = {.kind = MG_VAL_MAP};
+    if (cfg == NULL || cfg->nplugins == 0 || cfg->plugins[0].config == NULL) {
+        mg_case_failed = 1;
+        fprintf(stderr, "#   no plugins[0].config\n");
+        return &none;
+    }
+    return cfg->plugins[0].config;
+}
+
+TEST(values_resolve_plain_scalars_like_yaml_1_1)
+{
+    mg_config_errors_t e;
+    mg_config_t *cfg = LOAD_OK("plugins:\n"
+                               "  - name: p\n"
+                               "    config:\n"
+                               "      n1: ~\n"
+                               "      n2: null\n"
+                               "      n3:\n"
+                               "      n4: NULL\n"
+                               "      b1: true\n"
+                               "      b2: False\n"
+                               "      b3: yes\n"
+                               "      b4: NO\n"
+                               "      b5: On\n"
+                               "      b6: off\n"
+                               "      i1: 123\n"
+                               "      i2: -42\n"
+                               "      i3: +7\n"
+                               "      i4: 0\n"
+                               "      i5: 9223372036854775807\n"
+                               "      f1: 1.5\n"
+                               "      f2: 1e3\n"
+                               "      f3: .5\n"
+                               "      f4: -2.5E-2\n"
+                               "      f5: 5.\n"
+                               "      f6: 99999999999999999999\n"
+                               "      s1: \"true\"\n"
+                               "      s2: '123'\n"
+                               "      s3: \"1.5\"\n"
+                               "      s4: \"~\"\n"
+                               "      s5: ''\n"
+                               "      s6: 0x1F\n"
+                               "      s7: 1.2.3\n"
+                               "      s8: .inf\n"
+                               "      s9: y\n"
+                               "      s10: 1e\n"
+                               "      s11: \"a\\0b\"\n"
+                               "      s12: |\n"
+                               "        two\n"
+                               "        lines\n"
+                               "      s13: 1e999\n"
+                               "      s14: 'null'\n"
+                               "      s15: \"yes\"\n",
+                               &e);
+    const mg_value_t *c = first_config(cfg);
+    CHECK_INT(c->kind, MG_VAL_MAP);
+    CHECK_INT(c->len, 36);
+    const char *nulls[] = {"n1", "n2", "n3", "n4"};
+    for (size_t i = 0; i < MG_ARRAY_SIZE(nulls); i++)
+        CHECK_INT(VAL(c, nulls[i])->kind, MG_VAL_NULL);
+    const char *bools[] = {"b1", "b2", "b3", "b4", "b5", "b6"};
+    for (size_t i = 0; i < MG_ARRAY_SIZE(bools); i++) {
+        CHECK_INT(VAL(c, bools[i])->kind, MG_VAL_BOOL);
+        CHECK_INT(VAL(c, bools[i])->u.boolean, i % 2 == 0);
+    }
+    const char *ints[] = {"i1", "i2", "i3", "i4", "i5"};
+    const long long want_ints[] = {123, -42, 7, 0, INT64_MAX};
+    for (size_t i = 0; i < MG_ARRAY_SIZE(ints); i++) {
+        CHECK_INT(VAL(c, ints[i])->kind, MG_VAL_INT);
+        CHECK_INT(VAL(c, ints[i])->u.integer, want_ints[i]);
+    }
+    const char *floats[] = {"f1", "f2", "f3", "f4", "f5", "f6"};
+    const double want_floats[] = {1.5, 1000, 0.5, -0.025, 5, 1e20};
+    for (size_t i = 0; i < MG_ARRAY_SIZE(floats); i++) {
+        CHECK_INT(VAL(c, floats[i])->kind, MG_VAL_FLOAT);
+        CHECK(VAL(c, floats[i])->u.number == want_floats[i]);
+    }
+    const char *strs[] = {"s1", "s2", "s3",  "s4",  "s5",  "s6",  "s7",
+                          "s8", "s9", "s10", "s12", "s13", "s14", "s15"};
+    const char *want_strs[] = {"true",         "123",   "1.5",  "~",  "",
+                               "0x1F",         "1.2.3", ".inf", "y",  "1e",
+                               "two\nlines\n", "1e999", "null", "yes"};
+    for (size_t i = 0; i < MG_ARRAY_SIZE(strs); i++) {
+        const mg_value_t *v = VAL(c, strs[i]);
+        CHECK_INT(v->kind, MG_VAL_STRING);
+        CHECK_STR(v->str, want_strs[i]);
+        CHECK_INT(v->len, strlen(want_strs[i]));
+    }
+    const mg_value_t *nul = VAL(c, "s11"); /* strings may hold NUL bytes: len says how long */
+    CHECK_INT(nul->kind, MG_VAL_STRING);
+    CHECK_INT(nul->len, 3);
+    if (nul->str) CHECK(memcmp(nul->str, "a\0b", 4) == 0);
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+}
+
+TEST(values_keep_structure_keys_and_lines)
+{
+    mg_config_errors_t e;
+    mg_config_t *cfg = LOAD_OK("plugins:\n"                   /* 1 */
+                               "  - name: p\n"                /* 2 */
+                               "    tags: [a, b]\n"           /* 3 */
+                               "    config:\n"                /* 4 */
+                               "      list:\n"                /* 5 */
+                               "        - 1\n"                /* 6 */
+                               "        - {x: \"y\", 2: z}\n" /* 7 */
+                               "        - [true, ~]\n"        /* 8 */
+                               "      1: one\n"               /* 9 */
+                               "      true: t\n"              /* 10 */
+                               "      empty_list: []\n"       /* 11 */
+                               "      empty_map: {}\n"        /* 12 */
+                               "      anchor: &a {k: v}\n"    /* 13 */
+                               "      alias: *a\n",           /* 14 */
+                               &e);
+    const mg_value_t *c = first_config(cfg);
+    if (cfg && cfg->nplugins) {
+        const mg_value_t *ent = cfg->plugins[0].entity;
+        CHECK_INT(ent->kind, MG_VAL_MAP);
+        CHECK_INT(ent->line, 2);
+        CHECK_INT(ent->len, 3);
+        if (ent->len == 3) {
+            CHECK_STR(ent->keys[0], "name");
+            CHECK_STR(ent->keys[1], "tags");
+            CHECK_STR(ent->keys[2], "config");
+            CHECK(&ent->items[2] == c);
+        }
+        CHECK_STR(VAL(ent, "name")->str, "p");
+        CHECK_INT(VAL(ent, "tags")->kind, MG_VAL_ARRAY);
+        CHECK_INT(VAL(ent, "tags")->len, 2);
+        CHECK_INT(VAL(ent, "tags")->line, 3);
+    }
+    CHECK_INT(c->line, 5);
+    CHECK_INT(c->len, 7);
+    const mg_value_t *list = VAL(c, "list");
+    CHECK_INT(list->kind, MG_VAL_ARRAY);
+    CHECK_INT(list->line, 6);
+    CHECK_INT(list->len, 3);
+    if (list->kind == MG_VAL_ARRAY && list->len == 3) {
+        CHECK_INT(list->items[0].kind, MG_VAL_INT);
+        CHECK_INT(list->items[0].u.integer, 1);
+        CHECK_INT(list->items[0].line, 6);
+        const mg_value_t *m = &list->items[1];
+        CHECK_INT(m->kind, MG_VAL_MAP);
+        CHECK_INT(m->line, 7);
+        CHECK_INT(m->len, 2);
+        CHECK_STR(VAL(m, "x")->str, "y");
+        CHECK_INT(VAL(m, "x")->line, 7);
+        CHECK_STR(VAL(m, "2")->str, "z"); /* keys are strings, never resolved */
+        const mg_value_t *a = &list->items[2];
+        CHECK_INT(a->kind, MG_VAL_ARRAY);
+        CHECK_INT(a->len, 2);
+        if (a->len == 2) {
+            CHECK_INT(a->items[0].kind, MG_VAL_BOOL);
+            CHECK(a->items[0].u.boolean);
+            CHECK_INT(a->items[1].kind, MG_VAL_NULL);
+            CHECK_INT(a->items[1].line, 8);
+        }
+    }
+    CHECK_STR(VAL(c, "1")->str, "one");
+    CHECK_STR(VAL(c, "true")->str, "t");
+    CHECK_INT(VAL(c, "true")->line, 10);
+    CHECK_INT(VAL(c, "empty_list")->kind, MG_VAL_ARRAY);
+    CHECK_INT(VAL(c, "empty_list")->len, 0);
+    CHECK_INT(VAL(c, "empty_map")->kind, MG_VAL_MAP);
+    CHECK_INT(VAL(c, "empty_map")->len, 0);
+    /* an alias is a copy: the result is a tree */
+    const mg_value_t *anchor = VAL(c, "anchor"), *alias = VAL(c, "alias");
+    CHECK_INT(alias->kind, MG_VAL_MAP);
+    CHECK(alias != anchor);
+    CHECK_STR(VAL(alias, "k")->str, "v");
+    CHECK_INT(alias->line, 13);
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+}
+
+TEST(json_values_resolve_like_yaml)
+{
+    mg_config_errors_t e;
+    mg_config_t *cfg = LOAD_OK("{\"plugins\": [{\"name\": \"p\", \"config\": {\n"
+                               "  \"s\": \"true\", \"n\": \"123\", \"b\": true, \"i\": -12,\n"
+                               "  \"f\": 1.5, \"e\": 1e-3, \"z\": null, \"a\": [1, \"x\", false],\n"
+                               "  \"o\": {\"k\": \"v\"}}}]}\n",
+                               &e);
+    const mg_value_t *c = first_config(cfg);
+    CHECK_INT(VAL(c, "s")->kind, MG_VAL_STRING);
+    CHECK_STR(VAL(c, "s")->str, "true");
+    CHECK_INT(VAL(c, "n")->kind, MG_VAL_STRING);
+    CHECK_STR(VAL(c, "n")->str, "123");
+    CHECK_INT(VAL(c, "b")->kind, MG_VAL_BOOL);
+    CHECK_INT(VAL(c, "i")->kind, MG_VAL_INT);
+    CHECK_INT(VAL(c, "i")->u.integer, -12);
+    CHECK_INT(VAL(c, "f")->kind, MG_VAL_FLOAT);
+    CHECK_INT(VAL(c, "e")->kind, MG_VAL_FLOAT);
+    CHECK(VAL(c, "e")->u.number == 1e-3);
+    CHECK_INT(VAL(c, "z")->kind, MG_VAL_NULL);
+    CHECK_INT(VAL(c, "z")->line, 3);
+    const mg_value_t *a = VAL(c, "a");
+    CHECK_INT(a->kind, MG_VAL_ARRAY);
+    CHECK_INT(a->len, 3);
+    if (a->len == 3) {
+        CHECK_INT(a->items[0].kind, MG_VAL_INT);
+        CHECK_INT(a->items[1].kind, MG_VAL_STRING);
+        CHECK_INT(a->items[2].kind, MG_VAL_BOOL);
+    }
+    CHECK_STR(VAL(VAL(c, "o"), "k")->str, "v");
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+}
+
+TEST(value_problems_are_reported_once)
+{
+    /* keys are checked by the conversion, and not a second time by the entity's walk */
     EXPECT_ERRORS("plugins:\n"
-                  "  - name: rate-limiting\n"
-                  "    config: {minute: 100}\n"
-                  "  - {config: {}}\n"
-                  "services:\n"
-                  "  - name: s\n"
-                  "    url: http://127.0.0.1:1\n"
-                  "    plugins: [{name: key-auth, enabled: true, bogus: 1}]\n"
-                  "    routes: [{paths: [/], plugins: [{name: cors, protocols: [http]}]}]\n"
+                  "  - name: p\n"
+                  "    name: q\n"
+                  "    config: {a: 1, b: {c: 1, c: 2}, a: 3, [x]: 1}\n"
+                  "  - {name: p, config: [1]}\n"
                   "consumers:\n"
-                  "  - username: alice\n"
-                  "    keyauth_credentials: [{key: k}]\n"
-                  "    plugins: [{name: acl}]\n"
-                  "  - tags: [t]\n"
-                  "upstreams: [{name: u}]\n"
-                  "certificates: []\n",
-                  "plugins[0].name: plugin \"rate-limiting\" is not enabled",
-                  "plugins[1].name: required", "services[0].plugins[0].bogus: unknown field",
-                  "services[0].plugins[0].name: plugin \"key-auth\" is not enabled",
-                  "services[0].routes[0].plugins[0].name: plugin \"cors\" is not enabled",
-                  "consumers[0].keyauth_credentials: not supported yet",
-                  "consumers[0].plugins[0].name: plugin \"acl\" is not enabled",
-                  "consumers[1]: must set one of 'username', 'custom_id'",
-                  "upstreams: not supported yet", "certificates: not supported yet");
+                  "  - username: a\n"
+                  "    username: b\n"
+                  "    acls: [{group: x, group: y}]\n"
+                  "    plugins: [{name: p, config: {k: 1, k: 2}}]\n",
+                  "plugins[0].name: duplicate key", "plugins[0].config.b.c: duplicate key",
+                  "plugins[0].config.a: duplicate key", "plugins[0].config: keys must be strings",
+                  "plugins[1].config: expected a mapping", "consumers[0].username: duplicate key",
+                  "consumers[0].acls[0].group: duplicate key",
+                  "consumers[0].plugins[0].config.k: duplicate key");
+
+    EXPECT_ERRORS("plugins: [{name: p, config: &c {a: [*c]}}]\n",
+                  "plugins[0].config.a[0]: recursive alias: a value cannot contain itself");
+
+    char deep[512] = "plugins: [{name: p, config: {d: ", want[512] = "plugins[0].config.d";
+    for (int i = 0; i < 70; i++)
+        strcat(deep, "[");
+    for (int i = 0; i < 70; i++)
+        strcat(deep, "]");
+    strcat(deep, "}}]\n");
+    for (int i = 0; i < MAX_VALUE_DEPTH - 2; i++) /* the entity is level 0, its config 1 */
+        strcat(want, "[0]");
+    strcat(want, ": nested too deeply (more than 64 levels)");
+    EXPECT_ERRORS(deep, want);
+
+    /* "billion laughs": 10^8 values from 80 nodes stop at the budget, with one message */
+    char laughs[2048] = "plugins:\n  - name: p\n    config:\n      l0: &l0 [x,x,x,x,x,x,x,x,x,x]\n";
+    for (int i = 1; i < 8; i++) {
+        char line[256];
+        snprintf(line, sizeof(line), "      l%d: &l%d [", i, i);
+        for (int j = 0; j < 10; j++)
+            snprintf(line + strlen(line), sizeof(line) - strlen(line), "%s*l%d", j ? "," : "",
+                     i - 1);
+        strcat(strcat(laughs, line), "]\n");
+    }
+    mg_config_errors_t e;
+    mg_config_t *cfg = load_text(laughs, &e);
+    const char *msg = ": too many values after expanding aliases";
+    CHECK(cfg == NULL);
+    CHECK_INT(e.n, 1);
+    if (e.n) {
+        CHECK(strncmp(e.items[0], "plugins[0].config.l", 19) == 0);
+        CHECK(strlen(e.items[0]) > strlen(msg) &&
+              strcmp(e.items[0] + strlen(e.items[0]) - strlen(msg), msg) == 0);
+    }
+    mg_config_errors_free(&e);
+}
+
+/* ---- plugin entities ---------------------------------------------------------------------- */
+
+typedef struct {
+    const char *name, *path;
+    int service, route, consumer;
+    bool enabled;
+} want_plugin_t;
+
+static void check_plugins(int line, const mg_config_t *cfg, const want_plugin_t *want, size_t n)
+{
+    if (cfg->nplugins != n) {
+        mg_case_failed = 1;
+        fprintf(stderr, "#   %s:%d: %zu plugins, expected %zu\n", __FILE__, line, cfg->nplugins, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const mg_plugin_conf_t *p = &cfg->plugins[i];
+        const want_plugin_t *w = &want[i];
+        if (strcmp(p->name, w->name) || strcmp(p->path, w->path) || p->service != w->service ||
+            p->route != w->route || p->consumer != w->consumer || p->enabled != w->enabled) {
+            mg_case_failed = 1;
+            fprintf(stderr,
+                    "#   %s:%d: plugins[%zu] is %s at %s (service %d, route %d, consumer %d, "
+                    "%s), expected %s at %s (%d, %d, %d, %s)\n",
+                    __FILE__, line, i, p->name, p->path, p->service, p->route, p->consumer,
+                    p->enabled ? "enabled" : "disabled", w->name, w->path, w->service, w->route,
+                    w->consumer, w->enabled ? "enabled" : "disabled");
+        }
+        CHECK(p->entity && p->entity->kind == MG_VAL_MAP);
+        CHECK_STR(VAL(p->entity, "name")->str, p->name);
+    }
+}
+
+#define CHECK_PLUGINS(cfg, ...)                                                                    \
+    do {                                                                                           \
+        const want_plugin_t want_[] = {__VA_ARGS__};                                               \
+        check_plugins(__LINE__, cfg, want_, MG_ARRAY_SIZE(want_));                                 \
+    } while (0)
+
+TEST(plugins_are_kept_with_their_scope)
+{
+    mg_config_errors_t e;
+    /* consumers and routes come first in the file: the order of cfg->plugins does not change */
+    mg_config_t *cfg =
+        LOAD_OK("consumers:\n"
+                "  - username: alice\n"
+                "    plugins: [{name: cp1, route: r1}]\n"
+                "  - username: bob\n"
+                "    custom_id: b\n"
+                "    plugins: [{name: cp2}]\n"
+                "routes:\n"
+                "  - name: r-top\n"
+                "    service: s1\n"
+                "    paths: [/t]\n"
+                "    plugins: [{name: tp1, service: s2}]\n"
+                "plugins:\n"
+                "  - name: g1\n"
+                "  - name: g2\n"
+                "    service: s2\n"
+                "    route: {name: r-top}\n"
+                "    consumer: {username: bob}\n"
+                "    enabled: false\n"
+                "    protocols: [http]\n"
+                "    tags: [t]\n"
+                "    instance_name: g2-x\n"
+                "    ordering: {before: {access: [g1]}}\n"
+                "    id: 0c8d1d70-1a59-4e85-9d4b-7e8cbd6c2b4a\n"
+                "  - {name: g3, consumer: alice}\n"
+                "services:\n"
+                "  - name: s1\n"
+                "    url: http://127.0.0.1:1\n"
+                "    plugins: [{name: sp1, config: {minute: 100}}, {name: sp2, consumer: alice}]\n"
+                "    routes:\n"
+                "      - name: r1\n"
+                "        paths: [/a]\n"
+                "        plugins: [{name: rp1}]\n"
+                "  - name: s2\n"
+                "    url: http://127.0.0.1:2\n"
+                "    routes: [{name: r2, paths: [/b], plugins: [{name: rp2, config: {x: 1}}]}]\n",
+                &e);
+    if (cfg == NULL) goto out;
+    CHECK_INT(cfg->nservices, 2);
+    CHECK_INT(cfg->nroutes, 3);
+    CHECK_STR(cfg->routes[2].name, "r-top");
+    CHECK_PLUGINS(cfg, {"g1", "plugins[0]", -1, -1, -1, true}, {"g2", "plugins[1]", 1, 2, 1, false},
+                  {"g3", "plugins[2]", -1, -1, 0, true},
+                  {"sp1", "services[0].plugins[0]", 0, -1, -1, true},
+                  {"sp2", "services[0].plugins[1]", 0, -1, 0, true},
+                  {"rp1", "services[0].routes[0].plugins[0]", -1, 0, -1, true},
+                  {"rp2", "services[1].routes[0].plugins[0]", -1, 1, -1, true},
+                  {"tp1", "routes[0].plugins[0]", 1, 2, -1, true},
+                  {"cp1", "consumers[0].plugins[0]", -1, 0, 0, true},
+                  {"cp2", "consumers[1].plugins[0]", -1, -1, 1, true});
+    if (cfg->nplugins != 10) goto out;
+    CHECK(cfg->plugins[0].config == NULL);
+    const mg_plugin_conf_t *g2 = &cfg->plugins[1];
+    CHECK(g2->config == NULL);
+    CHECK_INT(g2->entity->len, 10); /* every field is kept */
+    CHECK_STR(VAL(g2->entity, "service")->str, "s2");
+    CHECK_STR(VAL(VAL(g2->entity, "consumer"), "username")->str, "bob");
+    CHECK_INT(VAL(g2->entity, "enabled")->kind, MG_VAL_BOOL);
+    CHECK_STR(VAL(g2->entity, "instance_name")->str, "g2-x");
+    CHECK_INT(VAL(g2->entity, "ordering")->kind, MG_VAL_MAP);
+    const mg_value_t *sp1 = cfg->plugins[3].config;
+    CHECK(sp1 && sp1->kind == MG_VAL_MAP);
+    if (sp1) CHECK_INT(VAL(sp1, "minute")->u.integer, 100);
+    CHECK(cfg->plugins[3].config == VAL(cfg->plugins[3].entity, "config"));
+    CHECK_INT(VAL(cfg->plugins[6].config, "x")->u.integer, 1);
+    /* a consumer's plugin is the same value as the one in the consumer's entity */
+    CHECK_INT(cfg->nconsumers, 2);
+    const mg_value_t *nested = VAL(cfg->consumers[0].entity, "plugins");
+    CHECK(nested->kind == MG_VAL_ARRAY && nested->len == 1 &&
+          cfg->plugins[8].entity == &nested->items[0]);
+out:
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+}
+
+TEST(plugins_of_disabled_services_are_left_out)
+{
+    mg_config_errors_t e;
+    mg_config_t *cfg = LOAD_OK("services:\n"
+                               "  - {name: gone, url: 'http://127.0.0.1:1', enabled: false,\n"
+                               "     plugins: [{name: a}],\n"
+                               "     routes: [{name: r0, paths: [/a], plugins: [{name: b}]}]}\n"
+                               "  - {name: live, url: 'http://127.0.0.1:2', plugins: [{name: c}],\n"
+                               "     routes: [{name: r1, paths: [/b]}]}\n"
+                               "routes: [{name: r2, service: gone, paths: [/c],\n"
+                               "          plugins: [{name: d}]}]\n"
+                               "plugins:\n"
+                               "  - {name: e, service: gone}\n"
+                               "  - {name: f, route: r0}\n"
+                               "  - {name: g, route: r1}\n"
+                               "  - {name: h, route: r2, service: live}\n"
+                               "consumers: [{username: u, plugins: [{name: i, service: gone}]}]\n",
+                               &e);
+    if (cfg)
+        CHECK_PLUGINS(cfg, {"g", "plugins[2]", -1, 0, -1, true},
+                      {"c", "services[1].plugins[0]", 0, -1, -1, true});
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+}
+
+TEST(plugin_problems)
+{
+    EXPECT_ERRORS(
+        "plugins:\n"
+        "  - {config: {}}\n"
+        "  - {name: 'bad name'}\n"
+        "  - {name: a, service: nope, route: {name: nope}, consumer: nope}\n"
+        "  - {name: a, consumer: {name: x}}\n"
+        "  - {name: a, service: [x], route: {}, enabled: maybe, config: [1], bogus: 1,\n"
+        "     protocols: {}}\n"
+        "  - {name: ''}\n"
+        "  - {name: ~}\n"
+        "  - [x]\n"
+        "services:\n"
+        "  - name: s\n"
+        "    url: http://127.0.0.1:1\n"
+        "    plugins: [{name: a, service: s}, x]\n"
+        "    routes: [{name: r, paths: [/], plugins: [{name: b, route: r}]}]\n"
+        "routes:\n"
+        "  - {service: s, paths: [/t], plugins: [{name: b, route: r, consumer: c}]}\n"
+        "consumers:\n"
+        "  - username: c\n"
+        "    plugins: [{name: c, consumer: c}, {name: d, service: nope2}]\n",
+        "plugins[0].name: required",
+        "plugins[1].name: invalid plugin name \"bad name\": use letters, digits, '-' or '_'",
+        "plugins[3].consumer.name: unknown field", "plugins[3].consumer.username: required",
+        "plugins[4].service: expected a service name", "plugins[4].route.name: required",
+        "plugins[4].enabled: expected a boolean", "plugins[4].config: expected a mapping",
+        "plugins[4].bogus: unknown field", "plugins[4].protocols: expected a list",
+        "plugins[5].name: must not be empty", "plugins[6].name: required",
+        "plugins[7]: expected a plugin name or a plugin entry",
+        "services[0].plugins[0].service: not allowed on a plugin nested under a service",
+        "services[0].plugins[1]: expected a mapping",
+        "services[0].routes[0].plugins[0].route: not allowed on a plugin nested under a route",
+        "routes[0].plugins[0].route: not allowed on a plugin nested under a route",
+        "consumers[0].plugins[0].consumer: not allowed on a plugin nested under a consumer",
+        "plugins[2].service: no service named \"nope\"",
+        "plugins[2].route: no route named \"nope\"",
+        "plugins[2].consumer: no consumer named \"nope\"",
+        "consumers[0].plugins[1].service: no service named \"nope2\"");
+}
+
+/* ---- consumers ---------------------------------------------------------------------------- */
+
+TEST(consumers_are_kept_whole)
+{
+    mg_config_errors_t e;
+    mg_config_t *cfg = LOAD_OK("consumers:\n"
+                               "  - username: alice\n"
+                               "    custom_id: a1\n"
+                               "    keyauth_credentials: [{key: k1}, {key: k2, tags: [x]}]\n"
+                               "    basicauth_credentials: [{username: alice, password: p}]\n"
+                               "    jwt_secrets: [{key: j, secret: s, algorithm: HS256}]\n"
+                               "    hmacauth_credentials: [{username: alice, secret: h}]\n"
+                               "    acls: [{group: admins}]\n"
+                               "    plugins: [{name: rate-limiting, config: {minute: 5}}]\n"
+                               "    tags: [vip]\n"
+                               "  - custom_id: '42'\n"
+                               "  - username: bob\n",
+                               &e);
+    if (cfg == NULL) goto out;
+    CHECK_INT(cfg->nconsumers, 3);
+    if (cfg->nconsumers != 3) goto out;
+    const mg_consumer_t *a = &cfg->consumers[0];
+    CHECK_STR(a->username, "alice");
+    CHECK_STR(a->custom_id, "a1");
+    CHECK_STR(a->path, "consumers[0]");
+    CHECK_INT(a->entity->kind, MG_VAL_MAP);
+    CHECK_INT(a->entity->len, 9);
+    CHECK_INT(a->entity->line, 2);
+    const mg_value_t *keys = VAL(a->entity, "keyauth_credentials");
+    CHECK_INT(keys->kind, MG_VAL_ARRAY);
+    CHECK_INT(keys->len, 2);
+    if (keys->len == 2) CHECK_STR(VAL(&keys->items[1], "key")->str, "k2");
+    CHECK_STR(VAL(&VAL(a->entity, "basicauth_credentials")->items[0], "password")->str, "p");
+    CHECK_STR(VAL(&VAL(a->entity, "jwt_secrets")->items[0], "algorithm")->str, "HS256");
+    CHECK_STR(VAL(&VAL(a->entity, "hmacauth_credentials")->items[0], "secret")->str, "h");
+    CHECK_STR(VAL(&VAL(a->entity, "acls")->items[0], "group")->str, "admins");
+    CHECK_STR(VAL(a->entity, "tags")->items[0].str, "vip");
+    CHECK(cfg->consumers[1].username == NULL);
+    CHECK_STR(cfg->consumers[1].custom_id, "42");
+    CHECK_STR(cfg->consumers[2].path, "consumers[2]");
+    CHECK_PLUGINS(cfg, {"rate-limiting", "consumers[0].plugins[0]", -1, -1, 0, true});
+out:
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+}
+
+TEST(consumer_problems)
+{
+    EXPECT_ERRORS("consumers:\n"
+                  "  - {username: alice}\n"
+                  "  - {username: bob, custom_id: x}\n"
+                  "  - {custom_id: x}\n"
+                  "  - {username: alice, custom_id: y}\n"
+                  "  - {tags: [t]}\n"
+                  "  - {username: z, keyauth_credentials: {key: k}}\n"
+                  "  - {username: w, acls: [admins], jwt_secrets: ~}\n"
+                  "  - {username: '', bogus: 1}\n"
+                  "  - {username: alice}\n",
+                  "consumers[4]: must set one of 'username', 'custom_id'",
+                  "consumers[5].keyauth_credentials: expected a list",
+                  "consumers[6].acls[0]: expected a mapping",
+                  "consumers[7].username: must not be empty", "consumers[7].bogus: unknown field",
+                  "consumers[3].username: duplicate username \"alice\"",
+                  "consumers[8].username: duplicate username \"alice\"",
+                  "consumers[2].custom_id: duplicate custom_id \"x\"");
+}
+
+/* ---- plugin-related settings -------------------------------------------------------------- */
+
+TEST(plugin_names_setting)
+{
+    mg_config_errors_t e;
+    mg_config_t *cfg = LOAD_OK("plugins: [bundled, my-policy, My_Other2]\n", &e);
+    if (cfg) {
+        CHECK_INT(cfg->nplugin_names, 3);
+        if (cfg->nplugin_names == 3) {
+            CHECK_STR(cfg->plugin_names[0], "bundled");
+            CHECK_STR(cfg->plugin_names[1], "my-policy");
+            CHECK_STR(cfg->plugin_names[2], "My_Other2");
+        }
+        CHECK_INT(cfg->nplugins, 0);
+    }
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+
+    /* a lone name, "off", and a list of entities only (the default names stay) */
+    cfg = LOAD_OK("plugins: my-policy\n", &e);
+    if (cfg) {
+        CHECK_INT(cfg->nplugin_names, 1);
+        CHECK_STR(cfg->plugin_names[0], "my-policy");
+    }
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+    cfg = LOAD_OK("plugins: ['off']\n", &e);
+    if (cfg) CHECK_STR(cfg->plugin_names[0], "off");
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+    cfg = LOAD_OK("plugins: [{name: cors}]\n", &e);
+    if (cfg) {
+        CHECK_INT(cfg->nplugin_names, 1);
+        CHECK_STR(cfg->plugin_names[0], "bundled");
+        CHECK_INT(cfg->nplugins, 1);
+    }
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+
+    /* names and entities in one list; MOONGATE_PLUGINS replaces the names only */
+    setenv("MOONGATE_PLUGINS", "bundled, custom", 1);
+    cfg = LOAD_OK("plugins: [my-policy, {name: cors}, other]\n", &e);
+    if (cfg) {
+        CHECK_INT(cfg->nplugin_names, 2);
+        if (cfg->nplugin_names == 2) {
+            CHECK_STR(cfg->plugin_names[0], "bundled");
+            CHECK_STR(cfg->plugin_names[1], "custom");
+        }
+        CHECK_INT(cfg->nplugins, 1);
+        if (cfg->nplugins) CHECK_STR(cfg->plugins[0].name, "cors");
+    }
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+    cfg = LOAD_OK("worker_processes: 1\n", &e);
+    if (cfg) CHECK_INT(cfg->nplugin_names, 2);
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+
+    setenv("MOONGATE_PLUGINS", "bundled,x/y,,off", 1);
+    EXPECT_ERRORS("plugins: [bundled, 'a.b', '', 'off', [x]]\n",
+                  "plugins[1]: invalid plugin name \"a.b\": use letters, digits, '-' or '_'",
+                  "plugins[2]: must not be empty",
+                  "plugins[4]: expected a plugin name or a plugin entry",
+                  "plugins[3]: \"off\" cannot be combined with other plugin names",
+                  "env MOONGATE_PLUGINS[1]: invalid plugin name \"x/y\": use letters, digits, '-' "
+                  "or '_'",
+                  "env MOONGATE_PLUGINS[2]: must not be empty",
+                  "env MOONGATE_PLUGINS[3]: \"off\" cannot be combined with other plugin names");
+    clear_env();
+}
+
+TEST(lua_package_path_setting)
+{
+    mg_config_errors_t e;
+    mg_config_t *cfg = LOAD_OK("lua_package_path: './lib/?.lua;;'\n", &e);
+    if (cfg) CHECK_STR(cfg->lua_package_path, "./lib/?.lua;;");
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+
+    setenv("MOONGATE_LUA_PACKAGE_PATH", "/opt/?.lua", 1);
+    cfg = LOAD_OK("lua_package_path: './lib/?.lua;;'\n", &e);
+    if (cfg) CHECK_STR(cfg->lua_package_path, "/opt/?.lua");
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+    clear_env();
+
+    EXPECT_ERRORS("lua_package_path: [a]\n", "lua_package_path: expected a string");
+}
+
+TEST(shared_dicts_setting)
+{
+    mg_config_errors_t e;
+    mg_config_t *cfg = LOAD_OK("shared_dicts: {_a1: 32k, Big: 1g, c: 40000}\n", &e);
+    if (cfg) {
+        CHECK_INT(cfg->nshared_dicts, 3);
+        if (cfg->nshared_dicts == 3) {
+            CHECK_STR(cfg->shared_dicts[0].name, "_a1");
+            CHECK_INT(cfg->shared_dicts[0].size, 32768);
+            CHECK_STR(cfg->shared_dicts[1].name, "Big");
+            CHECK_INT(cfg->shared_dicts[1].size, 1 << 30);
+            CHECK_INT(cfg->shared_dicts[2].size, 40000);
+        }
+    }
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+
+    EXPECT_ERRORS("shared_dicts: {cache: 16k, 9x: 1m, 'a b': 1m, '': 1m, ok: huge, n: ~,\n"
+                  "               x: 32767, a: 1m, a: 2m, [k]: 1m, l: [1m]}\n",
+                  "shared_dicts.cache: must be at least 32k",
+                  "shared_dicts.9x: invalid dictionary name: use letters, digits and '_'",
+                  "shared_dicts.a b: invalid dictionary name: use letters, digits and '_'",
+                  "shared_dicts.: invalid dictionary name: use letters, digits and '_'",
+                  "shared_dicts.ok: expected a size such as \"8m\"",
+                  "shared_dicts.n: expected a size such as \"8m\"",
+                  "shared_dicts.x: must be at least 32k", "shared_dicts.a: duplicate key",
+                  "shared_dicts: keys must be strings",
+                  "shared_dicts.l: expected a size such as \"8m\"");
+    EXPECT_ERRORS("shared_dicts: [a]\n", "shared_dicts: expected a mapping");
 }
 
 TEST(all_problems_are_collected)
@@ -802,7 +1460,10 @@ TEST(declarative_config_is_read_relative_to_the_main_file)
         write_file(dir, "moongate.yaml", "worker_processes: 1\ndeclarative_config: kong.yml\n");
     char *decl = write_file(dir, "kong.yml",
                             "_format_version: '3.0'\nservices: [" SVC "]\n"
-                            "routes: [{name: t, service: s, paths: [/t]}]\n");
+                            "routes: [{name: t, service: s, paths: [/t]}]\n"
+                            "plugins: [{name: cors, route: t, config: {origins: ['*']}}]\n"
+                            "consumers: [{username: u, keyauth_credentials: [{key: k}],\n"
+                            "             plugins: [{name: acl, service: s}]}]\n");
     mg_config_errors_t e;
     mg_config_errors_init(&e);
     mg_config_t *cfg = mg_config_load(main_path, &e);
@@ -812,6 +1473,10 @@ TEST(declarative_config_is_read_relative_to_the_main_file)
         CHECK_INT(cfg->worker_processes, 1);
         CHECK_INT(cfg->nservices, 1);
         CHECK_INT(cfg->nroutes, 2);
+        CHECK_INT(cfg->nconsumers, 1);
+        CHECK_PLUGINS(cfg, {"cors", "plugins[0]", -1, 1, -1, true},
+                      {"acl", "consumers[0].plugins[0]", 0, -1, 0, true});
+        if (cfg->nplugins) CHECK_STR(VAL(cfg->plugins[0].config, "origins")->items[0].str, "*");
     }
     mg_config_free(cfg);
     mg_config_errors_free(&e);

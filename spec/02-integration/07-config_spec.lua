@@ -202,6 +202,53 @@ services:
                      'services[0].plugins[0].name: plugin "key-auth" is not enabled')
     end)
 
+    it("reports a top-level plugin that references a missing service, route or consumer",
+       function()
+      local lines = assert_problem({
+        services = { service("a") },
+        plugins = { { name = "cors", service = "nope", route = { name = "gone" },
+                      consumer = { username = "nobody" } } },
+      }, 'plugins[0].service: no service named "nope"')
+      assert.is_true(has_line(lines, 'plugins[0].route: no route named "gone"'),
+                     table.concat(lines, "\n"))
+      assert.is_true(has_line(lines, 'plugins[0].consumer: no consumer named "nobody"'),
+                     table.concat(lines, "\n"))
+    end)
+
+    it("reports a plugin without a name and a config that is not a mapping", function()
+      local lines = assert_problem({
+        services = { service("a", { plugins = { { config = { minute = 1 } },
+                                                { name = "cors", config = { 1, 2 } } } }) },
+      }, "services[0].plugins[0].name: required")
+      assert.is_true(has_line(lines, "services[0].plugins[1].config: expected a mapping"),
+                     table.concat(lines, "\n"))
+    end)
+
+    it("reports duplicate consumer usernames and custom_ids", function()
+      local lines = assert_problem({
+        consumers = { { username = "alice", custom_id = "1" }, { username = "bob" },
+                      { username = "alice" }, { custom_id = "1" } },
+      }, 'consumers[2].username: duplicate username "alice"')
+      assert.is_true(has_line(lines, 'consumers[3].custom_id: duplicate custom_id "1"'),
+                     table.concat(lines, "\n"))
+    end)
+
+    it("reports shared_dicts smaller than 32k and invalid names", function()
+      local lines = assert_problem({ shared_dicts = { cache = "16k", ["bad-name"] = "1m" } },
+                                   "shared_dicts.cache: must be at least 32k")
+      assert.is_true(has_line(lines, "shared_dicts.bad-name: invalid dictionary name: use " ..
+                                     "letters, digits and '_'"), table.concat(lines, "\n"))
+    end)
+
+    it("reports an invalid name in the plugins setting", function()
+      assert_problem({ plugins = { "bundled", "my.policy" } },
+                     "plugins[1]: invalid plugin name \"my.policy\": use letters, digits, " ..
+                     "'-' or '_'")
+      assert_problem({ services = { service("a") } },
+                     "env MOONGATE_PLUGINS[0]: invalid plugin name \"a/b\": use letters, " ..
+                     "digits, '-' or '_'", { env = { MOONGATE_PLUGINS = "a/b" } })
+    end)
+
     it("reports an invalid environment value with the path `env MOONGATE_X`", function()
       local conf = { services = { service("a") } }
       assert_problem(conf, 'env MOONGATE_WORKER_PROCESSES: expected "auto" or an integer',

@@ -1,0 +1,63 @@
+--- moongate.core.base: the FFI bridge. Declares exactly the prototypes of runtime/mg_ffi.h
+-- and refuses to run against a runtime built from other sources (ABI check). Every other
+-- Lua module reaches C through `base.C` and reuses the out-parameters kept here, so hot PDK
+-- calls allocate nothing but the strings they return.
+local ffi = require "ffi"
+
+local _M = {}
+
+ffi.cdef [[
+int mg_ffi_abi(void);
+int mg_ffi_req_get_method(const char **s, size_t *len);
+int mg_ffi_req_get_path(const char **s, size_t *len);
+int mg_ffi_req_get_raw_query(const char **s, size_t *len);
+int mg_ffi_req_get_host(const char **s, size_t *len);
+int mg_ffi_req_get_scheme(const char **s, size_t *len);
+int mg_ffi_req_get_port(void);
+double mg_ffi_req_get_http_version(void);
+int mg_ffi_req_get_header(const char *name, size_t nlen, const char **s, size_t *len);
+int mg_ffi_req_header_count(void);
+int mg_ffi_req_header_at(int i, const char **name, size_t *nlen, const char **value,
+                         size_t *vlen);
+int mg_ffi_req_get_id(const char **s, size_t *len);
+int mg_ffi_req_get_route_name(const char **s, size_t *len);
+int mg_ffi_req_get_service_name(const char **s, size_t *len);
+int mg_ffi_client_get_ip(char *buf, size_t buflen, size_t *len);
+int mg_ffi_client_get_forwarded_ip(char *buf, size_t buflen, size_t *len);
+int mg_ffi_client_get_port(void);
+int mg_ffi_upstream_header(int op, const char *name, size_t nlen, const char *value, size_t vlen);
+int mg_ffi_upstream_set_path(const char *path, size_t len);
+int mg_ffi_upstream_set_query(const char *query, size_t len);
+int mg_ffi_upstream_set_method(const char *method, size_t len);
+int mg_ffi_resp_get_status(void);
+int mg_ffi_upstream_resp_get_header(const char *name, size_t nlen, const char **s, size_t *len);
+int mg_ffi_resp_header(int op, const char *name, size_t nlen, const char *value, size_t vlen);
+int mg_ffi_resp_exit(int status, const char *body, size_t blen, const char *headers,
+                     size_t hlen);
+int mg_ffi_log_enabled(int level);
+void mg_ffi_log(int level, const char *msg, size_t len);
+int mg_ffi_worker_id(void);
+int mg_ffi_worker_pid(void);
+double mg_ffi_now(void);
+int mg_ffi_sleep(double seconds);
+]]
+
+local ABI = 1
+
+_M.C = ffi.C
+_M.OK, _M.ERROR, _M.AGAIN, _M.BUSY, _M.DONE, _M.DECLINED = 0, -1, -2, -3, -4, -5
+
+-- out-parameters shared by every hot call (a worker runs one Lua call at a time)
+_M.str_out = ffi.new("const char *[1]")
+_M.len_out = ffi.new("size_t[1]")
+_M.str_out2 = ffi.new("const char *[1]")
+_M.len_out2 = ffi.new("size_t[1]")
+
+local ok, abi = pcall(function() return ffi.C.mg_ffi_abi() end)
+if not ok then
+  error("moongate: the Lua runtime needs the moongate binary (mg_ffi_* not found)", 2)
+elseif abi ~= ABI then
+  error("moongate: Lua tree ABI " .. ABI .. " does not match the runtime's " .. abi, 2)
+end
+
+return _M

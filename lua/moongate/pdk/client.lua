@@ -1,0 +1,66 @@
+--- moongate.client: who is calling — the peer address, the forwarded address (from trusted
+-- proxies), and the consumer an authentication plugin identified.
+local ffi = require "ffi"
+local base = require "moongate.core.base"
+local phases = require "moongate.phases"
+
+local C, OK = base.C, base.OK
+local ffi_string = ffi.string
+local check, REQUEST = phases.check, phases.REQUEST
+local type, error = type, error
+
+local _M = {}
+local ipbuf = ffi.new("char[64]")
+local len_out = base.len_out
+
+-- set by the runtime: returns the current request's Lua state (consumer, credential)
+_M.current = nil
+
+--- The address of the peer that connected. @phases rewrite … log
+function _M.get_ip()
+  check(REQUEST, "moongate.client.get_ip")
+  if C.mg_ffi_client_get_ip(ipbuf, 64, len_out) ~= OK then return nil end
+  return ffi_string(ipbuf, len_out[0])
+end
+
+--- The client's address as forwarded by a trusted proxy (real_ip_header), else the peer's.
+-- @phases rewrite … log
+function _M.get_forwarded_ip()
+  check(REQUEST, "moongate.client.get_forwarded_ip")
+  if C.mg_ffi_client_get_forwarded_ip(ipbuf, 64, len_out) ~= OK then return nil end
+  return ffi_string(ipbuf, len_out[0])
+end
+
+--- The peer's port. @phases rewrite … log
+function _M.get_port()
+  check(REQUEST, "moongate.client.get_port")
+  return C.mg_ffi_client_get_port()
+end
+
+--- Records the consumer (and credential) this request was authenticated as.
+-- @phases rewrite, access
+function _M.authenticate(consumer, credential)
+  check(phases.BEFORE_PROXY, "moongate.client.authenticate")
+  if consumer ~= nil and type(consumer) ~= "table" then
+    error("consumer must be a table or nil", 2)
+  end
+  if credential ~= nil and type(credential) ~= "table" then
+    error("credential must be a table or nil", 2)
+  end
+  local req = _M.current()
+  req.consumer, req.credential = consumer, credential
+end
+
+--- The authenticated consumer, or nil. @phases rewrite … log
+function _M.get_consumer()
+  check(REQUEST, "moongate.client.get_consumer")
+  return _M.current().consumer
+end
+
+--- The credential the consumer authenticated with, or nil. @phases rewrite … log
+function _M.get_credential()
+  check(REQUEST, "moongate.client.get_credential")
+  return _M.current().credential
+end
+
+return _M

@@ -1,0 +1,129 @@
+--- moongate.request: the client's request as the gateway received it (read-only).
+-- Hot getters are FFI calls that reuse the out-parameters of core.base.
+local ffi = require "ffi"
+local base = require "moongate.core.base"
+local phases = require "moongate.phases"
+
+local C, OK = base.C, base.OK
+local str_out, len_out, str_out2, len_out2 = base.str_out, base.len_out, base.str_out2,
+  base.len_out2
+local ffi_string = ffi.string
+local check, REQUEST = phases.check, phases.REQUEST
+local lower, gsub, gmatch, find, sub, char = string.lower, string.gsub, string.gmatch,
+  string.find, string.sub, string.char
+local tonumber, type, error = tonumber, type, error
+
+local _M = {}
+
+local function getter(fn, name)
+  return function()
+    check(REQUEST, name)
+    if fn(str_out, len_out) ~= OK then return nil end
+    return ffi_string(str_out[0], len_out[0])
+  end
+end
+
+--- The method, e.g. "GET". @phases rewrite, access, header_filter, body_filter, log
+_M.get_method = getter(C.mg_ffi_req_get_method, "moongate.request.get_method")
+--- The path as received, without the query string. @phases rewrite … log
+_M.get_path = getter(C.mg_ffi_req_get_path, "moongate.request.get_path")
+--- The query string as received, without "?" ("" when none). @phases rewrite … log
+_M.get_raw_query = getter(C.mg_ffi_req_get_raw_query, "moongate.request.get_raw_query")
+--- The host the client asked for (Host header or absolute-form target). @phases rewrite … log
+_M.get_host = getter(C.mg_ffi_req_get_host, "moongate.request.get_host")
+--- "http" or "https". @phases rewrite … log
+_M.get_scheme = getter(C.mg_ffi_req_get_scheme, "moongate.request.get_scheme")
+
+--- The port the client connected to. @phases rewrite … log
+function _M.get_port()
+  check(REQUEST, "moongate.request.get_port")
+  return C.mg_ffi_req_get_port()
+end
+
+--- 1.0 or 1.1. @phases rewrite … log
+function _M.get_http_version()
+  check(REQUEST, "moongate.request.get_http_version")
+  return C.mg_ffi_req_get_http_version()
+end
+
+--- The first value of a request header, or nil. Names are case-insensitive.
+-- @phases rewrite, access, header_filter, body_filter, log
+function _M.get_header(name)
+  check(REQUEST, "moongate.request.get_header")
+  if type(name) ~= "string" then
+    error("header name must be a string", 2)
+  end
+  if C.mg_ffi_req_get_header(name, #name, str_out, len_out) ~= OK then
+    return nil
+  end
+  return ffi_string(str_out[0], len_out[0])
+end
+
+--- All request headers: lower-cased names; a header sent several times maps to a list.
+-- @param max at most this many header lines (default 100)
+-- @phases rewrite, access, header_filter, body_filter, log
+function _M.get_headers(max)
+  check(REQUEST, "moongate.request.get_headers")
+  local n = C.mg_ffi_req_header_count()
+  if max and max < n then n = max end
+  local t = {}
+  for i = 0, n - 1 do
+    C.mg_ffi_req_header_at(i, str_out, len_out, str_out2, len_out2)
+    local k = lower(ffi_string(str_out[0], len_out[0]))
+    local v = ffi_string(str_out2[0], len_out2[0])
+    local prev = t[k]
+    if prev == nil then
+      t[k] = v
+    elseif type(prev) == "table" then
+      prev[#prev + 1] = v
+    else
+      t[k] = { prev, v }
+    end
+  end
+  return t
+end
+
+local function unescape(s)
+  s = gsub(s, "+", " ")
+  return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+end
+
+--- The query string decoded into a table (repeated keys map to lists; a key without "="
+-- maps to true). @phases rewrite … log
+function _M.get_query(max)
+  check(REQUEST, "moongate.request.get_query")
+  local q = _M.get_raw_query() or ""
+  local t, n = {}, 0
+  for pair in gmatch(q, "[^&]+") do
+    n = n + 1
+    if max and n > max then break end
+    local eq = find(pair, "=", 1, true)
+    local k, v
+    if eq then
+      k, v = unescape(sub(pair, 1, eq - 1)), unescape(sub(pair, eq + 1))
+    else
+      k, v = unescape(pair), true
+    end
+    local prev = t[k]
+    if prev == nil then
+      t[k] = v
+    elseif type(prev) == "table" then
+      prev[#prev + 1] = v
+    else
+      t[k] = { prev, v }
+    end
+  end
+  return t
+end
+
+--- One query argument (the first when repeated), or nil. @phases rewrite … log
+function _M.get_query_arg(name)
+  local v = _M.get_query()[name]
+  if type(v) == "table" then return v[1] end
+  return v
+end
+
+--- The request id (X-Request-ID unless configured otherwise). @phases rewrite … log
+_M.get_id = getter(C.mg_ffi_req_get_id, "moongate.request.get_id")
+
+return _M

@@ -1,0 +1,120 @@
+--- moongate.response: the answer the client gets. `exit` ends the request from rewrite or
+-- access (the upstream is never called); header changes made before the response head is
+-- sent apply to it, whether it comes from the upstream or from exit.
+local ffi = require "ffi"
+local cjson = require "cjson.safe"
+local base = require "moongate.core.base"
+local phases = require "moongate.phases"
+
+local C, OK = base.C, base.OK
+local str_out, len_out = base.str_out, base.len_out
+local ffi_string = ffi.string
+local check = phases.check
+local bor = require("bit").bor
+local type, tostring, pairs, error, concat, yield = type, tostring, pairs, error, table.concat,
+  coroutine.yield
+
+local _M = {}
+
+-- yielded by exit(): the C runtime ends the phase and sends what mg_ffi_resp_exit staged
+_M.EXIT = "moongate:exit"
+
+local BEFORE_HEAD = bor(phases.REWRITE, phases.ACCESS, phases.HEADER_FILTER)
+
+local function header_op(op, fn, name, value)
+  if type(name) ~= "string" or name == "" then
+    error("header name must be a non-empty string", 3)
+  end
+  if op ~= 2 then
+    if type(value) == "number" then value = tostring(value) end
+    if type(value) ~= "string" then
+      error("header value must be a string or a number", 3)
+    end
+    if value:find("[\r\n]") then
+      error("header value must not contain CR or LF", 3)
+    end
+  else
+    value = ""
+  end
+  if fn(op, name, #name, value, #value) ~= OK then
+    error("cannot change header \"" .. name .. "\" now: the response head was sent", 3)
+  end
+end
+
+--- Sets a response header, replacing every value it had. @phases rewrite, access, header_filter
+function _M.set_header(name, value)
+  check(BEFORE_HEAD, "moongate.response.set_header")
+  header_op(0, C.mg_ffi_resp_header, name, value)
+end
+
+--- Adds a value to a response header. @phases rewrite, access, header_filter
+function _M.add_header(name, value)
+  check(BEFORE_HEAD, "moongate.response.add_header")
+  header_op(1, C.mg_ffi_resp_header, name, value)
+end
+
+--- Removes a response header. @phases rewrite, access, header_filter
+function _M.clear_header(name)
+  check(BEFORE_HEAD, "moongate.response.clear_header")
+  header_op(2, C.mg_ffi_resp_header, name)
+end
+
+--- The status sent to the client (the upstream's, or exit's). @phases header_filter, body_filter, log
+function _M.get_status()
+  check(phases.AFTER_HEAD, "moongate.response.get_status")
+  return C.mg_ffi_resp_get_status()
+end
+
+--- A header of the response (as the upstream sent it). @phases header_filter, body_filter, log
+function _M.get_header(name)
+  check(phases.AFTER_HEAD, "moongate.response.get_header")
+  if type(name) ~= "string" then error("header name must be a string", 2) end
+  if C.mg_ffi_upstream_resp_get_header(name, #name, str_out, len_out) ~= OK then return nil end
+  return ffi_string(str_out[0], len_out[0])
+end
+
+--- Ends the request with this answer; never returns. A table body is sent as JSON.
+-- @param status HTTP status (100–599)
+-- @param body string, table (JSON) or nil
+-- @param headers table of name → value (or list of values)
+-- @phases rewrite, access
+function _M.exit(status, body, headers)
+  check(phases.BEFORE_PROXY, "moongate.response.exit")
+  if type(status) ~= "number" or status < 100 or status > 599 or status % 1 ~= 0 then
+    error("status must be an integer between 100 and 599", 2)
+  end
+  local block, ctype = {}, nil
+  if headers ~= nil then
+    if type(headers) ~= "table" then error("headers must be a table", 2) end
+    for k, v in pairs(headers) do
+      if type(k) ~= "string" or k:find("[%s:]") then
+        error("invalid header name: " .. tostring(k), 2)
+      end
+      if k:lower() == "content-type" then ctype = true end
+      local vs = type(v) == "table" and v or { v }
+      for _, one in ipairs(vs) do
+        one = tostring(one)
+        if one:find("[\r\n]") then error("header value must not contain CR or LF", 2) end
+        block[#block + 1] = k .. ": " .. one .. "\r\n"
+      end
+    end
+  end
+  if type(body) == "table" then
+    local json, err = cjson.encode(body)
+    if not json then error("cannot encode the body as JSON: " .. err, 2) end
+    body = json
+    if not ctype then block[#block + 1] = "Content-Type: application/json; charset=utf-8\r\n" end
+  elseif body ~= nil and type(body) ~= "string" then
+    error("body must be a string, a table or nil", 2)
+  end
+  local hdrs = concat(block)
+  body = body or ""
+  if C.mg_ffi_resp_exit(status, body, #body, hdrs, #hdrs) ~= OK then
+    error("cannot exit now: the response was already started", 2)
+  end
+  -- this coroutine is never resumed: leave no trace of the request behind
+  require("moongate.pdk").restore({ nil, nil, 0 })
+  yield(_M.EXIT)
+end
+
+return _M

@@ -1,0 +1,116 @@
+--- moongate.service: the request the gateway sends to the service (changes apply when the
+-- upstream request is written, so they are allowed until the proxy starts) and the
+-- service's response as it arrived.
+local ffi = require "ffi"
+local base = require "moongate.core.base"
+local phases = require "moongate.phases"
+
+local C, OK = base.C, base.OK
+local str_out, len_out = base.str_out, base.len_out
+local ffi_string = ffi.string
+local check, BEFORE_PROXY, AFTER_HEAD = phases.check, phases.BEFORE_PROXY, phases.AFTER_HEAD
+local type, tostring, error, pairs, concat, sort = type, tostring, error, pairs, table.concat,
+  table.sort
+local gsub, byte, format = string.gsub, string.byte, string.format
+
+local request, response = {}, {}
+
+local function header_op(op, name, value, fn_name)
+  check(BEFORE_PROXY, fn_name)
+  if type(name) ~= "string" or name == "" or name:find("[%s:]") then
+    error("header name must be a non-empty token", 3)
+  end
+  if op ~= 2 then
+    if type(value) == "number" then value = tostring(value) end
+    if type(value) ~= "string" then error("header value must be a string or a number", 3) end
+    if value:find("[\r\n%z]") then error("header value must not contain CR, LF or NUL", 3) end
+  else
+    value = ""
+  end
+  if C.mg_ffi_upstream_header(op, name, #name, value, #value) ~= OK then
+    error("cannot change the upstream request now", 3)
+  end
+end
+
+--- Sets a header of the upstream request, replacing the client's. @phases rewrite, access
+function request.set_header(name, value)
+  header_op(0, name, value, "moongate.service.request.set_header")
+end
+
+--- Adds a header value to the upstream request. @phases rewrite, access
+function request.add_header(name, value)
+  header_op(1, name, value, "moongate.service.request.add_header")
+end
+
+--- Removes a header from the upstream request. @phases rewrite, access
+function request.clear_header(name)
+  header_op(2, name, nil, "moongate.service.request.clear_header")
+end
+
+--- Replaces the upstream path (the service path and strip_path no longer apply).
+-- @phases rewrite, access
+function request.set_path(path)
+  check(BEFORE_PROXY, "moongate.service.request.set_path")
+  if type(path) ~= "string" or byte(path, 1) ~= 47 or path:find("[%s%z?#]") then
+    error("path must be a string starting with \"/\" without spaces, \"?\" or \"#\"", 2)
+  end
+  C.mg_ffi_upstream_set_path(path, #path)
+end
+
+--- Replaces the upstream query string (without "?"). @phases rewrite, access
+function request.set_raw_query(query)
+  check(BEFORE_PROXY, "moongate.service.request.set_raw_query")
+  if type(query) ~= "string" or query:find("[%s%z#]") then
+    error("query must be a string without spaces or \"#\"", 2)
+  end
+  C.mg_ffi_upstream_set_query(query, #query)
+end
+
+local function escape(s)
+  return (gsub(tostring(s), "[^%w%-%._~]", function(c) return format("%%%02X", byte(c)) end))
+end
+
+--- Replaces the upstream query string with the encoded table (keys sorted; a list value
+-- repeats its key; `true` gives a bare key). @phases rewrite, access
+function request.set_query(args)
+  check(BEFORE_PROXY, "moongate.service.request.set_query")
+  if type(args) ~= "table" then error("args must be a table", 2) end
+  local keys = {}
+  for k in pairs(args) do keys[#keys + 1] = tostring(k) end
+  sort(keys)
+  local parts = {}
+  for _, k in ipairs(keys) do
+    local v = args[k]
+    local vs = type(v) == "table" and v or { v }
+    for _, one in ipairs(vs) do
+      parts[#parts + 1] = one == true and escape(k) or escape(k) .. "=" .. escape(one)
+    end
+  end
+  local q = concat(parts, "&")
+  C.mg_ffi_upstream_set_query(q, #q)
+end
+
+--- Replaces the upstream method. @phases rewrite, access
+function request.set_method(method)
+  check(BEFORE_PROXY, "moongate.service.request.set_method")
+  if type(method) ~= "string" or not method:find("^[%u]+$") then
+    error("method must be an upper-case token such as \"GET\"", 2)
+  end
+  C.mg_ffi_upstream_set_method(method, #method)
+end
+
+--- A header of the service's response as it arrived. @phases header_filter, body_filter, log
+function response.get_header(name)
+  check(AFTER_HEAD, "moongate.service.response.get_header")
+  if type(name) ~= "string" then error("header name must be a string", 2) end
+  if C.mg_ffi_upstream_resp_get_header(name, #name, str_out, len_out) ~= OK then return nil end
+  return ffi_string(str_out[0], len_out[0])
+end
+
+--- The service's status. @phases header_filter, body_filter, log
+function response.get_status()
+  check(AFTER_HEAD, "moongate.service.response.get_status")
+  return C.mg_ffi_resp_get_status()
+end
+
+return { request = request, response = response }

@@ -1,0 +1,272 @@
+--- moongate.runtime: the Lua side of the gateway. In the master, at config load, `load()`
+-- resolves every plugin entity (enabled? installed?), validates its config against the
+-- plugin's schema (filling defaults), and computes each route's plugin chain per phase,
+-- ordered by PRIORITY, with Kong 3.x's scope precedence. Workers inherit the result by fork.
+-- Per request, the C runtime calls `run(phase, route, id)` (in a coroutine for rewrite and
+-- access): the chain runs, each handler in xpcall so a failing plugin fails only its request.
+local phases = require "moongate.phases"
+local pdk = require "moongate.pdk"
+local schema = require "moongate.schema"
+local response = require "moongate.pdk.response"
+local log = require "moongate.pdk.log"
+local base = require "moongate.core.base"
+
+local C = base.C
+local traceback, xpcall, pcall, require = debug.traceback, xpcall, pcall, require
+local type, pairs, ipairs, tostring, sort, concat, format = type, pairs, ipairs, tostring,
+  table.sort, table.concat, string.format
+local bor, band = require("bit").bor, require("bit").band
+
+local _M = {}
+
+_M.EXIT = "moongate:exit"   -- what response.exit yields; C ends the phase on it
+
+local installed = {}        -- name -> { handler, schema, priority }
+local chains = {}           -- route index (C's, 0-based) -> { [phase] = { entries } }
+local global_chain = {}     -- phase -> entries of global plugins (rewrite runs before routing)
+local reqs = {}             -- request id -> per-request state
+local cur                   -- state of the request whose code is running
+
+-- ---- the PDK's view of "now" ------------------------------------------------------------
+
+pdk.current = function()
+  if not cur then error("no request is running", 3) end
+  return cur
+end
+pdk.save = function() return { cur, log.plugin_name, phases.current } end
+pdk.restore = function(s) cur, log.plugin_name, phases.current = s[1], s[2], s[3] end
+
+_G.moongate = pdk.moongate
+_G.kong = pdk.moongate
+
+-- ---- loading ----------------------------------------------------------------------------
+
+local function load_plugin(name)
+  local p = installed[name]
+  if p then return p end
+  local ok, handler = pcall(require, "moongate.plugins." .. name .. ".handler")
+  if not ok then
+    return nil, handler
+  end
+  local ok2, sch = pcall(require, "moongate.plugins." .. name .. ".schema")
+  if not ok2 then
+    return nil, sch
+  end
+  if type(handler) ~= "table" then
+    return nil, "moongate.plugins." .. name .. ".handler must return a table"
+  end
+  local okc, err = schema.check_schema(sch, name)
+  if not okc then
+    return nil, err   -- names the plugin and every problem
+  end
+  local priority = handler.PRIORITY
+  if type(priority) ~= "number" then
+    return nil, "moongate.plugins." .. name .. ".handler has no numeric PRIORITY"
+  end
+  p = { name = name, handler = handler, schema = sch, priority = priority }
+  installed[name] = p
+  return p
+end
+
+local function first_line(err)
+  err = tostring(err)
+  return (err:match("^[^\n]*"))
+end
+
+-- Kong 3.x precedence among the scopes this build knows before authentication:
+-- route+service, route, service, global (consumer scopes join once consumers land)
+local function rank(e, route)
+  local r, s = e.route, e.service
+  if r >= 0 and r ~= route.index then return nil end
+  if s >= 0 and s ~= route.service then return nil end
+  if e.consumer >= 0 then return nil end
+  if r >= 0 and s >= 0 then return 4 end
+  if r >= 0 then return 3 end
+  if s >= 0 then return 2 end
+  return 1
+end
+
+local function by_priority(a, b)
+  if a.priority ~= b.priority then return a.priority > b.priority end
+  return a.name < b.name
+end
+
+local function make_chains(entries, filter)
+  local out = {}
+  for _, phase in ipairs(phases.ORDER) do
+    local list = {}
+    for _, e in ipairs(entries) do
+      local fn = e.plugin.handler[phase]
+      if type(fn) == "function" and (not filter or filter(phase)) then
+        list[#list + 1] = { name = e.plugin.name, handler = e.plugin.handler, fn = fn,
+                            conf = e.config, priority = e.plugin.priority }
+      end
+    end
+    sort(list, by_priority)
+    if #list > 0 then out[phase] = list end
+  end
+  return out
+end
+
+local function mask_of(chain)
+  local m = 0
+  for phase in pairs(chain) do m = bor(m, phases.BY_NAME[phase]) end
+  return m
+end
+
+--- Validates the plugin entities of a config and builds the chains.
+-- @param conf { plugin_names, plugins = { {name, path, service, route, consumer, enabled,
+--   config} }, routes = { {index, service, name} }, node_id }
+-- @return errors (array of "PATH: message", empty when valid), route masks (C index → bits),
+--   the global mask (rewrite before routing)
+function _M.load(conf)
+  local errors = {}
+  local function fail(fmt_, ...) errors[#errors + 1] = format(fmt_, ...) end
+  pdk.node_id = conf.node_id
+
+  local enabled = {}
+  for i, name in ipairs(conf.plugin_names or { "bundled" }) do
+    if name == "bundled" then
+      for _, b in ipairs(require "moongate.bundled") do enabled[b] = true end
+    elseif name ~= "off" then
+      enabled[name] = true
+      local _, err = load_plugin(name)
+      if err then
+        fail("plugins[%d]: plugin \"%s\" is enabled but cannot be loaded: %s", i - 1, name,
+             first_line(err))
+      end
+    end
+  end
+
+  local valid = {}
+  for _, e in ipairs(conf.plugins or {}) do
+    local path = e.path
+    if not enabled[e.name] then
+      fail("%s.name: plugin \"%s\" is not enabled", path, e.name)
+    else
+      local p, err = load_plugin(e.name)
+      if not p then
+        fail("%s.name: plugin \"%s\" cannot be loaded: %s", path, e.name, first_line(err))
+      else
+        local config, errs = schema.validate_plugin_config(p.schema, e.config, path .. ".config")
+        if not config then
+          for _, m in ipairs(errs) do errors[#errors + 1] = m end
+        elseif e.enabled ~= false then
+          valid[#valid + 1] = { plugin = p, config = config, route = e.route,
+                                service = e.service, consumer = e.consumer }
+        end
+      end
+    end
+  end
+  if #errors > 0 then return errors end
+
+  -- global plugins: rewrite runs before routing, for every request
+  local globals = {}
+  for _, e in ipairs(valid) do
+    if e.route < 0 and e.service < 0 and e.consumer < 0 then globals[#globals + 1] = e end
+  end
+  global_chain = make_chains(globals, function(phase) return phase == "rewrite" end)
+
+  chains = {}
+  local masks = {}
+  for _, route in ipairs(conf.routes or {}) do
+    local best = {}
+    for _, e in ipairs(valid) do
+      local r = rank(e, route)
+      local name = e.plugin.name
+      if r and (not best[name] or r > best[name].rank) then
+        best[name] = { rank = r, plugin = e.plugin, config = e.config }
+      end
+    end
+    local entries = {}
+    for _, b in pairs(best) do entries[#entries + 1] = b end
+    -- rewrite is for global plugins only (Kong): it ran before the route was known
+    local chain = make_chains(entries, function(phase) return phase ~= "rewrite" end)
+    chains[route.index] = chain
+    masks[route.index] = mask_of(chain)
+  end
+  return errors, masks, mask_of(global_chain)
+end
+
+--- Runs every plugin's init_worker handler (in each worker, after fork).
+function _M.init_worker()
+  phases.current = phases.INIT_WORKER
+  for name, p in pairs(installed) do
+    if type(p.handler.init_worker) == "function" then
+      log.plugin_name = name
+      local ok, err = xpcall(p.handler.init_worker, traceback, p.handler)
+      if not ok then
+        log.plugin_name = nil
+        local msg = format("[%s] init_worker failed: %s", name, tostring(err))
+        C.mg_ffi_log(4, msg, #msg)
+      end
+    end
+  end
+  log.plugin_name = nil
+  phases.current = 0
+end
+
+-- ---- running ----------------------------------------------------------------------------
+
+local function state_for(id)
+  local s = reqs[id]
+  if not s then
+    s = { shared = {}, plugin_ctx = {}, started_at = C.mg_ffi_now() }
+    reqs[id] = s
+  end
+  return s
+end
+
+local function report(phase, name, err)
+  local rid = pdk.moongate.request.get_id() or "-"
+  local msg = format("[%s] %s phase failed (route %s, request %s): %s", name, phase,
+                     tostring(pdk.route_name() or "-"), rid, tostring(err))
+  C.mg_ffi_log(4, msg, #msg)
+end
+
+--- Runs one phase of the chain for a request.
+-- @param phase "rewrite", "access", "header_filter", "body_filter" or "log"
+-- @param route the route's C index (-1 for the global rewrite chain)
+-- @param id the request's id (a number the C side allocates)
+-- @return true when every handler returned; false after a handler raised (the request is
+--   answered 500); yields _M.EXIT through response.exit
+function _M.run(phase, route, id)
+  local chain = route < 0 and global_chain or chains[route]
+  local list = chain and chain[phase]
+  local state = state_for(id)
+  cur = state
+  phases.current = phases.BY_NAME[phase]
+  if list then
+    local ctxs = state.plugin_ctx
+    for i = 1, #list do
+      local e = list[i]
+      local pctx = ctxs[e.name]
+      if not pctx then
+        pctx = {}
+        ctxs[e.name] = pctx
+      end
+      state.plugin = pctx
+      log.plugin_name = e.name
+      local ok, err = xpcall(e.fn, traceback, e.handler, e.conf)
+      if not ok then
+        report(phase, e.name, err)
+        log.plugin_name, cur, phases.current = nil, nil, 0
+        if phase == "log" then reqs[id] = nil end
+        return false
+      end
+      cur, phases.current = state, phases.BY_NAME[phase]   -- a yield may have changed them
+    end
+  end
+  log.plugin_name, cur, phases.current = nil, nil, 0
+  if phase == "log" then reqs[id] = nil end
+  return true
+end
+
+--- Forgets a request's state (it ended without a log phase: aborted).
+function _M.forget(id)
+  reqs[id] = nil
+end
+
+-- exposed for specs (the in-process kit) and C
+_M.chains = function() return chains end
+return _M

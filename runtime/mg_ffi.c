@@ -1,0 +1,270 @@
+/*
+ * mg_ffi.c — the functions behind mg_ffi.h, called from Lua through LuaJIT's FFI. They read
+ * and change the running request (mg_lua_current): its parsed head, the changes to make to
+ * the upstream request and to the response, a response a plugin answers with itself, logs
+ * and the timer behind moongate.sleep. None raises, none allocates outside the request
+ * pool, and strings handed out live as long as the request.
+ */
+#include <stdio.h>
+#include <unistd.h>
+
+#include "mg_ffi.h"
+#include "mg_log.h"
+#include "mg_lua.h"
+
+#define CUR(r)                                                                                     \
+    mg_req_t *r = mg_lua_current;                                                                  \
+    if (r == NULL) return MG_ERROR
+
+static int out_str(mg_str_t v, const char **s, size_t *len)
+{
+    *s = v.data ? v.data : "";
+    *len = v.len;
+    return MG_OK;
+}
+
+int mg_ffi_abi(void)
+{
+    return MG_FFI_ABI;
+}
+
+int mg_ffi_req_get_method(const char **s, size_t *len)
+{
+    CUR(r);
+    return out_str(r->msg.method, s, len);
+}
+
+int mg_ffi_req_get_path(const char **s, size_t *len)
+{
+    CUR(r);
+    return out_str(r->msg.path, s, len);
+}
+
+int mg_ffi_req_get_raw_query(const char **s, size_t *len)
+{
+    CUR(r);
+    return out_str(r->msg.query, s, len);
+}
+
+int mg_ffi_req_get_host(const char **s, size_t *len)
+{
+    CUR(r);
+    mg_str_t h = r->msg.host;
+    /* without the port */
+    const char *end = h.data + h.len;
+    if (h.len && h.data[0] == '[') {
+        const char *rb = memchr(h.data, ']', h.len);
+        if (rb) end = rb + 1;
+    } else {
+        const char *colon = h.len ? memchr(h.data, ':', h.len) : NULL;
+        if (colon) end = colon;
+    }
+    return out_str((mg_str_t){(size_t)(end - h.data), h.data}, s, len);
+}
+
+int mg_ffi_req_get_scheme(const char **s, size_t *len)
+{
+    CUR(r);
+    return out_str(r->c->ls->conf->ssl ? MG_STR("https") : MG_STR("http"), s, len);
+}
+
+int mg_ffi_req_get_port(void)
+{
+    CUR(r);
+    return r->c->ls->port;
+}
+
+double mg_ffi_req_get_http_version(void)
+{
+    mg_req_t *r = mg_lua_current;
+    return r ? (r->msg.minor == 0 ? 1.0 : 1.1) : 0;
+}
+
+int mg_ffi_req_get_header(const char *name, size_t nlen, const char **s, size_t *len)
+{
+    CUR(r);
+    const mg_header_t *h = mg_http_header(&r->msg, (mg_str_t){nlen, name});
+    if (h == NULL) return MG_DECLINED;
+    return out_str(h->value, s, len);
+}
+
+int mg_ffi_req_header_count(void)
+{
+    mg_req_t *r = mg_lua_current;
+    return r ? (int)r->msg.nheaders : 0;
+}
+
+int mg_ffi_req_header_at(int i, const char **name, size_t *nlen, const char **value, size_t *vlen)
+{
+    CUR(r);
+    if (i < 0 || (unsigned)i >= r->msg.nheaders) return MG_DECLINED;
+    out_str(r->msg.headers[i].name, name, nlen);
+    return out_str(r->msg.headers[i].value, value, vlen);
+}
+
+int mg_ffi_req_get_id(const char **s, size_t *len)
+{
+    CUR(r);
+    return out_str(r->rid, s, len);
+}
+
+int mg_ffi_req_get_route_name(const char **s, size_t *len)
+{
+    CUR(r);
+    const char *n = r->route && r->route->name ? r->route->name : "";
+    return out_str((mg_str_t){strlen(n), n}, s, len);
+}
+
+int mg_ffi_req_get_service_name(const char **s, size_t *len)
+{
+    CUR(r);
+    const char *n = r->service && r->service->name ? r->service->name : "";
+    return out_str((mg_str_t){strlen(n), n}, s, len);
+}
+
+int mg_ffi_client_get_ip(char *buf, size_t buflen, size_t *len)
+{
+    CUR(r);
+    *len = mg_conn_client_ip(r->c, buf, buflen);
+    return MG_OK;
+}
+
+int mg_ffi_client_get_forwarded_ip(char *buf, size_t buflen, size_t *len)
+{
+    CUR(r);
+    mg_str_t real;
+    if (mg_proxy_forwarded_ip(r, &real) == MG_OK && real.len < buflen) {
+        memcpy(buf, real.data, real.len);
+        *len = real.len;
+        return MG_OK;
+    }
+    *len = mg_conn_client_ip(r->c, buf, buflen);
+    return MG_OK;
+}
+
+int mg_ffi_client_get_port(void)
+{
+    CUR(r);
+    return r->c->peer_port;
+}
+
+/* Copies name/value into the request pool and appends an op to the list. */
+static int add_op(mg_req_t *r, mg_hdr_op_t **head, mg_hdr_op_t ***tail, int op, const char *name,
+                  size_t nlen, const char *value, size_t vlen)
+{
+    mg_hdr_op_t *o = mg_pool_alloc(r->pool, sizeof(*o));
+    char *n = mg_pool_strndup(r->pool, name, nlen);
+    char *v = mg_pool_strndup(r->pool, value ? value : "", value ? vlen : 0);
+    if (o == NULL || n == NULL || v == NULL || op < 0 || op > 2) return MG_ERROR;
+    o->next = NULL;
+    o->op = op;
+    o->name = (mg_str_t){nlen, n};
+    o->value = (mg_str_t){value ? vlen : 0, v};
+    if (*tail == NULL) *tail = head;
+    **tail = o;
+    *tail = &o->next;
+    return MG_OK;
+}
+
+int mg_ffi_upstream_header(int op, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    CUR(r);
+    if (r->u) return MG_DECLINED; /* the upstream request is already written */
+    return add_op(r, &r->up_ops, &r->up_ops_tail, op, name, nlen, value, vlen);
+}
+
+static int set_override(mg_req_t *r, mg_str_t *dst, const char *s, size_t len)
+{
+    if (r->u) return MG_DECLINED;
+    char *copy = mg_pool_strndup(r->pool, s, len);
+    if (copy == NULL) return MG_ERROR;
+    *dst = (mg_str_t){len, copy};
+    return MG_OK;
+}
+
+int mg_ffi_upstream_set_path(const char *path, size_t len)
+{
+    CUR(r);
+    return set_override(r, &r->up_path, path, len);
+}
+
+int mg_ffi_upstream_set_query(const char *query, size_t len)
+{
+    CUR(r);
+    return set_override(r, &r->up_query, query, len);
+}
+
+int mg_ffi_upstream_set_method(const char *method, size_t len)
+{
+    CUR(r);
+    return set_override(r, &r->up_method, method, len);
+}
+
+int mg_ffi_resp_get_status(void)
+{
+    CUR(r);
+    return (int)r->status;
+}
+
+int mg_ffi_upstream_resp_get_header(const char *name, size_t nlen, const char **s, size_t *len)
+{
+    CUR(r);
+    if (!r->resp.head_done) return MG_DECLINED;
+    const mg_header_t *h = mg_http_header(&r->resp, (mg_str_t){nlen, name});
+    if (h == NULL) return MG_DECLINED;
+    return out_str(h->value, s, len);
+}
+
+int mg_ffi_resp_header(int op, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    CUR(r);
+    if (r->head_sent) return MG_DECLINED;
+    return add_op(r, &r->resp_ops, &r->resp_ops_tail, op, name, nlen, value, vlen);
+}
+
+int mg_ffi_resp_exit(int status, const char *body, size_t blen, const char *headers, size_t hlen)
+{
+    CUR(r);
+    if (r->head_sent || r->u) return MG_DECLINED;
+    return mg_conn_stage_response(r, (unsigned)status, body, blen, headers, hlen);
+}
+
+int mg_ffi_log_enabled(int level)
+{
+    return level >= (int)mg_log_level;
+}
+
+void mg_ffi_log(int level, const char *msg, size_t len)
+{
+    if (level < MG_LOG_DEBUG || level > MG_LOG_CRIT) level = MG_LOG_ERR;
+    mg_log((mg_log_level_t)level, "%.*s", (int)MG_MIN(len, 1900), msg);
+}
+
+int mg_ffi_worker_id(void)
+{
+    return (int)mg_worker.slot;
+}
+
+int mg_ffi_worker_pid(void)
+{
+    return (int)getpid();
+}
+
+double mg_ffi_now(void)
+{
+    return mg_worker.loop ? ev_now(mg_worker.loop) : ev_time();
+}
+
+static void sleep_done(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    mg_req_t *r = MG_CONTAINER_OF(w, mg_req_t, lua_timer);
+    mg_lua_resume(r);
+}
+
+int mg_ffi_sleep(double seconds)
+{
+    CUR(r);
+    ev_timer_init(&r->lua_timer, sleep_done, seconds, 0.);
+    ev_timer_start(mg_worker.loop, &r->lua_timer);
+    return MG_AGAIN;
+}

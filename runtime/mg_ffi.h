@@ -1,0 +1,73 @@
+/*
+ * mg_ffi.h — THE Lua-facing ABI: every function the Lua side calls through LuaJIT's FFI, and
+ * nothing else. lua/moongate/core/base.lua declares exactly these prototypes (ffi.cdef) and
+ * checks mg_ffi_abi() at load, so a Lua tree never runs against a runtime built from other
+ * sources. Rules (lua-resty-core's): no function raises; each returns an rc (MG_OK, MG_ERROR,
+ * MG_DECLINED, ...) and hands strings out through pointer/length out-parameters that stay
+ * valid until the request ends; every request function works on the request whose Lua code
+ * is running (mg_lua_current) and returns MG_ERROR when there is none.
+ */
+#ifndef MG_FFI_H
+#define MG_FFI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MG_FFI_ABI 1
+
+int mg_ffi_abi(void);
+
+/* ---- the client request -------------------------------------------------------------- */
+int mg_ffi_req_get_method(const char **s, size_t *len);
+int mg_ffi_req_get_path(const char **s, size_t *len);
+int mg_ffi_req_get_raw_query(const char **s, size_t *len);
+int mg_ffi_req_get_host(const char **s, size_t *len);
+int mg_ffi_req_get_scheme(const char **s, size_t *len);
+int mg_ffi_req_get_port(void);
+double mg_ffi_req_get_http_version(void);
+/* first value of header `name` (any case): MG_OK, or MG_DECLINED when absent */
+int mg_ffi_req_get_header(const char *name, size_t nlen, const char **s, size_t *len);
+/* number of request header lines, and the i-th (0-based) */
+int mg_ffi_req_header_count(void);
+int mg_ffi_req_header_at(int i, const char **name, size_t *nlen, const char **value, size_t *vlen);
+/* the request id (generated or the client's) */
+int mg_ffi_req_get_id(const char **s, size_t *len);
+/* route and service names ("" when unnamed) */
+int mg_ffi_req_get_route_name(const char **s, size_t *len);
+int mg_ffi_req_get_service_name(const char **s, size_t *len);
+
+/* ---- the client ---------------------------------------------------------------------- */
+int mg_ffi_client_get_ip(char *buf, size_t buflen, size_t *len);
+int mg_ffi_client_get_forwarded_ip(char *buf, size_t buflen, size_t *len);
+int mg_ffi_client_get_port(void);
+
+/* ---- the request to the service (applied when the upstream request is written) -------- */
+/* op: 0 = set (replace every value), 1 = add, 2 = clear */
+int mg_ffi_upstream_header(int op, const char *name, size_t nlen, const char *value, size_t vlen);
+int mg_ffi_upstream_set_path(const char *path, size_t len);
+int mg_ffi_upstream_set_query(const char *query, size_t len);
+int mg_ffi_upstream_set_method(const char *method, size_t len);
+
+/* ---- the response to the client ------------------------------------------------------ */
+/* status sent or about to be sent (0 before the upstream answered) */
+int mg_ffi_resp_get_status(void);
+/* a header of the upstream's response (header_filter on): MG_OK / MG_DECLINED */
+int mg_ffi_upstream_resp_get_header(const char *name, size_t nlen, const char **s, size_t *len);
+/* op as for mg_ffi_upstream_header; applies to the response head the client gets */
+int mg_ffi_resp_header(int op, const char *name, size_t nlen, const char *value, size_t vlen);
+/* Ends the request with this answer instead of proxying (access/rewrite) or replaces the
+ * upstream's (header_filter): status, body, and a header block "Name: value\r\n..." */
+int mg_ffi_resp_exit(int status, const char *body, size_t blen, const char *headers, size_t hlen);
+
+/* ---- logging and the node ------------------------------------------------------------ */
+/* level as mg_log_level_t; returns 1 when that level is logged (callers skip formatting) */
+int mg_ffi_log_enabled(int level);
+void mg_ffi_log(int level, const char *msg, size_t len);
+int mg_ffi_worker_id(void);
+int mg_ffi_worker_pid(void);
+double mg_ffi_now(void);
+/* Arms a timer that resumes the running coroutine after `seconds`; returns MG_AGAIN (the
+ * caller yields) or MG_ERROR when no request runs. */
+int mg_ffi_sleep(double seconds);
+
+#endif

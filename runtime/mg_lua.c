@@ -1,0 +1,426 @@
+/*
+ * mg_lua.c — the LuaJIT state and the phase runner. The master creates the state when it
+ * loads a config: it points package.path at the Lua tree (lua/ next to the binary's
+ * directory, or MOONGATE_LUA_ROOT) and at plugins/<name>/ for bundled plugins, hands the
+ * plugin entities to moongate.runtime.load() which validates them and builds the per-route
+ * chains, and keeps the phase masks in C so that a route without plugins never enters Lua.
+ * Workers inherit the state through fork. Per request, rewrite and access run in a
+ * coroutine (a plugin may wait on a timer or a socket: the coroutine yields, the worker
+ * serves others, mg_lua_resume() picks it up); header_filter and log are plain calls. This
+ * file is the classic-C-API side (cold, or once per phase); PDK calls go through mg_ffi.c.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/random.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "mg_log.h"
+#include "mg_lua.h"
+
+struct mg_lua_s {
+    lua_State *L;
+    int run_ref;          /* moongate.runtime.run */
+    unsigned *route_mask; /* by route index */
+    size_t nroutes;
+    unsigned global_mask;
+};
+
+mg_lua_t *mg_lua;
+mg_req_t *mg_lua_current;
+static unsigned next_request_id;
+
+static void push_value(lua_State *L, const mg_value_t *v);
+static int lua_root(char *buf, size_t len);
+
+/* ---- loading ------------------------------------------------------------------------- */
+
+static int lua_root(char *buf, size_t len)
+{
+    const char *env = getenv("MOONGATE_LUA_ROOT");
+    if (env && *env) {
+        snprintf(buf, len, "%s", env);
+        return MG_OK;
+    }
+    /* the tree sits next to the binary's directory: build/moongate -> ./lua */
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0) return MG_ERROR;
+    exe[n] = '\0';
+    for (int up = 0; up < 3; up++) {
+        char *slash = strrchr(exe, '/');
+        if (slash == NULL) break;
+        *slash = '\0';
+        char probe[PATH_MAX + 64];
+        snprintf(probe, sizeof(probe), "%s/lua/moongate/runtime.lua", exe);
+        if (access(probe, R_OK) == 0) {
+            snprintf(buf, len, "%s", exe);
+            return MG_OK;
+        }
+        snprintf(probe, sizeof(probe), "%s/share/moongate/lua/moongate/runtime.lua", exe);
+        if (access(probe, R_OK) == 0) {
+            int w = snprintf(buf, len, "%s/share/moongate", exe);
+            return w > 0 && (size_t)w < len ? MG_OK : MG_ERROR;
+        }
+    }
+    return MG_ERROR;
+}
+
+static void push_value(lua_State *L, const mg_value_t *v)
+{
+    if (v == NULL) {
+        lua_pushnil(L);
+        return;
+    }
+    switch (v->kind) {
+    case MG_VAL_NULL:
+        lua_pushnil(L);
+        break;
+    case MG_VAL_BOOL:
+        lua_pushboolean(L, v->u.boolean);
+        break;
+    case MG_VAL_INT:
+        lua_pushnumber(L, (lua_Number)v->u.integer);
+        break;
+    case MG_VAL_FLOAT:
+        lua_pushnumber(L, v->u.number);
+        break;
+    case MG_VAL_STRING:
+        lua_pushlstring(L, v->str, v->len);
+        break;
+    case MG_VAL_ARRAY:
+        lua_createtable(L, (int)v->len, 0);
+        for (size_t i = 0; i < v->len; i++) {
+            push_value(L, &v->items[i]);
+            lua_rawseti(L, -2, (int)i + 1);
+        }
+        break;
+    case MG_VAL_MAP:
+        lua_createtable(L, 0, (int)v->len);
+        for (size_t i = 0; i < v->len; i++) {
+            push_value(L, &v->items[i]);
+            lua_setfield(L, -2, v->keys[i]);
+        }
+        break;
+    }
+}
+
+static void set_int(lua_State *L, const char *k, long v)
+{
+    lua_pushnumber(L, (lua_Number)v);
+    lua_setfield(L, -2, k);
+}
+
+static void set_str(lua_State *L, const char *k, const char *v)
+{
+    if (v == NULL) return;
+    lua_pushstring(L, v);
+    lua_setfield(L, -2, k);
+}
+
+/* The config as moongate.runtime.load() takes it. */
+static void push_conf(lua_State *L, const mg_config_t *cfg)
+{
+    lua_newtable(L);
+    lua_createtable(L, (int)cfg->nplugin_names, 0);
+    for (size_t i = 0; i < cfg->nplugin_names; i++) {
+        lua_pushstring(L, cfg->plugin_names[i]);
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_setfield(L, -2, "plugin_names");
+
+    lua_createtable(L, (int)cfg->nplugins, 0);
+    for (size_t i = 0; i < cfg->nplugins; i++) {
+        const mg_plugin_conf_t *p = &cfg->plugins[i];
+        lua_newtable(L);
+        set_str(L, "name", p->name);
+        set_str(L, "path", p->path);
+        set_int(L, "service", p->service);
+        set_int(L, "route", p->route);
+        set_int(L, "consumer", p->consumer);
+        lua_pushboolean(L, p->enabled);
+        lua_setfield(L, -2, "enabled");
+        push_value(L, p->config);
+        lua_setfield(L, -2, "config");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_setfield(L, -2, "plugins");
+
+    lua_createtable(L, (int)cfg->nroutes, 0);
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const mg_route_t *rt = &cfg->routes[i];
+        lua_newtable(L);
+        set_int(L, "index", (long)rt->index);
+        set_int(L, "service", (long)rt->service->index);
+        set_str(L, "name", rt->name);
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_setfield(L, -2, "routes");
+
+    uint8_t raw[16];
+    char id[37];
+    if (getrandom(raw, sizeof(raw), 0) != sizeof(raw)) memset(raw, 0x5a, sizeof(raw));
+    raw[6] = (uint8_t)((raw[6] & 0x0f) | 0x40); /* a version-4 UUID */
+    raw[8] = (uint8_t)((raw[8] & 0x3f) | 0x80);
+    snprintf(id, sizeof(id), "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+             raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7], raw[8], raw[9],
+             raw[10], raw[11], raw[12], raw[13], raw[14], raw[15]);
+    set_str(L, "node_id", id);
+}
+
+mg_lua_t *mg_lua_load(const mg_config_t *cfg, mg_config_errors_t *errs)
+{
+    char root[PATH_MAX];
+    if (lua_root(root, sizeof(root)) != MG_OK) {
+        mg_config_errors_add(errs,
+                             "%s: cannot find the Lua tree (lua/moongate/runtime.lua next "
+                             "to the binary); set MOONGATE_LUA_ROOT",
+                             cfg->path);
+        return NULL;
+    }
+    mg_lua_t *l = calloc(1, sizeof(*l));
+    if (l == NULL) return NULL;
+    lua_State *L = l->L = luaL_newstate();
+    if (L == NULL) {
+        free(l);
+        return NULL;
+    }
+    luaL_openlibs(L);
+
+    /* package.path: the user's entries first (";;" = ours), then the tree */
+    char ours[3 * PATH_MAX];
+    snprintf(ours, sizeof(ours), "%s/lua/?.lua;%s/lua/?/init.lua", root, root);
+    lua_getglobal(L, "package");
+    const char *user = cfg->lua_package_path;
+    if (user && *user) {
+        luaL_gsub(L, user, ";;", ";\1;");
+        luaL_gsub(L, lua_tostring(L, -1), "\1", ours);
+        lua_remove(L, -2);
+        lua_pushfstring(L, "%s;%s", lua_tostring(L, -1), ours);
+        lua_remove(L, -2);
+    } else {
+        lua_pushstring(L, ours);
+    }
+    lua_setfield(L, -2, "path");
+    /* bundled plugins: moongate.plugins.<name>.<module> -> ROOT/plugins/<name>/<module>.lua */
+    lua_pushfstring(L, "%s/plugins", root);
+    lua_setfield(L, -2, "moongate_bundled_dir");
+    lua_pop(L, 1);
+
+    static const char boot[] =
+        "local dir = package.moongate_bundled_dir\n"
+        "table.insert(package.loaders, 2, function(name)\n"
+        "  local plugin, mod = name:match('^moongate%.plugins%.([%w_%-]+)%.([%w_]+)$')\n"
+        "  if not plugin then return nil end\n"
+        "  local file = dir .. '/' .. plugin .. '/' .. mod .. '.lua'\n"
+        "  local f = io.open(file, 'r')\n"
+        "  if not f then return '\\n\\tno file \\'' .. file .. '\\'' end\n"
+        "  f:close()\n"
+        "  return assert(loadfile(file))\n"
+        "end)\n"
+        "return require 'moongate.runtime'\n";
+    if (luaL_loadbuffer(L, boot, sizeof(boot) - 1, "=moongate.boot") != 0 ||
+        lua_pcall(L, 0, 1, 0) != 0) {
+        mg_config_errors_add(errs, "%s: cannot load the Lua runtime: %s", cfg->path,
+                             lua_tostring(L, -1));
+        mg_lua_close(l);
+        return NULL;
+    }
+    /* runtime table on the stack */
+    lua_getfield(L, -1, "run");
+    l->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "load");
+    push_conf(L, cfg);
+    if (lua_pcall(L, 1, 3, 0) != 0) {
+        mg_config_errors_add(errs, "%s: plugin configuration failed: %s", cfg->path,
+                             lua_tostring(L, -1));
+        mg_lua_close(l);
+        return NULL;
+    }
+    /* stack: runtime, errors, masks, global mask */
+    size_t nerr = lua_objlen(L, -3);
+    for (size_t i = 1; i <= nerr; i++) {
+        lua_rawgeti(L, -3, (int)i);
+        mg_config_errors_add(errs, "%s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    if (nerr > 0) {
+        mg_lua_close(l);
+        return NULL;
+    }
+    l->nroutes = cfg->nroutes;
+    l->route_mask = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof(unsigned));
+    if (l->route_mask == NULL) {
+        mg_lua_close(l);
+        return NULL;
+    }
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        lua_rawgeti(L, -2, (int)i);
+        l->route_mask[i] = (unsigned)lua_tonumber(L, -1);
+        lua_pop(L, 1);
+    }
+    l->global_mask = (unsigned)lua_tonumber(L, -1);
+    lua_settop(L, 0);
+    lua_gc(L, LUA_GCCOLLECT, 0);
+    return l;
+}
+
+void mg_lua_close(mg_lua_t *l)
+{
+    if (l == NULL) return;
+    if (l->L) lua_close(l->L);
+    free(l->route_mask);
+    free(l);
+}
+
+void mg_lua_init_worker(mg_lua_t *l)
+{
+    lua_State *L = l->L;
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "moongate.runtime");
+    if (lua_pcall(L, 1, 1, 0) == 0) {
+        lua_getfield(L, -1, "init_worker");
+        if (lua_pcall(L, 0, 0, 0) != 0) mg_log_err("init_worker failed: %s", lua_tostring(L, -1));
+    }
+    lua_settop(L, 0);
+}
+
+unsigned mg_lua_route_mask(const mg_lua_t *l, unsigned route_index)
+{
+    return l && route_index < l->nroutes ? l->route_mask[route_index] : 0;
+}
+
+unsigned mg_lua_global_mask(const mg_lua_t *l)
+{
+    return l ? l->global_mask : 0;
+}
+
+/* ---- running ------------------------------------------------------------------------- */
+
+static const char *phase_name(int phase)
+{
+    switch (phase) {
+    case MG_PHASE_REWRITE:
+        return "rewrite";
+    case MG_PHASE_ACCESS:
+        return "access";
+    case MG_PHASE_HEADER_FILTER:
+        return "header_filter";
+    case MG_PHASE_BODY_FILTER:
+        return "body_filter";
+    case MG_PHASE_LOG:
+        return "log";
+    default:
+        return "?";
+    }
+}
+
+static int route_of(const mg_req_t *r)
+{
+    return r->route ? (int)r->route->index : -1;
+}
+
+/* Interprets what a coroutine did: finished (true/false), yielded the exit marker, or
+ * yielded to wait. Drops or keeps the coroutine accordingly. */
+static int after_resume(mg_req_t *r, lua_State *co, int status)
+{
+    lua_State *L = mg_lua->L;
+    int rc;
+    if (status == LUA_YIELD) {
+        const char *mark =
+            lua_gettop(co) == 1 && lua_type(co, 1) == LUA_TSTRING ? lua_tostring(co, 1) : NULL;
+        if (mark && strcmp(mark, "moongate:exit") == 0) {
+            rc = MG_DONE;
+        } else {
+            r->lua_waiting = 1; /* the coroutine stays referenced until resumed */
+            lua_settop(co, 0);
+            return MG_AGAIN;
+        }
+    } else if (status == 0) {
+        rc = lua_toboolean(co, -1) ? MG_OK : MG_ERROR;
+    } else {
+        mg_log_err("Lua error outside any plugin: %s", lua_tostring(co, -1));
+        rc = MG_ERROR;
+    }
+    r->lua_waiting = 0;
+    luaL_unref(L, LUA_REGISTRYINDEX, r->lua_co_ref);
+    r->lua_co_ref = 0;
+    return rc;
+}
+
+int mg_lua_run_yieldable(mg_req_t *r, int phase, int route)
+{
+    lua_State *L = mg_lua->L;
+    if (r->lua_id == 0) r->lua_id = ++next_request_id ? next_request_id : ++next_request_id;
+    lua_State *co = lua_newthread(L);
+    r->lua_co_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* keeps the coroutine alive */
+    lua_rawgeti(co, LUA_REGISTRYINDEX, mg_lua->run_ref);
+    lua_pushstring(co, phase_name(phase));
+    lua_pushnumber(co, route);
+    lua_pushnumber(co, r->lua_id);
+    mg_lua_current = r;
+    int status = lua_resume(co, 3);
+    mg_lua_current = NULL;
+    return after_resume(r, co, status);
+}
+
+void mg_lua_resume(mg_req_t *r)
+{
+    lua_State *L = mg_lua->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->lua_co_ref);
+    lua_State *co = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    r->lua_waiting = 0;
+    mg_lua_current = r;
+    int status = lua_resume(co, 0);
+    mg_lua_current = NULL;
+    mg_conn_lua_continue(r, after_resume(r, co, status));
+}
+
+static int call_phase(mg_req_t *r, int phase)
+{
+    lua_State *L = mg_lua->L;
+    if (r->lua_id == 0) r->lua_id = ++next_request_id ? next_request_id : ++next_request_id;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, mg_lua->run_ref);
+    lua_pushstring(L, phase_name(phase));
+    lua_pushnumber(L, route_of(r));
+    lua_pushnumber(L, r->lua_id);
+    mg_req_t *saved = mg_lua_current;
+    mg_lua_current = r;
+    int status = lua_pcall(L, 3, 1, 0);
+    mg_lua_current = saved;
+    int rc = MG_OK;
+    if (status != 0) {
+        /* a yield attempt outside a coroutine, or an error in the runtime itself */
+        mg_log_err("Lua %s phase failed: %s", phase_name(phase), lua_tostring(L, -1));
+        rc = MG_ERROR;
+    } else if (!lua_toboolean(L, -1)) {
+        rc = MG_ERROR;
+    }
+    lua_settop(L, 0);
+    return rc;
+}
+
+int mg_lua_header_filter(mg_req_t *r)
+{
+    return call_phase(r, MG_PHASE_HEADER_FILTER);
+}
+
+void mg_lua_request_end(mg_req_t *r)
+{
+    if (mg_lua == NULL || r->lua_id == 0) return;
+    if (r->lua_co_ref) { /* suspended (client left mid-wait): the coroutine is dropped */
+        ev_timer_stop(mg_worker.loop, &r->lua_timer);
+        luaL_unref(mg_lua->L, LUA_REGISTRYINDEX, r->lua_co_ref);
+        r->lua_co_ref = 0;
+        r->lua_waiting = 0;
+    }
+    /* the log phase runs for every request that entered Lua; it also frees the Lua state */
+    call_phase(r, MG_PHASE_LOG);
+    r->lua_id = 0;
+}

@@ -1,0 +1,62 @@
+/*
+ * mg_lua.h — the bridge's C half: the LuaJIT state (built by the master at config load, where
+ * it validates plugin configs; inherited by every worker through fork), the per-route phase
+ * masks that let a route without plugins skip Lua entirely, and the phase runner that
+ * starts, resumes and finishes a request's Lua code. PDK calls come back through mg_ffi.h.
+ */
+#ifndef MG_LUA_H
+#define MG_LUA_H
+
+#include "mg_config.h"
+#include "mg_request.h"
+
+/* phase bits, the same values as lua/moongate/phases.lua */
+enum {
+    MG_PHASE_INIT_WORKER = 0x01,
+    MG_PHASE_REWRITE = 0x02,
+    MG_PHASE_ACCESS = 0x04,
+    MG_PHASE_HEADER_FILTER = 0x08,
+    MG_PHASE_BODY_FILTER = 0x10,
+    MG_PHASE_LOG = 0x20,
+};
+
+typedef struct mg_lua_s mg_lua_t;
+
+/* The state the worker runs (set by the master before forking); NULL before any load. */
+extern mg_lua_t *mg_lua;
+/* The request whose Lua code runs right now (the FFI functions work on it), or NULL. */
+extern mg_req_t *mg_lua_current;
+
+/*
+ * Creates a Lua state for cfg, loads the plugins it enables and validates every plugin
+ * entity, appending "PATH: message" errors to errs. Returns the state, or NULL (errs tells
+ * why). The state keeps no pointer into cfg.
+ */
+mg_lua_t *mg_lua_load(const mg_config_t *cfg, mg_config_errors_t *errs);
+void mg_lua_close(mg_lua_t *l);
+
+/* Runs the plugins' init_worker handlers; call once in each worker after fork. */
+void mg_lua_init_worker(mg_lua_t *l);
+
+/* Phases the route's plugin chain has (MG_PHASE_* bits); 0 means "never enter Lua". */
+unsigned mg_lua_route_mask(const mg_lua_t *l, unsigned route_index);
+/* Phases of the global chain that run before routing (MG_PHASE_REWRITE). */
+unsigned mg_lua_global_mask(const mg_lua_t *l);
+
+/*
+ * Runs the rewrite (route -1) or access phase in a new coroutine. Returns MG_OK (continue),
+ * MG_DONE (a plugin answered: r->out holds the response), MG_AGAIN (suspended: the request
+ * continues through mg_conn_lua_continue when resumed) or MG_ERROR (a plugin failed).
+ */
+int mg_lua_run_yieldable(mg_req_t *r, int phase, int route);
+/* Resumes a suspended coroutine (its wait is over) and continues the request. */
+void mg_lua_resume(mg_req_t *r);
+
+/* Runs header_filter (MG_OK / MG_ERROR). No yielding. */
+int mg_lua_header_filter(mg_req_t *r);
+
+/* The request ends: the log phase runs if the route has one, a suspended coroutine is
+ * dropped, the Lua-side state is freed. Safe to call for any request. */
+void mg_lua_request_end(mg_req_t *r);
+
+#endif
