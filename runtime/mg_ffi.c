@@ -261,10 +261,17 @@ static void sleep_done(struct ev_loop *loop, ev_timer *w, int revents)
     mg_lua_resume(r);
 }
 
+static void sleep_cancel(mg_req_t *r, void *data)
+{
+    ev_timer_stop(mg_worker.loop, &r->lua_timer);
+}
+
 int mg_ffi_sleep(double seconds)
 {
     CUR(r);
     ev_timer_init(&r->lua_timer, sleep_done, seconds, 0.);
     ev_timer_start(mg_worker.loop, &r->lua_timer);
+    r->lua_cancel = sleep_cancel;
+    r->lua_cancel_data = NULL;
     return MG_AGAIN;
 }

@@ -376,8 +376,9 @@ void mg_lua_resume(mg_req_t *r)
     lua_State *co = lua_tothread(L, -1);
     lua_pop(L, 1);
     r->lua_waiting = 0;
+    r->lua_cancel = NULL; /* the wait is over */
     mg_lua_current = r;
-    int status = lua_resume(co, 0);
+    int status = lua_resume(co, lua_gettop(co));
     mg_lua_current = NULL;
     mg_conn_lua_continue(r, after_resume(r, co, status));
 }
@@ -415,7 +416,8 @@ void mg_lua_request_end(mg_req_t *r)
 {
     if (mg_lua == NULL || r->lua_id == 0) return;
     if (r->lua_co_ref) { /* suspended (client left mid-wait): the coroutine is dropped */
-        ev_timer_stop(mg_worker.loop, &r->lua_timer);
+        if (r->lua_cancel) r->lua_cancel(r, r->lua_cancel_data);
+        r->lua_cancel = NULL;
         luaL_unref(mg_lua->L, LUA_REGISTRYINDEX, r->lua_co_ref);
         r->lua_co_ref = 0;
         r->lua_waiting = 0;

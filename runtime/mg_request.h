@@ -126,6 +126,10 @@ struct mg_req_s {
     uint8_t lua_stage;        /* MG_LUA_STAGE_*: what a resumed coroutine was running */
     unsigned lua_waiting : 1; /* a coroutine is suspended (sleep, cosocket) */
     ev_timer lua_timer;       /* moongate.sleep */
+    /* what the suspended coroutine waits on, cancelled when the request ends first (the
+     * client left): stops a timer, detaches a cosocket. NULL while not waiting. */
+    void (*lua_cancel)(mg_req_t *r, void *data);
+    void *lua_cancel_data;
     mg_hdr_op_t *up_ops, **up_ops_tail;     /* changes to the upstream request's headers */
     mg_hdr_op_t *resp_ops, **resp_ops_tail; /* changes to the response's headers */
     mg_str_t up_path, up_query, up_method;  /* replacements (data NULL: none) */

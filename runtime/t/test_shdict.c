@@ -30,8 +30,7 @@ static int sset(mg_shdict_t *d, int mode, const char *k, const char *v, double t
 
 static int nset(mg_shdict_t *d, const char *k, double n, double ttl)
 {
-    return mg_shdict_store(d, MG_SHDICT_SET, k, strlen(k), MG_SHDICT_NUMBER, NULL, 0, n, ttl,
-                           NULL);
+    return mg_shdict_store(d, MG_SHDICT_SET, k, strlen(k), MG_SHDICT_NUMBER, NULL, 0, n, ttl, NULL);
 }
 
 static int del(mg_shdict_t *d, const char *k)
@@ -77,7 +76,7 @@ static int zone_check(mg_shdict_t *d)
     do {                                                                                           \
         bad++;                                                                                     \
         if (!check_quiet) {                                                                        \
-            fprintf(stderr, "#   zone_check: " __VA_ARGS__);                                      \
+            fprintf(stderr, "#   zone_check: " __VA_ARGS__);                                       \
             fputc('\n', stderr);                                                                   \
         }                                                                                          \
     } while (0)
@@ -706,21 +705,20 @@ TEST(large_values_up_to_the_largest_class)
     CHECK_INT(mg_shdict_get(d, "big", 3, &val, out, max + 2), MG_OK);
     CHECK(val.len == max && memcmp(out, v, max) == 0);
     v[0] ^= 1;
-    CHECK_INT(
-        mg_shdict_store(d, MG_SHDICT_SET, "big", 3, MG_SHDICT_STRING, v, max + 1, 0, 0, NULL),
-        MG_ERROR); /* no memory, whatever is free */
+    CHECK_INT(mg_shdict_store(d, MG_SHDICT_SET, "big", 3, MG_SHDICT_STRING, v, max + 1, 0, 0, NULL),
+              MG_ERROR); /* no memory, whatever is free */
     CHECK_INT(mg_shdict_get(d, "big", 3, &val, out, max + 2), MG_OK); /* old value kept */
     CHECK(val.len == max && out[0] != v[0]);
-    CHECK_INT(mg_shdict_store(d, MG_SHDICT_SET, "new", 3, MG_SHDICT_STRING, v, SIZE_MAX / 2, 0, 0,
-                              NULL),
-              MG_ERROR);
+    CHECK_INT(
+        mg_shdict_store(d, MG_SHDICT_SET, "new", 3, MG_SHDICT_STRING, v, SIZE_MAX / 2, 0, 0, NULL),
+        MG_ERROR);
     /* many large values in a small zone: each evicts an older one */
     bool forc;
     for (int i = 0; i < 20; i++) {
         char k[8];
         snprintf(k, sizeof(k), "L%d", i);
-        CHECK_INT(mg_shdict_store(d, MG_SHDICT_SET, k, strlen(k), MG_SHDICT_STRING, v, max - 100,
-                                  0, 0, &forc),
+        CHECK_INT(mg_shdict_store(d, MG_SHDICT_SET, k, strlen(k), MG_SHDICT_STRING, v, max - 100, 0,
+                                  0, &forc),
                   MG_OK);
     }
     CHECK(has(d, "L19") && !has(d, "L0"));
@@ -788,8 +786,7 @@ TEST(flush_all_then_flush_expired)
     size_t fs0 = mg_shdict_free_space(d);
     for (int i = 0; i < 50; i++) {
         snprintf(k, sizeof(k), "k%d", i);
-        CHECK_INT(sset(d, MG_SHDICT_SET, k, i % 2 ? "odd" : "an even value", i % 3 ? 0 : 100,
-                       NULL),
+        CHECK_INT(sset(d, MG_SHDICT_SET, k, i % 2 ? "odd" : "an even value", i % 3 ? 0 : 100, NULL),
                   MG_OK);
     }
     CHECK_INT(mg_shdict_flush_expired(d, 0), 0); /* nothing expired yet */
@@ -1062,25 +1059,25 @@ TEST(random_operations_agree_with_a_reference_model)
             }
             if (m->present) m->seq = ++model_clock;
         } else if (r < 650) { /* set, add, replace, safe_set */
-            int mode = r < 400 ? MG_SHDICT_SET
+            int mode = r < 400   ? MG_SHDICT_SET
                        : r < 500 ? MG_SHDICT_ADD
                        : r < 580 ? MG_SHDICT_REPLACE
                                  : MG_SHDICT_SAFE_SET;
             random_value(&type, &num, s, &len);
             rc = mg_shdict_store(d, mode, k, klen, type, s, len, num, 0, &forc);
-            want = (mode == MG_SHDICT_ADD && m->present) ||
-                           (mode == MG_SHDICT_REPLACE && !m->present)
-                       ? MG_DECLINED
-                       : MG_OK;
+            want =
+                (mode == MG_SHDICT_ADD && m->present) || (mode == MG_SHDICT_REPLACE && !m->present)
+                    ? MG_DECLINED
+                    : MG_OK;
             if (rc != want || forc) {
                 mismatches++;
                 fprintf(stderr, "#   op %d: store mode %d key %d rc %d\n", op, mode, i, rc);
             }
             if (want == MG_OK) model_put(m, type, num, s, len);
         } else if (r < 720) { /* delete */
-            CHECK_INT(mg_shdict_store(d, MG_SHDICT_SET, k, klen, MG_SHDICT_NIL, NULL, 0, 0, 0,
-                                      NULL),
-                      MG_OK);
+            CHECK_INT(
+                mg_shdict_store(d, MG_SHDICT_SET, k, klen, MG_SHDICT_NIL, NULL, 0, 0, 0, NULL),
+                MG_OK);
             m->present = false;
         } else if (r < 900) { /* incr */
             bool init = rnd() % 2;
