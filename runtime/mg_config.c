@@ -395,6 +395,8 @@ static const field_t top_fields[] = {
     /* plugin names (a setting) and global plugin entities share the key: p_plugins sorts */
     {.name = "plugins", .parse = p_plugins, .flags = F_ENV | F_LIST},
     SETTING(lua_package_path, i_string),
+    SETTING(worker_stall_timeout, i_duration, .min = 100, .max = INT_MAX),
+    SETTING(lua_memory_limit, i_size, .min = 8 << 20),
     {.name = "shared_dicts", .parse = p_shared_dicts, .flags = F_SETTING},
     SKIP("declarative_config", i_declarative, .flags = F_SETTING | F_ENV),
     SKIP("_format_version", i_enum, .choices = format_versions),
@@ -2136,6 +2138,8 @@ static void set_defaults(ctx_t *x, mg_config_t *cfg)
     cfg->log_level = MG_LOG_NOTICE;
     cfg->real_ip_header = sdup(x, "X-Real-IP");
     cfg->request_id_header = sdup(x, "X-Request-ID");
+    cfg->worker_stall_timeout = 5000;
+    cfg->lua_memory_limit = (size_t)256 << 20;
     cfg->plugin_names = zalloc(x, cfg->pool, sizeof(char *));
     cfg->plugin_names[0] = sdup(x, "bundled");
     cfg->nplugin_names = 1;

@@ -173,7 +173,10 @@ typedef struct mg_config_s {
     char **plugin_names; /* the `plugins:` setting as written ("bundled" included);
                             default ["bundled"] */
     size_t nplugin_names;
-    char *lua_package_path; /* NULL = default; ";;" stands for the default path */
+    char *lua_package_path;        /* NULL = default; ";;" stands for the default path */
+    unsigned worker_stall_timeout; /* ms a worker may stay inside Lua before the master kills
+                                      and respawns it; default 5s */
+    size_t lua_memory_limit;       /* bytes per worker's Lua state; default 256m */
     mg_shdict_conf_t *shared_dicts;
     size_t nshared_dicts;
     mg_plugin_conf_t *plugins; /* every plugin entity: global, service, route, consumer */

@@ -11,6 +11,7 @@
 #include "mg_ffi.h"
 #include "mg_log.h"
 #include "mg_lua.h"
+#include "mg_watchdog.h"
 
 #define CUR(r)                                                                                     \
     mg_req_t *r = mg_lua_current;                                                                  \
@@ -274,4 +275,9 @@ int mg_ffi_sleep(double seconds)
     r->lua_cancel = sleep_cancel;
     r->lua_cancel_data = NULL;
     return MG_AGAIN;
+}
+
+void mg_ffi_plugin_enter(const char *name, size_t len)
+{
+    mg_watchdog_plugin(name, len);
 }

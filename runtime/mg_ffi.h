@@ -69,5 +69,7 @@ double mg_ffi_now(void);
 /* Arms a timer that resumes the running coroutine after `seconds`; returns MG_AGAIN (the
  * caller yields) or MG_ERROR when no request runs. */
 int mg_ffi_sleep(double seconds);
+/* Tells the watchdog which plugin's handler runs now (its name goes in the stall report). */
+void mg_ffi_plugin_enter(const char *name, size_t len);
 
 #endif

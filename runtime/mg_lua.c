@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -22,9 +23,12 @@
 
 #include "mg_log.h"
 #include "mg_lua.h"
+#include "mg_watchdog.h"
 
 struct mg_lua_s {
     lua_State *L;
+    size_t used, limit;   /* bytes allocated by the state, and the cap (lua_memory_limit) */
+    bool oom;             /* an allocation was refused: collect once the phase is over */
     int run_ref;          /* moongate.runtime.run */
     unsigned *route_mask; /* by route index */
     size_t nroutes;
@@ -37,6 +41,58 @@ static unsigned next_request_id;
 
 static void push_value(lua_State *L, const mg_value_t *v);
 static int lua_root(char *buf, size_t len);
+
+/* ---- memory cap ---------------------------------------------------------------------- */
+
+/* The state's allocator: refuses to grow past the limit, so a plugin building an endless
+ * table gets "not enough memory" (its request fails with 500) instead of the kernel's OOM
+ * killer taking the worker. */
+static void *lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    mg_lua_t *l = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        l->used -= old;
+        return NULL;
+    }
+    if (nsize > old && l->used + (nsize - old) > l->limit) {
+        l->oom = true;
+        return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (p) l->used = l->used - old + nsize;
+    return p;
+}
+
+static void after_phase(mg_lua_t *l)
+{
+    mg_watchdog_leave();
+    if (l->oom) {
+        l->oom = false;
+        lua_gc(l->L, LUA_GCCOLLECT, 0);
+        mg_log_warn("a plugin hit lua_memory_limit (%zu bytes); %zu in use after a full "
+                    "collection",
+                    l->limit, l->used);
+    }
+}
+
+/* ---- stall interruption ------------------------------------------------------------------ */
+
+/* Installed asynchronously by SIGUSR2 (the master saw this worker inside Lua for half of
+ * worker_stall_timeout): ends the running Lua code with an error at the next instruction
+ * count, which the runner turns into a 500 for just that request. JIT-compiled loops never
+ * reach the hook: for those the master's kill is the answer. */
+static void stall_hook(lua_State *L, lua_Debug *ar)
+{
+    lua_sethook(L, NULL, 0, 0);
+    luaL_error(L, "plugin interrupted: it ran for more than half of worker_stall_timeout");
+}
+
+static void on_stall_signal(int sig)
+{
+    if (mg_lua && mg_lua->L) lua_sethook(mg_lua->L, stall_hook, LUA_MASKCOUNT, 1000);
+}
 
 /* ---- loading ------------------------------------------------------------------------- */
 
@@ -185,7 +241,8 @@ mg_lua_t *mg_lua_load(const mg_config_t *cfg, mg_config_errors_t *errs)
     }
     mg_lua_t *l = calloc(1, sizeof(*l));
     if (l == NULL) return NULL;
-    lua_State *L = l->L = luaL_newstate();
+    l->limit = cfg->lua_memory_limit ? cfg->lua_memory_limit : (size_t)256 << 20;
+    lua_State *L = l->L = lua_newstate(lua_alloc, l);
     if (L == NULL) {
         free(l);
         return NULL;
@@ -280,7 +337,14 @@ void mg_lua_close(mg_lua_t *l)
 
 void mg_lua_init_worker(mg_lua_t *l)
 {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stall_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGUSR2, &sa, NULL);
     lua_State *L = l->L;
+    mg_watchdog_enter("init_worker", NULL, MG_NULL_STR);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "moongate.runtime");
     if (lua_pcall(L, 1, 1, 0) == 0) {
@@ -288,6 +352,7 @@ void mg_lua_init_worker(mg_lua_t *l)
         if (lua_pcall(L, 0, 0, 0) != 0) mg_log_err("init_worker failed: %s", lua_tostring(L, -1));
     }
     lua_settop(L, 0);
+    after_phase(l);
 }
 
 unsigned mg_lua_route_mask(const mg_lua_t *l, unsigned route_index)
@@ -364,7 +429,9 @@ int mg_lua_run_yieldable(mg_req_t *r, int phase, int route)
     lua_pushnumber(co, route);
     lua_pushnumber(co, r->lua_id);
     mg_lua_current = r;
+    mg_watchdog_enter(phase_name(phase), r->route ? r->route->name : NULL, r->rid);
     int status = lua_resume(co, 3);
+    after_phase(mg_lua);
     mg_lua_current = NULL;
     return after_resume(r, co, status);
 }
@@ -378,7 +445,10 @@ void mg_lua_resume(mg_req_t *r)
     r->lua_waiting = 0;
     r->lua_cancel = NULL; /* the wait is over */
     mg_lua_current = r;
+    mg_watchdog_enter(r->lua_stage == MG_LUA_STAGE_REWRITE ? "rewrite" : "access",
+                      r->route ? r->route->name : NULL, r->rid);
     int status = lua_resume(co, lua_gettop(co));
+    after_phase(mg_lua);
     mg_lua_current = NULL;
     mg_conn_lua_continue(r, after_resume(r, co, status));
 }
@@ -393,7 +463,9 @@ static int call_phase(mg_req_t *r, int phase)
     lua_pushnumber(L, r->lua_id);
     mg_req_t *saved = mg_lua_current;
     mg_lua_current = r;
+    mg_watchdog_enter(phase_name(phase), r->route ? r->route->name : NULL, r->rid);
     int status = lua_pcall(L, 3, 1, 0);
+    after_phase(mg_lua);
     mg_lua_current = saved;
     int rc = MG_OK;
     if (status != 0) {

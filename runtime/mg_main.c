@@ -23,6 +23,7 @@
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_request.h"
+#include "mg_watchdog.h"
 
 #define MAX_WORKERS 256
 #define MAX_LISTEN 64
@@ -285,6 +286,7 @@ static int master(mg_config_t *cfg)
     sigprocmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    if (mg_watchdog_init(MAX_WORKERS) != MG_OK) mg_log_warn("no watchdog: %s", strerror(errno));
     generation = 1;
     for (unsigned s = 0; s < nworkers; s++)
         spawn_worker(cfg, s);
@@ -293,7 +295,7 @@ static int master(mg_config_t *cfg)
     bool stopping = false;
     time_t stop_deadline = 0;
     for (;;) {
-        struct timespec ts = {1, 0};
+        struct timespec ts = {0, 200 * 1000 * 1000}; /* also the watchdog's poll period */
         siginfo_t si;
         int sig = sigtimedwait(&set, &si, &ts);
         if (sig == SIGHUP && !stopping) {
@@ -343,6 +345,7 @@ static int master(mg_config_t *cfg)
             for (size_t i = 0; i < nprocs; i++)
                 kill(procs[i].pid, sig == SIGINT ? SIGQUIT : sig);
         }
+        if (!stopping) mg_watchdog_check(cfg->worker_stall_timeout);
         /* reap and respawn */
         pid_t pid;
         int status;

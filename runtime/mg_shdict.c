@@ -31,8 +31,6 @@
  */
 #include <errno.h>
 #include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -47,6 +45,10 @@
 #define MIN_CHUNK 64
 #define MIN_PAGE 4096
 #define MAX_PAGE (1024 * 1024)
+/* page = largest item = zone / PAGE_DIVISOR (a power of two, 4 KiB..1 MiB). Fewer, larger
+ * pages allow larger values; more, smaller pages let more size classes coexist in a small
+ * zone and make page stealing evict less (a zone of 1 to 10 MiB has only 7 to 9 pages). */
+#define PAGE_DIVISOR 8
 #define BYTES_PER_BUCKET 128
 #define MAX_CLASSES 40
 #define NO_CLASS UINT32_MAX
@@ -180,7 +182,7 @@ mg_shdict_t *mg_shdict_create(const char *name, size_t size)
 
     /* Sizes first: page = max item, a power of two between 4 KiB and 1 MiB. */
     size_t page = MIN_PAGE;
-    while (page < MAX_PAGE && page * 2 <= size / 8)
+    while (page < MAX_PAGE && page * 2 <= size / PAGE_DIVISOR)
         page *= 2;
     size_t nbuckets = 16;
     while (nbuckets * 2 <= size / BYTES_PER_BUCKET)
@@ -209,7 +211,7 @@ mg_shdict_t *mg_shdict_create(const char *name, size_t size)
     if (rc != 0) goto fail;
 
     if (getrandom(d->seed, sizeof(d->seed), GRND_NONBLOCK) != (ssize_t)sizeof(d->seed)) {
-        /* no entropy yet (early boot): still a per-zone, hard-to-guess-remotely seed */
+        /* no entropy yet (early boot): a weaker seed, still different for every zone */
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         d->seed[0] = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ULL ^ (uint64_t)getpid();
@@ -1058,7 +1060,7 @@ done:
         v2 = ROTL64(v2, 32);                                                                       \
     } while (0)
 
-#ifndef SIP_CROUNDS
+#ifndef SIP_CROUNDS /* overridable to check the reference SipHash-2-4 test vectors */
 #define SIP_CROUNDS 1
 #define SIP_DROUNDS 3
 #endif

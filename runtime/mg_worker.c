@@ -15,6 +15,7 @@
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_request.h"
+#include "mg_watchdog.h"
 
 mg_worker_t mg_worker;
 
@@ -138,6 +139,7 @@ int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned
     ev_timer_start(mg_worker.loop, &mg_worker.flush_timer);
     ev_init(&mg_worker.drain_timer, drain_timeout_cb);
     mg_worker.slot = slot;
+    if (!standalone) mg_watchdog_attach(slot);
     if (mg_lua) mg_lua_init_worker(mg_lua);
     mg_log_info("worker %u started", slot);
 

@@ -247,6 +247,7 @@ function _M.run(phase, route, id)
       end
       state.plugin = pctx
       log.plugin_name = e.name
+      C.mg_ffi_plugin_enter(e.name, #e.name)
       local ok, err = xpcall(e.fn, traceback, e.handler, e.conf)
       if not ok then
         report(phase, e.name, err)

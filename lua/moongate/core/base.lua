@@ -40,6 +40,7 @@ int mg_ffi_worker_id(void);
 int mg_ffi_worker_pid(void);
 double mg_ffi_now(void);
 int mg_ffi_sleep(double seconds);
+void mg_ffi_plugin_enter(const char *name, size_t len);
 ]]
 
 local ABI = 1
