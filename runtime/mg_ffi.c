@@ -11,6 +11,7 @@
 #include "mg_ffi.h"
 #include "mg_log.h"
 #include "mg_lua.h"
+#include "mg_shdict.h"
 #include "mg_watchdog.h"
 
 #define CUR(r)                                                                                     \
@@ -280,4 +281,81 @@ int mg_ffi_sleep(double seconds)
 void mg_ffi_plugin_enter(const char *name, size_t len)
 {
     mg_watchdog_plugin(name, len);
+}
+
+/* ---- shared dictionaries ------------------------------------------------------------- */
+
+int mg_ffi_shdict_zone(const char *name, size_t len, void **zone)
+{
+    mg_shdict_t *d = mg_lua_shdict(name, len);
+    if (d == NULL) return MG_DECLINED;
+    *zone = d;
+    return MG_OK;
+}
+
+int mg_ffi_shdict_get(void *zone, const char *key, size_t klen, int stale, int *type, double *num,
+                      char *buf, size_t buflen, size_t *vlen)
+{
+    mg_shdict_value_t v;
+    bool was_stale = false;
+    int rc = stale ? mg_shdict_get_stale(zone, key, klen, &v, buf, buflen, &was_stale)
+                   : mg_shdict_get(zone, key, klen, &v, buf, buflen);
+    *type = rc == MG_OK || rc == MG_AGAIN ? v.type : MG_SHDICT_NIL;
+    if (was_stale && rc == MG_OK) rc = MG_BUSY; /* tells get_stale's caller it was stale */
+    *num = v.number;
+    *vlen = v.len;
+    return rc;
+}
+
+int mg_ffi_shdict_store(void *zone, int mode, const char *key, size_t klen, int type,
+                        const char *str, size_t slen, double num, double ttl, int *forcible)
+{
+    bool f = false;
+    int rc = mg_shdict_store(zone, mode, key, klen, type, str, slen, num, ttl, &f);
+    *forcible = f;
+    return rc;
+}
+
+int mg_ffi_shdict_incr(void *zone, const char *key, size_t klen, double delta, int has_init,
+                       double init, double init_ttl, double *out, int *forcible)
+{
+    bool f = false;
+    int rc = mg_shdict_incr(zone, key, klen, delta, has_init, init, init_ttl, out, &f);
+    *forcible = f;
+    return rc;
+}
+
+int mg_ffi_shdict_ttl(void *zone, const char *key, size_t klen, double *ttl)
+{
+    return mg_shdict_ttl(zone, key, klen, ttl);
+}
+
+int mg_ffi_shdict_expire(void *zone, const char *key, size_t klen, double ttl)
+{
+    return mg_shdict_expire(zone, key, klen, ttl);
+}
+
+void mg_ffi_shdict_flush_all(void *zone)
+{
+    mg_shdict_flush_all(zone);
+}
+
+size_t mg_ffi_shdict_flush_expired(void *zone, size_t max)
+{
+    return mg_shdict_flush_expired(zone, max);
+}
+
+long mg_ffi_shdict_get_keys(void *zone, size_t max, char *buf, size_t buflen, size_t *need)
+{
+    return mg_shdict_get_keys(zone, max, buf, buflen, need);
+}
+
+size_t mg_ffi_shdict_capacity(void *zone)
+{
+    return mg_shdict_capacity(zone);
+}
+
+size_t mg_ffi_shdict_free_space(void *zone)
+{
+    return mg_shdict_free_space(zone);
 }

@@ -72,4 +72,22 @@ int mg_ffi_sleep(double seconds);
 /* Tells the watchdog which plugin's handler runs now (its name goes in the stall report). */
 void mg_ffi_plugin_enter(const char *name, size_t len);
 
+/* ---- shared dictionaries (mg_shdict.h semantics; zone = a handle from mg_ffi_shdict_zone) */
+/* MG_OK with *zone set, or MG_DECLINED when no dictionary has that name */
+int mg_ffi_shdict_zone(const char *name, size_t len, void **zone);
+/* type out: 0 nil (miss), 1 boolean, 3 number, 4 string; MG_AGAIN: buf too small (*vlen) */
+int mg_ffi_shdict_get(void *zone, const char *key, size_t klen, int stale, int *type, double *num,
+                      char *buf, size_t buflen, size_t *vlen);
+int mg_ffi_shdict_store(void *zone, int mode, const char *key, size_t klen, int type,
+                        const char *str, size_t slen, double num, double ttl, int *forcible);
+int mg_ffi_shdict_incr(void *zone, const char *key, size_t klen, double delta, int has_init,
+                       double init, double init_ttl, double *out, int *forcible);
+int mg_ffi_shdict_ttl(void *zone, const char *key, size_t klen, double *ttl);
+int mg_ffi_shdict_expire(void *zone, const char *key, size_t klen, double ttl);
+void mg_ffi_shdict_flush_all(void *zone);
+size_t mg_ffi_shdict_flush_expired(void *zone, size_t max);
+long mg_ffi_shdict_get_keys(void *zone, size_t max, char *buf, size_t buflen, size_t *need);
+size_t mg_ffi_shdict_capacity(void *zone);
+size_t mg_ffi_shdict_free_space(void *zone);
+
 #endif

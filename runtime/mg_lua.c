@@ -23,6 +23,7 @@
 
 #include "mg_log.h"
 #include "mg_lua.h"
+#include "mg_shdict.h"
 #include "mg_watchdog.h"
 
 struct mg_lua_s {
@@ -41,6 +42,60 @@ static unsigned next_request_id;
 
 static void push_value(lua_State *L, const mg_value_t *v);
 static int lua_root(char *buf, size_t len);
+
+/* ---- shared dictionaries ------------------------------------------------------------- */
+
+#define MAX_ZONES 64
+
+/* The master's zones, inherited by every worker. A reload keeps a zone (and its contents)
+ * when name and size are unchanged; old workers keep their mappings until they exit. */
+static struct {
+    char name[MG_SHDICT_NAME_MAX + 1];
+    size_t size;
+    mg_shdict_t *d;
+    bool live; /* named by the current config */
+} zones[MAX_ZONES];
+
+int mg_lua_shdicts_sync(const mg_config_t *cfg, mg_config_errors_t *errs)
+{
+    for (size_t z = 0; z < MAX_ZONES; z++)
+        zones[z].live = false;
+    for (size_t i = 0; i < cfg->nshared_dicts; i++) {
+        const mg_shdict_conf_t *sc = &cfg->shared_dicts[i];
+        size_t z, free_slot = MAX_ZONES;
+        for (z = 0; z < MAX_ZONES; z++) {
+            if (zones[z].d && strcmp(zones[z].name, sc->name) == 0 && zones[z].size == sc->size)
+                break;
+            if (zones[z].d == NULL && free_slot == MAX_ZONES) free_slot = z;
+        }
+        if (z == MAX_ZONES) {
+            if (free_slot == MAX_ZONES) {
+                mg_config_errors_add(errs, "shared_dicts.%s: too many dictionaries", sc->name);
+                return MG_ERROR;
+            }
+            mg_shdict_t *d = mg_shdict_create(sc->name, sc->size);
+            if (d == NULL) {
+                mg_config_errors_add(errs, "shared_dicts.%s: cannot create a %zu-byte zone: %s",
+                                     sc->name, sc->size, strerror(errno));
+                return MG_ERROR;
+            }
+            z = free_slot;
+            snprintf(zones[z].name, sizeof(zones[z].name), "%s", sc->name);
+            zones[z].size = sc->size;
+            zones[z].d = d;
+        }
+        zones[z].live = true;
+    }
+    return MG_OK;
+}
+
+mg_shdict_t *mg_lua_shdict(const char *name, size_t len)
+{
+    for (size_t z = 0; z < MAX_ZONES; z++)
+        if (zones[z].live && strlen(zones[z].name) == len && memcmp(zones[z].name, name, len) == 0)
+            return zones[z].d;
+    return NULL;
+}
 
 /* ---- memory cap ---------------------------------------------------------------------- */
 
@@ -239,6 +294,7 @@ mg_lua_t *mg_lua_load(const mg_config_t *cfg, mg_config_errors_t *errs)
                              cfg->path);
         return NULL;
     }
+    if (mg_lua_shdicts_sync(cfg, errs) != MG_OK) return NULL;
     mg_lua_t *l = calloc(1, sizeof(*l));
     if (l == NULL) return NULL;
     l->limit = cfg->lua_memory_limit ? cfg->lua_memory_limit : (size_t)256 << 20;

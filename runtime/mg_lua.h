@@ -35,6 +35,15 @@ extern mg_req_t *mg_lua_current;
 mg_lua_t *mg_lua_load(const mg_config_t *cfg, mg_config_errors_t *errs);
 void mg_lua_close(mg_lua_t *l);
 
+/*
+ * Maps the shared dictionaries of cfg (master, before forking): a dictionary keeps its zone
+ * and contents across reloads while its name and size stay the same. MG_OK, or MG_ERROR with
+ * a message in errs.
+ */
+int mg_lua_shdicts_sync(const mg_config_t *cfg, mg_config_errors_t *errs);
+/* The zone named `name`, or NULL. */
+struct mg_shdict_s *mg_lua_shdict(const char *name, size_t len);
+
 /* Runs the plugins' init_worker handlers; call once in each worker after fork. */
 void mg_lua_init_worker(mg_lua_t *l);
 

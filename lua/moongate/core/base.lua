@@ -41,6 +41,20 @@ int mg_ffi_worker_pid(void);
 double mg_ffi_now(void);
 int mg_ffi_sleep(double seconds);
 void mg_ffi_plugin_enter(const char *name, size_t len);
+int mg_ffi_shdict_zone(const char *name, size_t len, void **zone);
+int mg_ffi_shdict_get(void *zone, const char *key, size_t klen, int stale, int *type, double *num,
+                      char *buf, size_t buflen, size_t *vlen);
+int mg_ffi_shdict_store(void *zone, int mode, const char *key, size_t klen, int type,
+                        const char *str, size_t slen, double num, double ttl, int *forcible);
+int mg_ffi_shdict_incr(void *zone, const char *key, size_t klen, double delta, int has_init,
+                       double init, double init_ttl, double *out, int *forcible);
+int mg_ffi_shdict_ttl(void *zone, const char *key, size_t klen, double *ttl);
+int mg_ffi_shdict_expire(void *zone, const char *key, size_t klen, double ttl);
+void mg_ffi_shdict_flush_all(void *zone);
+size_t mg_ffi_shdict_flush_expired(void *zone, size_t max);
+long mg_ffi_shdict_get_keys(void *zone, size_t max, char *buf, size_t buflen, size_t *need);
+size_t mg_ffi_shdict_capacity(void *zone);
+size_t mg_ffi_shdict_free_space(void *zone);
 ]]
 
 local ABI = 1

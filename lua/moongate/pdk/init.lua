@@ -16,6 +16,7 @@ local moongate = {
   service = require "moongate.pdk.service",
   client = require "moongate.pdk.client",
   log = require "moongate.pdk.log",
+  shared = require "moongate.pdk.shared",
   node = {},
   version = "0.1.0",
 }
