@@ -8,7 +8,11 @@
  * counts as an error.
  *
  * Build: cc -O2 -o mgclient bench/mgclient.c
- * Usage: mgclient reqs HOST PORT N K      -> "ok=N err=E reconnects=R secs=S"
+ * Usage: mgclient reqs HOST PORT N K [HEADER [ROTATE]] -> "ok=N err=E reconnects=R secs=S"
+ *                                            HEADER: one more request header line, e.g.
+ *                                            "X-In: hello"; a "%d" in it is replaced by
+ *                                            1, 2, … ROTATE, 1, … over the requests sent
+ *                                            (default ROTATE 1000): "apikey: key-%d"
  *        mgclient idle HOST PORT N [P] [HOLD] -> "ready ok=N err=E" once all are idle (at most P
  *                                            connects in flight, default 200), then holds them
  *                                            until SIGTERM or HOLD seconds (default 600)
@@ -33,17 +37,34 @@ typedef struct {
     int got;       /* bytes of the response buffered */
     int requests;  /* responses completed on this connection */
     int connected; /* the non-blocking connect() finished */
+    int reqlen;    /* length of the request being sent */
+    char req[512];
     char buf[4096];
 } cl_t;
 
 static struct sockaddr_in addr;
-static char req[256];
-static int reqlen;
+static char host_hdr[128];
+static const char *extra_hdr; /* NULL, or a header line that may contain one %d */
+static long rotate = 1000, seq;
 static int epfd;
 static long n_ok, n_err, n_reconnect;
 static int idle;
 static long n, k, opened, issued;
 static cl_t *cls;
+
+/* The next request into c->req: the same bytes every time unless the extra header rotates. */
+static void next_request(cl_t *c)
+{
+    char line[256] = "";
+    if (extra_hdr != NULL) {
+        snprintf(line, sizeof(line), extra_hdr, (int)(seq % rotate) + 1);
+        seq++;
+    }
+    c->reqlen = snprintf(c->req, sizeof(c->req),
+                         "GET / HTTP/1.1\r\nHost: %s\r\nUser-Agent: mgclient\r\n%s%s\r\n", host_hdr,
+                         line, extra_hdr != NULL ? "\r\n" : "");
+    c->sent = 0;
+}
 
 static int open_conn(cl_t *c)
 {
@@ -60,7 +81,8 @@ static int open_conn(cl_t *c)
         return -1;
     }
     c->fd = fd;
-    c->sent = c->got = c->requests = c->connected = 0;
+    c->got = c->requests = c->connected = 0;
+    next_request(c);
     struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.ptr = c};
     epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
     return 0;
@@ -129,7 +151,7 @@ static double now(void)
 int main(int argc, char **argv)
 {
     if (argc < 5) {
-        fprintf(stderr, "usage: %s reqs HOST PORT N K | idle HOST PORT N [P]\n", argv[0]);
+        fprintf(stderr, "usage: %s reqs HOST PORT N K [HEADER [ROTATE]] | idle HOST PORT N [P] [HOLD]\n", argv[0]);
         return 2;
     }
     idle = strcmp(argv[1], "idle") == 0;
@@ -145,9 +167,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "bad address %s\n", argv[2]);
         return 2;
     }
-    reqlen =
-        snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: %s:%s\r\nUser-Agent: mgclient\r\n\r\n",
-                 argv[2], argv[3]);
+    snprintf(host_hdr, sizeof(host_hdr), "%s:%s", argv[2], argv[3]);
+    if (!idle && argc > 6 && argv[6][0] != '\0') {
+        const char *pct = strchr(argv[6], '%');
+        if (strlen(argv[6]) > 200 || (pct != NULL && (pct[1] != 'd' || strchr(pct + 1, '%')))) {
+            fprintf(stderr, "HEADER: at most 200 bytes and one %%d\n");
+            return 2;
+        }
+        extra_hdr = argv[6];
+        if (argc > 7) rotate = atol(argv[7]);
+        if (rotate < 1) rotate = 1;
+    }
 
     epfd = epoll_create1(EPOLL_CLOEXEC);
     cls = calloc((size_t)k, sizeof(cl_t));
@@ -186,10 +216,10 @@ int main(int argc, char **argv)
                 }
                 c->connected = 1;
             }
-            if (c->sent < reqlen && (evs[i].events & EPOLLOUT)) {
-                ssize_t w = write(c->fd, req + c->sent, (size_t)(reqlen - c->sent));
+            if (c->sent < c->reqlen && (evs[i].events & EPOLLOUT)) {
+                ssize_t w = write(c->fd, c->req + c->sent, (size_t)(c->reqlen - c->sent));
                 if (w > 0) c->sent += (int)w;
-                if (c->sent == reqlen) want_write(c, 0);
+                if (c->sent == c->reqlen) want_write(c, 0);
             }
             if (!(evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) continue;
             ssize_t r = read(c->fd, c->buf + c->got, sizeof(c->buf) - 1 - (size_t)c->got);
@@ -247,10 +277,10 @@ int main(int argc, char **argv)
                 open_conn(c);
                 continue;
             }
-            c->sent = 0;
-            ssize_t w = write(c->fd, req, (size_t)reqlen);
+            next_request(c);
+            ssize_t w = write(c->fd, c->req, (size_t)c->reqlen);
             if (w > 0) c->sent = (int)w;
-            if (c->sent < reqlen) want_write(c, 1);
+            if (c->sent < c->reqlen) want_write(c, 1);
         }
     }
     double secs = now() - t0;

@@ -16,5 +16,9 @@ build = {
   modules = {
     ["moongate.spec.helpers"] = "lua/moongate/spec/helpers.lua",
     ["moongate.spec.upstream"] = "lua/moongate/spec/upstream.lua",
+    -- the in-process PDK kit for unit-testing handlers, and the two modules it reuses
+    ["moongate.spec.pdk"] = "lua/moongate/spec/pdk.lua",
+    ["moongate.phases"] = "lua/moongate/phases.lua",
+    ["moongate.schema"] = "lua/moongate/schema.lua",
   },
 }

@@ -182,6 +182,9 @@ static mg_req_t *req_new(mg_conn_t *c)
 static void req_free(mg_req_t *r)
 {
     mg_lua_request_end(r); /* the log phase, while the request is still whole */
+    mg_buf_put(r->filter_in);
+    mg_buf_put(r->filtered);
+    free(r->filter_chunk);
     if (r->u) {
         mg_upstream_release(r->u, false);
         r->u = NULL;

@@ -6,6 +6,7 @@
  * pool, and strings handed out live as long as the request.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "mg_ffi.h"
@@ -281,6 +282,31 @@ int mg_ffi_sleep(double seconds)
 void mg_ffi_plugin_enter(const char *name, size_t len)
 {
     mg_watchdog_plugin(name, len);
+}
+
+/* ---- body_filter --------------------------------------------------------------------- */
+
+int mg_ffi_body_get_chunk(const char **s, size_t *len, int *eof)
+{
+    CUR(r);
+    if (!r->body_filter) return MG_DECLINED;
+    *s = mg_lua_chunk ? mg_lua_chunk : "";
+    *len = mg_lua_chunk ? mg_lua_chunk_len : 0;
+    *eof = mg_lua_chunk_eof;
+    return MG_OK;
+}
+
+int mg_ffi_body_set_chunk(const char *s, size_t len)
+{
+    CUR(r);
+    if (!r->body_filter) return MG_DECLINED;
+    char *copy = malloc(len ? len : 1);
+    if (copy == NULL) return MG_ERROR;
+    memcpy(copy, s, len);
+    free(r->filter_chunk);
+    r->filter_chunk = copy;
+    r->filter_chunk_len = len;
+    return MG_OK;
 }
 
 /* ---- shared dictionaries ------------------------------------------------------------- */

@@ -72,6 +72,12 @@ int mg_ffi_sleep(double seconds);
 /* Tells the watchdog which plugin's handler runs now (its name goes in the stall report). */
 void mg_ffi_plugin_enter(const char *name, size_t len);
 
+/* ---- body_filter ---------------------------------------------------------------------- */
+/* the piece of the response body being filtered; *eof = 1 on the last call */
+int mg_ffi_body_get_chunk(const char **s, size_t *len, int *eof);
+/* replaces that piece (copied) */
+int mg_ffi_body_set_chunk(const char *s, size_t len);
+
 /* ---- shared dictionaries (mg_shdict.h semantics; zone = a handle from mg_ffi_shdict_zone) */
 /* MG_OK with *zone set, or MG_DECLINED when no dictionary has that name */
 int mg_ffi_shdict_zone(const char *name, size_t len, void **zone);
@@ -89,5 +95,43 @@ size_t mg_ffi_shdict_flush_expired(void *zone, size_t max);
 long mg_ffi_shdict_get_keys(void *zone, size_t max, char *buf, size_t buflen, size_t *need);
 size_t mg_ffi_shdict_capacity(void *zone);
 size_t mg_ffi_shdict_free_space(void *zone);
+
+/* ---- cosockets (moongate.socket.tcp; runtime/mg_lua_socket.c) ----------------------------
+ * A socket is owned by its Lua object (ffi.gc -> mg_ffi_tcp_free) from mg_ffi_tcp_new or
+ * mg_ffi_tcp_pool_get until mg_ffi_tcp_close, a successful mg_ffi_tcp_setkeepalive (the pool
+ * takes it) or its collection. An operation that would block arms the socket, binds it to the
+ * running coroutine and returns MG_AGAIN: the caller yields; once resumed it calls send or
+ * receive again with the same arguments, or mg_ffi_tcp_result after connect/sslhandshake.
+ * Failures are MG_ERROR with *err set (copy it at once); a busy socket answers "socket busy". */
+typedef struct mg_cosock_s mg_cosock_t;
+mg_cosock_t *mg_ffi_tcp_new(void);
+void mg_ffi_tcp_free(mg_cosock_t *cs);
+/* closes and frees (MG_OK), or MG_ERROR when a coroutine waits on it */
+int mg_ffi_tcp_close(mg_cosock_t *cs, const char **err);
+/* an idle connection of pool `name` (its reuse count bumped), or NULL */
+mg_cosock_t *mg_ffi_tcp_pool_get(const char *name, size_t nlen);
+int mg_ffi_tcp_reused(const mg_cosock_t *cs);
+/* host: an IP (v6 may be bracketed) or a name resolved off the loop; timeout covers both */
+int mg_ffi_tcp_connect(mg_cosock_t *cs, const char *host, size_t hlen, int port, int timeout_ms,
+                       const char **err);
+/* the outcome of the connect or sslhandshake that returned MG_AGAIN */
+int mg_ffi_tcp_result(mg_cosock_t *cs, const char **err);
+/* session: an SSL_SESSION * to resume, or NULL; name: SNI and, with verify, the name checked */
+int mg_ffi_tcp_sslhandshake(mg_cosock_t *cs, void *session, const char *name, size_t nlen,
+                            int verify, int timeout_ms, const char **err);
+/* the TLS session (a new reference for mg_ffi_tcp_ssl_session_free), or NULL */
+void *mg_ffi_tcp_ssl_session(mg_cosock_t *cs);
+void mg_ffi_tcp_ssl_session_free(void *session);
+/* sends data[off..len); *sent = bytes sent so far (pass it back as off after MG_AGAIN) */
+int mg_ffi_tcp_send(mg_cosock_t *cs, const char *data, size_t len, size_t off, int timeout_ms,
+                    size_t *sent, const char **err);
+/* mode 0 size (arg bytes), 1 line, 2 all, 3 any (up to arg), 4 until pat, 5 until pat
+ * inclusive (arg: piece size, 0 = whole). MG_OK: *data is the result; MG_DECLINED: a piece of
+ * it, call again; MG_ERROR: *data is the partial result. *data lives until the next call. */
+int mg_ffi_tcp_receive(mg_cosock_t *cs, int mode, size_t arg, const char *pat, size_t plen,
+                       int timeout_ms, const char **data, size_t *len, const char **err);
+/* MG_OK: the pool owns the connection now; MG_ERROR: it stays the caller's (maybe closed) */
+int mg_ffi_tcp_setkeepalive(mg_cosock_t *cs, const char *name, size_t nlen, int timeout_ms,
+                            int pool_size, const char **err);
 
 #endif

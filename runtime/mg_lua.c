@@ -540,6 +540,31 @@ int mg_lua_header_filter(mg_req_t *r)
     return call_phase(r, MG_PHASE_HEADER_FILTER);
 }
 
+const char *mg_lua_chunk;
+size_t mg_lua_chunk_len;
+bool mg_lua_chunk_eof;
+
+int mg_lua_body_filter(mg_req_t *r, const char *data, size_t len, bool eof, const char **out,
+                       size_t *outlen)
+{
+    free(r->filter_chunk); /* the previous call's replacement was queued already */
+    r->filter_chunk = NULL;
+    r->filter_chunk_len = 0;
+    mg_lua_chunk = data;
+    mg_lua_chunk_len = len;
+    mg_lua_chunk_eof = eof;
+    int rc = call_phase(r, MG_PHASE_BODY_FILTER);
+    mg_lua_chunk = NULL;
+    if (r->filter_chunk) {
+        *out = r->filter_chunk;
+        *outlen = r->filter_chunk_len;
+    } else {
+        *out = data;
+        *outlen = len;
+    }
+    return rc;
+}
+
 void mg_lua_request_end(mg_req_t *r)
 {
     if (mg_lua == NULL || r->lua_id == 0) return;

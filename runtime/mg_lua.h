@@ -64,6 +64,16 @@ void mg_lua_resume(mg_req_t *r);
 /* Runs header_filter (MG_OK / MG_ERROR). No yielding. */
 int mg_lua_header_filter(mg_req_t *r);
 
+/* Runs body_filter on one decoded piece of the response body (eof: the last call, data may
+ * be empty). out, outlen: what goes to the client (the piece itself unless a plugin replaced
+ * it; valid until the next call). MG_OK or MG_ERROR (a plugin failed). */
+int mg_lua_body_filter(mg_req_t *r, const char *data, size_t len, bool eof, const char **out,
+                       size_t *outlen);
+/* The piece body_filter is looking at (for mg_ffi.c). */
+extern const char *mg_lua_chunk;
+extern size_t mg_lua_chunk_len;
+extern bool mg_lua_chunk_eof;
+
 /* The request ends: the log phase runs if the route has one, a suspended coroutine is
  * dropped, the Lua-side state is freed. Safe to call for any request. */
 void mg_lua_request_end(mg_req_t *r);

@@ -22,6 +22,8 @@
 static int write_request_head(mg_req_t *r, mg_buf_t *b);
 static int write_response_head(mg_req_t *r);
 static bool connect_upstream(mg_req_t *r);
+static int pump_body_filter(mg_req_t *r);
+static bool drain_filtered(mg_req_t *r);
 static void finish_upstream_failure(mg_req_t *r, unsigned status);
 
 /* A tiny bounded appender: every write checks room; overflow is reported once at the end. */
@@ -348,7 +350,10 @@ static int write_response_head(mg_req_t *r)
         keep = false;
     } else {
         bool has_body = u->body_kind != MG_BODY_NONE;
-        if (u->body_kind == MG_BODY_LENGTH ||
+        /* a body_filter may change the body's length: such responses are re-framed */
+        if (has_body && (mg_lua_route_mask(mg_lua, r->route->index) & MG_PHASE_BODY_FILTER))
+            r->body_filter = 1;
+        if ((u->body_kind == MG_BODY_LENGTH && !r->body_filter) ||
             (!has_body && u->has_content_length && u->status != 204 && u->status >= 200)) {
             PUT_LIT(&o, "Content-Length: ");
             put_u64(&o, u->content_length);
@@ -496,6 +501,97 @@ static bool pump_request_body(mg_req_t *r, unsigned *err)
         }
     }
     return progress;
+}
+
+/* Appends the body_filter's output for the client (chunk-framed when the response is
+ * chunked) to r->filtered, which drain_filtered() moves into r->out as room allows. */
+static int queue_filtered(mg_req_t *r, const char *data, size_t len)
+{
+    if (len == 0) return MG_OK;
+    size_t need = len + (r->resp.out_chunked ? 32 : 0);
+    mg_buf_t *f = r->filtered;
+    if (f == NULL || mg_buf_free(f) + f->start < need) {
+        size_t have = f ? mg_buf_len(f) : 0;
+        mg_buf_t *nf = mg_buf_get_size(MG_MAX(have + need, (size_t)MG_BUF_SIZE));
+        if (nf == NULL) return MG_ERROR;
+        if (f) mg_buf_append(nf, mg_buf_pos(f), have);
+        mg_buf_put(f);
+        r->filtered = f = nf;
+    }
+    mg_buf_compact(f);
+    if (r->resp.out_chunked) {
+        char hdr[24];
+        int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
+        mg_buf_append(f, hdr, (size_t)n);
+    }
+    mg_buf_append(f, data, len);
+    if (r->resp.out_chunked) mg_buf_append(f, "\r\n", 2);
+    return MG_OK;
+}
+
+/* Moves filtered output into r->out; returns true on progress. Frees r->filtered when empty. */
+static bool drain_filtered(mg_req_t *r)
+{
+    mg_buf_t *f = r->filtered;
+    if (f == NULL) return false;
+    mg_buf_compact(r->out);
+    size_t n = MG_MIN(mg_buf_len(f), mg_buf_free(r->out));
+    if (n) {
+        mg_buf_append(r->out, mg_buf_pos(f), n);
+        f->start += n;
+    }
+    if (mg_buf_len(f) == 0) {
+        mg_buf_put(f);
+        r->filtered = NULL;
+    }
+    return n > 0;
+}
+
+/* Decodes a piece of the upstream body, runs the body_filter chain on it (and once more at
+ * the end with eof set) and queues the result. Input is taken only while the previous output
+ * is drained, so a slow client still stalls the upstream. Returns MG_OK on progress,
+ * MG_DECLINED when nothing could be done, MG_ERROR when the request was ended. */
+static int pump_body_filter(mg_req_t *r)
+{
+    mg_uconn_t *u = r->u;
+    if (r->filtered) return MG_DECLINED;
+    if (r->filter_in == NULL && (r->filter_in = mg_buf_get()) == NULL) {
+        mg_conn_abort(r->c);
+        return MG_ERROR;
+    }
+    r->filter_in->start = r->filter_in->end = 0;
+    bool eof = false;
+    if (mg_buf_len(u->in)) {
+        size_t used;
+        unsigned framed = r->resp.out_chunked;
+        r->resp.out_chunked = 0; /* decode only: framing comes after the filter */
+        int rc =
+            mg_http_body_feed(&r->resp, mg_buf_pos(u->in), mg_buf_len(u->in), r->filter_in, &used);
+        r->resp.out_chunked = framed;
+        u->in->start += used;
+        if (rc >= 400) {
+            mg_log_err("bad response body framing from %s: %s", r->upstream_addr,
+                       r->resp.error ? r->resp.error : "?");
+            mg_conn_abort(r->c); /* the head is out: cut the response */
+            return MG_ERROR;
+        }
+        if (rc == MG_DONE) eof = true;
+    }
+    if (!eof && u->s.eof && mg_buf_len(u->in) == 0 && r->resp.body_kind == MG_BODY_EOF) eof = true;
+    if (mg_buf_len(r->filter_in) == 0 && !eof) return MG_DECLINED;
+    const char *out;
+    size_t outlen;
+    if (mg_lua_body_filter(r, mg_buf_pos(r->filter_in), mg_buf_len(r->filter_in), eof, &out,
+                           &outlen) != MG_OK) {
+        mg_conn_abort(r->c); /* the head is out: a failed filter cuts the response */
+        return MG_ERROR;
+    }
+    if (queue_filtered(r, out, outlen) != MG_OK) {
+        mg_conn_abort(r->c);
+        return MG_ERROR;
+    }
+    if (eof) r->resp_done = 1;
+    return MG_OK;
 }
 
 void mg_proxy_pump(mg_req_t *r)
@@ -654,6 +750,10 @@ void mg_proxy_pump(mg_req_t *r)
                     u->in->start += n;
                     progress = true;
                 }
+            } else if (r->body_filter) {
+                int rc = pump_body_filter(r);
+                if (rc == MG_ERROR) return;
+                if (rc == MG_OK) progress = true;
             } else if (mg_buf_len(u->in)) {
                 size_t used;
                 int rc = mg_http_body_feed(&r->resp, mg_buf_pos(u->in), mg_buf_len(u->in), r->out,
@@ -681,7 +781,8 @@ void mg_proxy_pump(mg_req_t *r)
                 }
             }
         }
-        if (r->resp_done && r->resp.out_chunked && !r->tunnel) {
+        if (r->body_filter && drain_filtered(r)) progress = true;
+        if (r->resp_done && r->resp.out_chunked && !r->tunnel && !r->filtered) {
             if (mg_http_body_finish(&r->resp, r->out) == MG_OK) {
                 r->resp.out_chunked = 0;
                 progress = true;

@@ -133,6 +133,11 @@ struct mg_req_s {
     mg_hdr_op_t *up_ops, **up_ops_tail;     /* changes to the upstream request's headers */
     mg_hdr_op_t *resp_ops, **resp_ops_tail; /* changes to the response's headers */
     mg_str_t up_path, up_query, up_method;  /* replacements (data NULL: none) */
+    unsigned body_filter : 1; /* the response body goes through the body_filter chain */
+    mg_buf_t *filter_in;      /* a decoded piece of the upstream body, for the filter */
+    mg_buf_t *filtered;       /* the filter's framed output, waiting for room in r->out */
+    char *filter_chunk;       /* what set_chunk() gave (malloc), NULL = unchanged */
+    size_t filter_chunk_len;
 };
 
 /* mg_conn.c */

@@ -41,6 +41,8 @@ int mg_ffi_worker_pid(void);
 double mg_ffi_now(void);
 int mg_ffi_sleep(double seconds);
 void mg_ffi_plugin_enter(const char *name, size_t len);
+int mg_ffi_body_get_chunk(const char **s, size_t *len, int *eof);
+int mg_ffi_body_set_chunk(const char *s, size_t len);
 int mg_ffi_shdict_zone(const char *name, size_t len, void **zone);
 int mg_ffi_shdict_get(void *zone, const char *key, size_t klen, int stale, int *type, double *num,
                       char *buf, size_t buflen, size_t *vlen);
@@ -55,6 +57,25 @@ size_t mg_ffi_shdict_flush_expired(void *zone, size_t max);
 long mg_ffi_shdict_get_keys(void *zone, size_t max, char *buf, size_t buflen, size_t *need);
 size_t mg_ffi_shdict_capacity(void *zone);
 size_t mg_ffi_shdict_free_space(void *zone);
+typedef struct mg_cosock_s mg_cosock_t;
+mg_cosock_t *mg_ffi_tcp_new(void);
+void mg_ffi_tcp_free(mg_cosock_t *cs);
+int mg_ffi_tcp_close(mg_cosock_t *cs, const char **err);
+mg_cosock_t *mg_ffi_tcp_pool_get(const char *name, size_t nlen);
+int mg_ffi_tcp_reused(const mg_cosock_t *cs);
+int mg_ffi_tcp_connect(mg_cosock_t *cs, const char *host, size_t hlen, int port, int timeout_ms,
+                       const char **err);
+int mg_ffi_tcp_result(mg_cosock_t *cs, const char **err);
+int mg_ffi_tcp_sslhandshake(mg_cosock_t *cs, void *session, const char *name, size_t nlen,
+                            int verify, int timeout_ms, const char **err);
+void *mg_ffi_tcp_ssl_session(mg_cosock_t *cs);
+void mg_ffi_tcp_ssl_session_free(void *session);
+int mg_ffi_tcp_send(mg_cosock_t *cs, const char *data, size_t len, size_t off, int timeout_ms,
+                    size_t *sent, const char **err);
+int mg_ffi_tcp_receive(mg_cosock_t *cs, int mode, size_t arg, const char *pat, size_t plen,
+                       int timeout_ms, const char **data, size_t *len, const char **err);
+int mg_ffi_tcp_setkeepalive(mg_cosock_t *cs, const char *name, size_t nlen, int timeout_ms,
+                            int pool_size, const char **err);
 ]]
 
 local ABI = 1

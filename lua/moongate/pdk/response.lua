@@ -73,6 +73,53 @@ function _M.get_header(name)
   return ffi_string(str_out[0], len_out[0])
 end
 
+local eof_out = ffi.new("int[1]")
+
+--- The piece of the response body this body_filter call sees, and whether it is the last.
+-- @phases body_filter
+function _M.get_chunk()
+  check(phases.BODY_FILTER, "moongate.response.get_chunk")
+  if C.mg_ffi_body_get_chunk(str_out, len_out, eof_out) ~= OK then return nil, true end
+  return ffi_string(str_out[0], len_out[0]), eof_out[0] ~= 0
+end
+
+--- Replaces the piece of the response body this body_filter call sees ("" drops it).
+-- @phases body_filter
+function _M.set_chunk(chunk)
+  check(phases.BODY_FILTER, "moongate.response.set_chunk")
+  if type(chunk) ~= "string" then error("chunk must be a string", 2) end
+  if C.mg_ffi_body_set_chunk(chunk, #chunk) ~= OK then error("no body is being filtered", 2) end
+end
+
+--- Kong's get_raw_body: buffers the body (nothing reaches the client meanwhile) and returns
+-- all of it on the last call; nil before that. @phases body_filter
+function _M.get_raw_body()
+  check(phases.BODY_FILTER, "moongate.response.get_raw_body")
+  local chunk, eof = _M.get_chunk()
+  local state = require("moongate.pdk").current()
+  local parts = state.raw_body_parts
+  if not parts then
+    parts = {}
+    state.raw_body_parts = parts
+  end
+  parts[#parts + 1] = chunk
+  if not eof then
+    _M.set_chunk("")
+    return nil
+  end
+  local body = concat(parts)
+  state.raw_body_parts = nil
+  _M.set_chunk(body)
+  return body
+end
+
+--- Kong's set_raw_body: replaces the whole body (call it on the last body_filter call, after
+-- get_raw_body). @phases body_filter
+function _M.set_raw_body(body)
+  check(phases.BODY_FILTER, "moongate.response.set_raw_body")
+  _M.set_chunk(body)
+end
+
 --- Ends the request with this answer; never returns. A table body is sent as JSON.
 -- @param status HTTP status (100–599)
 -- @param body string, table (JSON) or nil

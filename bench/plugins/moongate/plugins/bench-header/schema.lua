@@ -1,0 +1,1 @@
+return { name = "bench-header", fields = { { config = { type = "record", fields = {} } } } }

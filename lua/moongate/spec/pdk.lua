@@ -1,0 +1,1152 @@
+--- moongate.spec.pdk: an in-process kit to unit-test a plugin handler's phases without a
+-- running gateway. A kit is one request (what the client sent, who sent it, the route and
+-- service it matched); `kit:run(handler, phase, conf)` runs one phase of a handler with the
+-- globals `moongate` and `kong` replaced by a PDK over plain tables, then shows what the
+-- handler did: the upstream request after its changes, the response (or what `exit`
+-- answered, or what body_filter made of the body), the log lines, the sleeps, the request
+-- context. Shared dictionaries (moongate.shared.<name>) live in the module, across kits.
+--
+-- The kit mirrors lua/moongate/pdk/*.lua function by function: the same phase checks (it
+-- reuses moongate.phases, so the masks and the "<fn> is not allowed in the <phase> phase"
+-- messages are the gateway's), the same argument checks with the same messages, the same
+-- header semantics (set replaces, add appends, clear removes, in the order made), and an
+-- `exit` that ends the phase the same way: the phase runs in a coroutine and exit yields the
+-- runtime's "moongate:exit" marker, so a plugin's own pcall cannot catch it. It needs neither
+-- the binary nor the FFI runtime (it never loads moongate.pdk.* or moongate.core.base), only
+-- moongate.phases, moongate.schema and lua-cjson. spec/01-unit/04-pdk_kit_spec.lua checks
+-- every function against the real PDK, so a change to one without the other fails a spec.
+--
+--   local pdk = require "moongate.spec.pdk"
+--   local kit = pdk.new({ method = "GET", path = "/orders", headers = { ["X-In"] = "1" } })
+--   kit:run(handler, "access", { header_name = "X-Stamp" }, schema)   -- schema: optional
+--   kit:set_upstream_response({ status = 201, headers = { ["X-Up"] = "yes" } })
+--   kit:run(handler, "header_filter")      -- the config given last time is reused
+--   assert.equal("1", kit.upstream_request.headers["x-in"])
+--
+-- What the kit leaves out: the gateway's own forwarding headers (Host, X-Forwarded-*,
+-- X-Real-IP, the request id) and the service path / strip_path in the upstream request, and
+-- the headers the gateway adds to responses (Server, Date, Content-Length, Via).
+local phases = require "moongate.phases"
+local schema = require "moongate.schema"
+local cjson = require "cjson.safe"
+
+local check = phases.check
+local REQUEST, BEFORE_PROXY, AFTER_HEAD, YIELDABLE = phases.REQUEST, phases.BEFORE_PROXY,
+  phases.AFTER_HEAD, phases.YIELDABLE
+local bor = require("bit").bor
+local type, error, tostring, tonumber, pairs, ipairs, select, setmetatable, rawget, pcall =
+  type, error, tostring, tonumber, pairs, ipairs, select, setmetatable, rawget, pcall
+local lower, gsub, gmatch, find, sub, char, byte, format, match =
+  string.lower, string.gsub, string.gmatch, string.find, string.sub, string.char,
+  string.byte, string.format, string.match
+local concat, sort = table.concat, table.sort
+local co_create, co_resume, co_status, yield = coroutine.create, coroutine.resume,
+  coroutine.status, coroutine.yield
+local unpack = unpack or table.unpack
+
+local _M = {}
+
+--- What `moongate.response.exit` yields (the runtime's marker, runtime.lua's EXIT).
+_M.EXIT = "moongate:exit"
+
+--- The PDK version the kit mirrors (moongate.version).
+_M.VERSION = "0.1.0"
+
+local LEVELS = { debug = 0, info = 1, notice = 2, warn = 3, err = 4, crit = 5 }
+local LEVEL_NAMES = {}
+for name, n in pairs(LEVELS) do LEVEL_NAMES[n] = name end
+
+local BEFORE_HEAD = bor(phases.REWRITE, phases.ACCESS, phases.HEADER_FILTER)
+
+local active        -- the kit whose phase is running (nil between runs)
+
+local function current()
+  if not active then error("no request is running", 3) end
+  return active
+end
+
+-- ---- header tables ----------------------------------------------------------------------
+-- Headers are kept as name → value, names lower-cased, a repeated header as a list of its
+-- values in order (what moongate.request.get_headers returns).
+
+local function add_value(map, k, v)
+  local prev = map[k]
+  if prev == nil then
+    map[k] = v
+  elseif type(prev) == "table" then
+    prev[#prev + 1] = v
+  else
+    map[k] = { prev, v }
+  end
+end
+
+local function copy_headers(map)
+  local t = {}
+  for k, v in pairs(map) do
+    if type(v) == "table" then
+      local l = {}
+      for i, x in ipairs(v) do l[i] = x end
+      v = l
+    end
+    t[k] = v
+  end
+  return t
+end
+
+-- op: 0 set (replaces every value), 1 add (appends), 2 clear (removes)
+local function apply_op(map, op, name, value)
+  local k = lower(name)
+  if op == 0 then
+    map[k] = value
+  elseif op == 1 then
+    add_value(map, k, value)
+  else
+    map[k] = nil
+  end
+end
+
+-- Accepts { Name = "v" or { "v1", "v2" } or number } or { { "Name", "v" }, ... } and returns
+-- the header lines in order, { { name = , value = } } (a map is ordered by name).
+local function header_lines(headers, what)
+  local lines = {}
+  if headers == nil then return lines end
+  if type(headers) ~= "table" then error(what .. " must be a table", 3) end
+  if #headers > 0 then
+    for i, pair in ipairs(headers) do
+      if type(pair) ~= "table" or type(pair[1]) ~= "string" or pair[2] == nil then
+        error(format("%s[%d] must be { name, value }", what, i), 3)
+      end
+      lines[#lines + 1] = { name = pair[1], value = tostring(pair[2]) }
+    end
+    return lines
+  end
+  local names = {}
+  for k in pairs(headers) do
+    if type(k) ~= "string" then error(what .. ": header names must be strings", 3) end
+    names[#names + 1] = k
+  end
+  sort(names, function(a, b) return lower(a) < lower(b) end)
+  for _, k in ipairs(names) do
+    local v = headers[k]
+    local vs = type(v) == "table" and v or { v }
+    for _, one in ipairs(vs) do
+      lines[#lines + 1] = { name = k, value = tostring(one) }
+    end
+  end
+  return lines
+end
+
+local function lines_to_map(lines)
+  local map = {}
+  for _, l in ipairs(lines) do add_value(map, lower(l.name), l.value) end
+  return map
+end
+
+-- The response the client gets: the upstream's (or exit's) headers with the plugins'
+-- set/add/clear applied in order. Like Kong, exit's own headers win over earlier set_header.
+local function refresh_response(kit)
+  local res = kit.response
+  local headers
+  if kit.exited then
+    headers = {}
+    for _, op in ipairs(kit.resp_ops) do apply_op(headers, op[1], op[2], op[3]) end
+    local from_exit = {}
+    for _, l in ipairs(kit.exit_lines) do add_value(from_exit, lower(l.name), l.value) end
+    for k, v in pairs(from_exit) do headers[k] = v end
+    res.status, res.body = kit.exit_status, kit.exit_body
+  else
+    local up = kit.upstream_response
+    headers = up and copy_headers(up.headers) or {}
+    for _, op in ipairs(kit.resp_ops) do apply_op(headers, op[1], op[2], op[3]) end
+    res.status, res.body = up and up.status, up and concat(kit.body_chunks)
+  end
+  res.headers = headers
+end
+
+-- ---- the PDK ----------------------------------------------------------------------------
+-- One table for every kit: each function works on the kit whose phase is running.
+
+local moongate = { request = {}, response = {}, service = { request = {}, response = {} },
+                   client = {}, log = {}, node = {}, version = _M.VERSION }
+_M.moongate = moongate
+
+-- request ----------------------------------------------------------------------------------
+
+local request = moongate.request
+
+local function getter(field, name)
+  return function()
+    check(REQUEST, name)
+    return current().request[field]
+  end
+end
+
+request.get_method = getter("method", "moongate.request.get_method")
+request.get_path = getter("path", "moongate.request.get_path")
+request.get_raw_query = getter("query", "moongate.request.get_raw_query")
+request.get_scheme = getter("scheme", "moongate.request.get_scheme")
+request.get_id = getter("id", "moongate.request.get_id")
+
+function request.get_host()
+  check(REQUEST, "moongate.request.get_host")
+  local h = current().request.host
+  -- without the port, as mg_ffi_req_get_host
+  if sub(h, 1, 1) == "[" then
+    return match(h, "^(%[[^%]]*%])") or h
+  end
+  return (match(h, "^([^:]*)"))
+end
+
+function request.get_port()
+  check(REQUEST, "moongate.request.get_port")
+  return current().request.port
+end
+
+function request.get_http_version()
+  check(REQUEST, "moongate.request.get_http_version")
+  return current().request.http_version
+end
+
+function request.get_header(name)
+  check(REQUEST, "moongate.request.get_header")
+  if type(name) ~= "string" then
+    error("header name must be a string", 2)
+  end
+  local want = lower(name)
+  for _, l in ipairs(current().request.headers) do
+    if lower(l.name) == want then return l.value end
+  end
+  return nil
+end
+
+function request.get_headers(max)
+  check(REQUEST, "moongate.request.get_headers")
+  local lines = current().request.headers
+  local n = #lines
+  if max and max < n then n = max end
+  local t = {}
+  for i = 1, n do add_value(t, lower(lines[i].name), lines[i].value) end
+  return t
+end
+
+local function unescape(s)
+  s = gsub(s, "+", " ")
+  return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+end
+
+function request.get_query(max)
+  check(REQUEST, "moongate.request.get_query")
+  local q = request.get_raw_query() or ""
+  local t, n = {}, 0
+  for pair in gmatch(q, "[^&]+") do
+    n = n + 1
+    if max and n > max then break end
+    local eq = find(pair, "=", 1, true)
+    local k, v
+    if eq then
+      k, v = unescape(sub(pair, 1, eq - 1)), unescape(sub(pair, eq + 1))
+    else
+      k, v = unescape(pair), true
+    end
+    add_value(t, k, v)
+  end
+  return t
+end
+
+function request.get_query_arg(name)
+  local v = request.get_query()[name]
+  if type(v) == "table" then return v[1] end
+  return v
+end
+
+-- service.request / service.response --------------------------------------------------------
+
+local srequest, sresponse = moongate.service.request, moongate.service.response
+
+local function upstream_header_op(op, name, value, fn_name)
+  check(BEFORE_PROXY, fn_name)
+  if type(name) ~= "string" or name == "" or find(name, "[%s:]") then
+    error("header name must be a non-empty token", 3)
+  end
+  if op ~= 2 then
+    if type(value) == "number" then value = tostring(value) end
+    if type(value) ~= "string" then error("header value must be a string or a number", 3) end
+    if find(value, "[\r\n%z]") then error("header value must not contain CR, LF or NUL", 3) end
+  else
+    value = ""
+  end
+  apply_op(current().upstream_request.headers, op, name, value)
+end
+
+function srequest.set_header(name, value)
+  upstream_header_op(0, name, value, "moongate.service.request.set_header")
+end
+
+function srequest.add_header(name, value)
+  upstream_header_op(1, name, value, "moongate.service.request.add_header")
+end
+
+function srequest.clear_header(name)
+  upstream_header_op(2, name, nil, "moongate.service.request.clear_header")
+end
+
+function srequest.set_path(path)
+  check(BEFORE_PROXY, "moongate.service.request.set_path")
+  if type(path) ~= "string" or byte(path, 1) ~= 47 or find(path, "[%s%z?#]") then
+    error("path must be a string starting with \"/\" without spaces, \"?\" or \"#\"", 2)
+  end
+  current().upstream_request.path = path
+end
+
+function srequest.set_raw_query(query)
+  check(BEFORE_PROXY, "moongate.service.request.set_raw_query")
+  if type(query) ~= "string" or find(query, "[%s%z#]") then
+    error("query must be a string without spaces or \"#\"", 2)
+  end
+  current().upstream_request.query = query
+end
+
+local function escape(s)
+  return (gsub(tostring(s), "[^%w%-%._~]", function(c) return format("%%%02X", byte(c)) end))
+end
+
+local function encode_query(args)
+  local keys = {}
+  for k in pairs(args) do keys[#keys + 1] = tostring(k) end
+  sort(keys)
+  local parts = {}
+  for _, k in ipairs(keys) do
+    local v = args[k]
+    local vs = type(v) == "table" and v or { v }
+    for _, one in ipairs(vs) do
+      parts[#parts + 1] = one == true and escape(k) or escape(k) .. "=" .. escape(one)
+    end
+  end
+  return concat(parts, "&")
+end
+
+function srequest.set_query(args)
+  check(BEFORE_PROXY, "moongate.service.request.set_query")
+  if type(args) ~= "table" then error("args must be a table", 2) end
+  current().upstream_request.query = encode_query(args)
+end
+
+function srequest.set_method(method)
+  check(BEFORE_PROXY, "moongate.service.request.set_method")
+  if type(method) ~= "string" or not find(method, "^[%u]+$") then
+    error("method must be an upper-case token such as \"GET\"", 2)
+  end
+  current().upstream_request.method = method
+end
+
+-- the upstream response's header as it arrived (nil before it did, and after exit)
+local function upstream_header(kit, name)
+  local up = not kit.exited and kit.upstream_response
+  if not up then return nil end
+  local v = up.headers[lower(name)]
+  if type(v) == "table" then return v[1] end
+  return v
+end
+
+function sresponse.get_header(name)
+  check(AFTER_HEAD, "moongate.service.response.get_header")
+  if type(name) ~= "string" then error("header name must be a string", 2) end
+  return upstream_header(current(), name)
+end
+
+function sresponse.get_status()
+  check(AFTER_HEAD, "moongate.service.response.get_status")
+  return current().response.status
+end
+
+-- response ---------------------------------------------------------------------------------
+
+local response = moongate.response
+response.EXIT = _M.EXIT
+
+local function response_header_op(op, name, value)
+  if type(name) ~= "string" or name == "" then
+    error("header name must be a non-empty string", 3)
+  end
+  if op ~= 2 then
+    if type(value) == "number" then value = tostring(value) end
+    if type(value) ~= "string" then
+      error("header value must be a string or a number", 3)
+    end
+    if find(value, "[\r\n]") then
+      error("header value must not contain CR or LF", 3)
+    end
+  else
+    value = ""
+  end
+  local kit = current()
+  kit.resp_ops[#kit.resp_ops + 1] = { op, name, value }
+  refresh_response(kit)
+end
+
+function response.set_header(name, value)
+  check(BEFORE_HEAD, "moongate.response.set_header")
+  response_header_op(0, name, value)
+end
+
+function response.add_header(name, value)
+  check(BEFORE_HEAD, "moongate.response.add_header")
+  response_header_op(1, name, value)
+end
+
+function response.clear_header(name)
+  check(BEFORE_HEAD, "moongate.response.clear_header")
+  response_header_op(2, name)
+end
+
+function response.get_status()
+  check(AFTER_HEAD, "moongate.response.get_status")
+  return current().response.status
+end
+
+function response.get_header(name)
+  check(AFTER_HEAD, "moongate.response.get_header")
+  if type(name) ~= "string" then error("header name must be a string", 2) end
+  return upstream_header(current(), name)
+end
+
+function response.exit(status, body, headers)
+  check(BEFORE_PROXY, "moongate.response.exit")
+  if type(status) ~= "number" or status < 100 or status > 599 or status % 1 ~= 0 then
+    error("status must be an integer between 100 and 599", 2)
+  end
+  local lines, ctype = {}, nil
+  if headers ~= nil then
+    if type(headers) ~= "table" then error("headers must be a table", 2) end
+    for k, v in pairs(headers) do
+      if type(k) ~= "string" or find(k, "[%s:]") then
+        error("invalid header name: " .. tostring(k), 2)
+      end
+      if lower(k) == "content-type" then ctype = true end
+      local vs = type(v) == "table" and v or { v }
+      for _, one in ipairs(vs) do
+        one = tostring(one)
+        if find(one, "[\r\n]") then error("header value must not contain CR or LF", 2) end
+        lines[#lines + 1] = { name = k, value = one }
+      end
+    end
+  end
+  if type(body) == "table" then
+    local json, err = cjson.encode(body)
+    if not json then error("cannot encode the body as JSON: " .. err, 2) end
+    body = json
+    if not ctype then
+      lines[#lines + 1] = { name = "Content-Type", value = "application/json; charset=utf-8" }
+    end
+  elseif body ~= nil and type(body) ~= "string" then
+    error("body must be a string, a table or nil", 2)
+  end
+  local kit = current()
+  kit.exited, kit.exit_phase = true, phases.name(phases.current)
+  kit.exit_status, kit.exit_body, kit.exit_lines = status, body or "", lines
+  refresh_response(kit)
+  yield(_M.EXIT)
+end
+
+-- body_filter: the kit calls the phase once per piece of the upstream body (see
+-- kit:run); get_chunk sees the piece, set_chunk replaces it.
+
+function response.get_chunk()
+  check(phases.BODY_FILTER, "moongate.response.get_chunk")
+  local f = current().filtering
+  if not f then return nil, true end
+  return f.chunk, f.eof
+end
+
+function response.set_chunk(chunk)
+  check(phases.BODY_FILTER, "moongate.response.set_chunk")
+  if type(chunk) ~= "string" then error("chunk must be a string", 2) end
+  local f = current().filtering
+  if not f then error("no body is being filtered", 2) end
+  f.out = chunk
+end
+
+function response.get_raw_body()
+  check(phases.BODY_FILTER, "moongate.response.get_raw_body")
+  local chunk, eof = response.get_chunk()
+  local kit = current()
+  local parts = kit.raw_body_parts
+  if not parts then
+    parts = {}
+    kit.raw_body_parts = parts
+  end
+  parts[#parts + 1] = chunk
+  if not eof then
+    response.set_chunk("")
+    return nil
+  end
+  local body = concat(parts)
+  kit.raw_body_parts = nil
+  response.set_chunk(body)
+  return body
+end
+
+function response.set_raw_body(body)
+  check(phases.BODY_FILTER, "moongate.response.set_raw_body")
+  response.set_chunk(body)
+end
+
+-- client -----------------------------------------------------------------------------------
+
+local client = moongate.client
+
+function client.get_ip()
+  check(REQUEST, "moongate.client.get_ip")
+  return current().client.ip
+end
+
+function client.get_forwarded_ip()
+  check(REQUEST, "moongate.client.get_forwarded_ip")
+  local c = current().client
+  return c.forwarded_ip or c.ip
+end
+
+function client.get_port()
+  check(REQUEST, "moongate.client.get_port")
+  return current().client.port
+end
+
+function client.authenticate(consumer, credential)
+  check(BEFORE_PROXY, "moongate.client.authenticate")
+  if consumer ~= nil and type(consumer) ~= "table" then
+    error("consumer must be a table or nil", 2)
+  end
+  if credential ~= nil and type(credential) ~= "table" then
+    error("credential must be a table or nil", 2)
+  end
+  local kit = current()
+  kit.consumer, kit.credential = consumer, credential
+end
+
+function client.get_consumer()
+  check(REQUEST, "moongate.client.get_consumer")
+  return current().consumer
+end
+
+function client.get_credential()
+  check(REQUEST, "moongate.client.get_credential")
+  return current().credential
+end
+
+-- ctx --------------------------------------------------------------------------------------
+
+moongate.ctx = setmetatable({}, {
+  __index = function(_, k)
+    if k == "shared" then
+      check(REQUEST, "moongate.ctx.shared")
+      return current().ctx.shared
+    elseif k == "plugin" then
+      check(REQUEST, "moongate.ctx.plugin")
+      return current().running_ctx
+    end
+  end,
+  __newindex = function()
+    error("moongate.ctx fields cannot be replaced; use moongate.ctx.shared", 2)
+  end,
+})
+
+-- log --------------------------------------------------------------------------------------
+
+local log = moongate.log
+
+local function logger(level)
+  return function(...)
+    local kit = active
+    if not kit or level < kit.log_level then return end
+    local n = select("#", ...)
+    local parts = { ... }
+    for i = 1, n do parts[i] = tostring(parts[i]) end
+    local msg = concat(parts, "", 1, n)
+    local name = kit.plugin_name
+    if name then msg = "[" .. name .. "] " .. msg end
+    kit.logs[#kit.logs + 1] = { level = LEVEL_NAMES[level], msg = msg }
+  end
+end
+
+for name, level in pairs(LEVELS) do
+  log[name] = logger(level)
+end
+log.error = log.err
+
+local REDACT = { authorization = true, ["proxy-authorization"] = true, cookie = true,
+                 ["set-cookie"] = true, apikey = true }
+
+function log.serialize()
+  check(phases.LOG, "moongate.log.serialize")
+  local headers = request.get_headers()
+  for k in pairs(headers) do
+    if REDACT[k] then headers[k] = "REDACTED" end
+  end
+  local kit = current()
+  local consumer = kit.consumer
+  return {
+    request = { method = request.get_method(), path = request.get_path(), headers = headers,
+                id = request.get_id() },
+    response = { status = kit.response.status },
+    route = { name = kit.route.name or "" },
+    service = { name = kit.service.name or "" },
+    consumer = consumer and { id = consumer.id, username = consumer.username,
+                              custom_id = consumer.custom_id } or nil,
+    client_ip = client.get_forwarded_ip(),
+    started_at = kit.started_at,
+  }
+end
+
+-- shared dictionaries ---------------------------------------------------------------------
+-- moongate.shared.<name>: lua_shared_dict's API over a Lua table. The dictionaries belong to
+-- the module, not to a kit, so that what one request stores the next one sees (declare them
+-- with pdk.shared_dict or the `shared_dicts` option; pdk.flush_shared_dicts forgets them).
+-- TTLs follow the kits' clock (moongate.now; moongate.sleep advances it). There is no memory
+-- pressure: nothing is evicted, `forcible` is always false.
+
+local dicts = {}
+local use_counter = 0
+local last_clock      -- the latest time any kit reached (kit clocks never go back)
+
+local function now()
+  if active then return active.clock end
+  return last_clock or os.time()
+end
+
+local Dict = {}
+Dict.__index = Dict
+_M.Dict = Dict
+
+local SIZES = { k = 1024, m = 1024 * 1024, g = 1024 * 1024 * 1024 }
+
+local function check_key(key)
+  if type(key) == "number" then key = tostring(key) end
+  if type(key) ~= "string" then error("key must be a string", 3) end
+  if #key == 0 then error("key must not be empty", 3) end
+  if #key > 65535 then error("key too long", 3) end
+  return key
+end
+
+local function live(self, key)
+  local it = self.items[key]
+  if it and it.expires ~= 0 and it.expires <= now() then return nil, it end
+  return it
+end
+
+local function touch(it)
+  use_counter = use_counter + 1
+  it.used = use_counter
+end
+
+function Dict:get(key)
+  key = check_key(key)
+  local it = live(self, key)
+  if not it then return nil end
+  touch(it)
+  return it.value
+end
+
+function Dict:get_stale(key)
+  key = check_key(key)
+  local it, expired = live(self, key)
+  if it then return it.value, nil, false end
+  if expired then return expired.value, nil, true end
+  return nil, nil, false
+end
+
+local function store(self, mode, key, value, exptime)
+  key = check_key(key)
+  if exptime ~= nil and (type(exptime) ~= "number" or exptime < 0) then
+    error("exptime must be a non-negative number", 3)
+  end
+  local vt = type(value)
+  if vt ~= "string" and vt ~= "number" and vt ~= "boolean" and vt ~= "nil" then
+    error("value must be nil, a boolean, a number or a string", 3)
+  end
+  local it = live(self, key)
+  if mode == "add" and it then return false, "exists", false end
+  if mode == "replace" and not it then return false, "not found", false end
+  if value == nil then
+    self.items[key] = nil
+    return true, nil, false
+  end
+  it = { value = value, expires = (exptime or 0) > 0 and now() + exptime or 0 }
+  touch(it)
+  self.items[key] = it
+  return true, nil, false
+end
+
+function Dict:set(key, value, exptime) return store(self, "set", key, value, exptime) end
+function Dict:add(key, value, exptime) return store(self, "add", key, value, exptime) end
+function Dict:replace(key, value, exptime) return store(self, "replace", key, value, exptime) end
+function Dict:safe_set(key, value, exptime) return store(self, "set", key, value, exptime) end
+function Dict:safe_add(key, value, exptime)
+  if self:get(key) ~= nil then return false, "exists", false end
+  return store(self, "set", key, value, exptime)
+end
+function Dict:delete(key) store(self, "set", key, nil) end
+
+function Dict:incr(key, value, init, init_ttl)
+  key = check_key(key)
+  if type(value) ~= "number" then error("value must be a number", 2) end
+  if init ~= nil and type(init) ~= "number" then error("init must be a number", 2) end
+  local it = live(self, key)
+  if not it then
+    if init == nil then return nil, "not found", false end
+    it = { value = init, expires = (init_ttl or 0) > 0 and now() + init_ttl or 0 }
+    self.items[key] = it
+  elseif type(it.value) ~= "number" then
+    return nil, "not a number", false
+  end
+  it.value = it.value + value
+  touch(it)
+  return it.value, nil, false
+end
+
+function Dict:ttl(key)
+  key = check_key(key)
+  local it = live(self, key)
+  if not it then return nil, "not found" end
+  if it.expires == 0 then return 0 end
+  local t = it.expires - now()
+  return t < 0 and 0 or t
+end
+
+function Dict:expire(key, exptime)
+  key = check_key(key)
+  if type(exptime) ~= "number" or exptime < 0 then
+    error("exptime must be a non-negative number", 2)
+  end
+  local it = live(self, key)
+  if not it then return nil, "not found" end
+  it.expires = exptime > 0 and now() + exptime or 0
+  return true
+end
+
+function Dict:flush_all() self.items = {} end
+
+function Dict:flush_expired(max)
+  local n = 0
+  for key, it in pairs(self.items) do
+    if max and max > 0 and n >= max then break end
+    if it.expires ~= 0 and it.expires <= now() then
+      self.items[key] = nil
+      n = n + 1
+    end
+  end
+  return n
+end
+
+function Dict:get_keys(max)
+  max = max or 1024
+  local list = {}
+  for key in pairs(self.items) do
+    local it = live(self, key)
+    if it then list[#list + 1] = { key = key, used = it.used } end
+  end
+  sort(list, function(a, b) return a.used > b.used end)
+  local keys = {}
+  for i, e in ipairs(list) do
+    if max > 0 and i > max then break end
+    keys[i] = e.key
+  end
+  return keys
+end
+
+function Dict:capacity() return self.size end
+
+function Dict:free_space()
+  local used = 0
+  for key, it in pairs(self.items) do
+    used = used + 64 + #key + (type(it.value) == "string" and #it.value or 8)
+  end
+  return used < self.size and self.size - used or 0
+end
+
+--- Declares a shared dictionary (the `shared_dicts` setting), or returns the one declared.
+-- @param name its name: moongate.shared.<name>
+-- @param size "16m", "512k" or a number of bytes (default "1m")
+function _M.shared_dict(name, size)
+  if type(name) ~= "string" or name == "" then error("name must be a non-empty string", 2) end
+  local d = dicts[name]
+  if d then return d end
+  size = size or "1m"
+  local bytes = tonumber(size)
+  if not bytes and type(size) == "string" then
+    local n, unit = match(lower(size), "^(%d+)([kmg]?)$")
+    bytes = n and tonumber(n) * (SIZES[unit] or 1)
+  end
+  if not bytes or bytes <= 0 then error("size must be a number of bytes or like \"16m\"", 2) end
+  d = setmetatable({ name = name, size = bytes, items = {} }, Dict)
+  dicts[name] = d
+  return d
+end
+
+--- Forgets every shared dictionary (call it between tests that must not share state).
+function _M.flush_shared_dicts()
+  dicts = {}
+end
+
+moongate.shared = setmetatable({}, {
+  __index = function(_, name)
+    if type(name) ~= "string" then return nil end
+    return dicts[name]
+  end,
+})
+
+-- node, sleep, now ---------------------------------------------------------------------------
+
+function moongate.node.get_id()
+  return active and active.node_id or _M.NODE_ID
+end
+
+function moongate.node.get_worker_id()
+  return active and active.worker_id or 0
+end
+
+function moongate.node.get_worker_pid()
+  return active and active.worker_pid or _M.WORKER_PID
+end
+
+--- Records the sleep and advances the kit's clock (moongate.now) instead of waiting.
+function moongate.sleep(seconds)
+  check(YIELDABLE, "moongate.sleep")
+  if type(seconds) ~= "number" or seconds < 0 then
+    error("seconds must be a non-negative number", 2)
+  end
+  local kit = current()
+  kit.sleeps[#kit.sleeps + 1] = seconds
+  kit.clock = kit.clock + seconds
+  if not last_clock or kit.clock > last_clock then last_clock = kit.clock end
+end
+
+function moongate.now()
+  return now()
+end
+
+-- ---- kits -------------------------------------------------------------------------------
+
+_M.NODE_ID = "00000000-0000-4000-8000-00000000cafe"
+_M.WORKER_PID = 4242
+
+local Kit = {}
+Kit.__index = Kit
+
+local next_id = 0
+
+local function opt(opts, key, want, default)
+  local v = opts[key]
+  if v == nil then return default end
+  if type(v) ~= want then
+    error(format("opts.%s must be a %s", key, want), 3)
+  end
+  return v
+end
+
+--- A new request to run handlers against.
+-- @param opts (all optional) `method` ("GET"), `path` ("/"; may carry "?query"), `query`
+--   (raw string without "?", or a table encoded as service.request.set_query does),
+--   `headers` ({ Name = "v" | { "v1", "v2" } } or { { "Name", "v" }, ... } to fix the
+--   order), `host` ("localhost"), `scheme` ("http"), `port` (8000), `http_version` (1.1),
+--   `request_id` (32 hex digits), `client_ip` ("127.0.0.1"), `forwarded_ip` (default the
+--   client ip), `client_port` (40000), `route` ({ name = }), `service` ({ name = }),
+--   `consumer`, `credential` (as if authenticated already), `node_id`, `worker_id` (0),
+--   `worker_pid`, `now` (the clock moongate.now() starts from; default os.time(), or
+--   later if an earlier kit slept past it), `log_level` ("debug": every line is kept;
+--   "notice" keeps what the gateway's default log_level would), `shared_dicts` ({ name =
+--   "1m" } or { "name" }: declares them with pdk.shared_dict)
+-- @return the kit: `.request` (what the client sent), `.upstream_request` ({ method, path,
+--   query, headers } after the plugins' changes; headers lower-cased, repeated ones as
+--   lists), `.upstream_response`, `.response` ({ status, headers, body } the client gets),
+--   `.exited` (true after moongate.response.exit; `.exit_phase` says where), `.logs`
+--   ({ level =, msg = } in order), `.sleeps`, `.ctx` (`shared`, and `plugin`: the last run
+--   plugin's), `.consumer`, `.credential`, `.clock`
+function _M.new(opts)
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then error("opts must be a table", 2) end
+  local path = opt(opts, "path", "string", "/")
+  local query
+  local q = find(path, "?", 1, true)
+  if q then
+    path, query = sub(path, 1, q - 1), sub(path, q + 1)
+  end
+  if opts.query ~= nil then
+    if type(opts.query) == "table" then
+      query = encode_query(opts.query)
+    elseif type(opts.query) == "string" then
+      query = gsub(opts.query, "^%?", "")
+    else
+      error("opts.query must be a string or a table", 2)
+    end
+  end
+  query = query or ""
+  local method = opt(opts, "method", "string", "GET")
+  local headers = header_lines(opts.headers, "opts.headers")
+  local log_level = LEVELS[opt(opts, "log_level", "string", "debug")]
+  if not log_level then error("opts.log_level must be one of debug, info, notice, warn, err, crit", 2) end
+  local request_id = opt(opts, "request_id", "string", nil)
+  if not request_id then
+    next_id = next_id + 1
+    request_id = format("%032x", next_id)
+  end
+  local clock = opt(opts, "now", "number", nil)
+  if not clock then
+    clock = os.time()
+    if last_clock and last_clock > clock then clock = last_clock end
+  end
+  local sd = opt(opts, "shared_dicts", "table", {})
+  for k, v in pairs(sd) do
+    if type(k) == "number" then _M.shared_dict(v) else _M.shared_dict(k, v) end
+  end
+
+  local kit = setmetatable({
+    request = {
+      method = method, path = path, query = query, headers = headers,
+      host = opt(opts, "host", "string", "localhost"),
+      scheme = opt(opts, "scheme", "string", "http"),
+      port = opt(opts, "port", "number", 8000),
+      http_version = opt(opts, "http_version", "number", 1.1),
+      id = request_id,
+    },
+    client = {
+      ip = opt(opts, "client_ip", "string", "127.0.0.1"),
+      forwarded_ip = opt(opts, "forwarded_ip", "string", nil),
+      port = opt(opts, "client_port", "number", 40000),
+    },
+    route = opt(opts, "route", "table", {}),
+    service = opt(opts, "service", "table", {}),
+    consumer = opt(opts, "consumer", "table", nil),
+    credential = opt(opts, "credential", "table", nil),
+    node_id = opt(opts, "node_id", "string", _M.NODE_ID),
+    worker_id = opt(opts, "worker_id", "number", 0),
+    worker_pid = opt(opts, "worker_pid", "number", _M.WORKER_PID),
+    clock = clock,
+    started_at = clock,
+    log_level = log_level,
+    upstream_request = { method = method, path = path, query = query,
+                         headers = lines_to_map(headers) },
+    upstream_response = nil,
+    body_chunks = nil,   -- the response body in pieces, as body_filter sees and leaves it
+    response = { headers = {} },
+    exited = false,
+    logs = {},
+    sleeps = {},
+    ctx = { shared = {} },
+    resp_ops = {},
+    plugin_ctxs = {},  -- handler (or name) → its moongate.ctx.plugin table
+    configs = {},      -- handler → the config it last ran with
+    names = {},        -- handler → the plugin name (from its schema)
+  }, Kit)
+  return kit
+end
+
+--- Validates a plugin config against the plugin's schema, as the gateway does at load.
+-- @param sch the table the plugin's schema.lua returns (raises if it is malformed)
+-- @param conf the config (nil: empty)
+-- @return the config with defaults filled, or nil and the list of "config.PATH: message"
+function _M.validate(sch, conf)
+  if type(sch) ~= "table" then error("schema must be a table", 2) end
+  local ok, err = schema.check_schema(sch, sch.name)
+  if not ok then error(err, 2) end
+  return schema.validate_plugin_config(sch, conf, "config")
+end
+
+--- Sets the response the upstream answered with, seen from header_filter on
+-- (moongate.response.get_status/get_header, moongate.service.response.*) and filtered by
+-- body_filter. Without it, a phase after the head sees 200 with no headers and no body.
+-- @param res { status = 200, headers = { Name = "v" | { ... } } or { { "Name", "v" } },
+--   body = "..." or chunks = { "...", ... } (the pieces body_filter is called with) }
+-- @return the kit
+function Kit:set_upstream_response(res)
+  res = res or {}
+  if type(res) ~= "table" then error("the upstream response must be a table", 2) end
+  if self.exited then
+    error("the request was ended by moongate.response.exit: the upstream was never called", 2)
+  end
+  local status = res.status or 200
+  if type(status) ~= "number" or status < 100 or status > 599 or status % 1 ~= 0 then
+    error("status must be an integer between 100 and 599", 2)
+  end
+  if res.body ~= nil and type(res.body) ~= "string" then
+    error("body must be a string", 2)
+  end
+  local chunks = {}
+  if res.chunks ~= nil then
+    if type(res.chunks) ~= "table" then error("chunks must be a list of strings", 2) end
+    for i, c in ipairs(res.chunks) do
+      if type(c) ~= "string" then error("chunks must be a list of strings", 2) end
+      chunks[i] = c
+    end
+  elseif res.body ~= nil and res.body ~= "" then
+    chunks[1] = res.body
+  end
+  self.body_chunks = chunks
+  self.upstream_response = { status = status, body = concat(chunks),
+                             headers = lines_to_map(header_lines(res.headers, "headers")) }
+  refresh_response(self)
+  return self
+end
+
+local function pack(...)
+  return { n = select("#", ...), ... }
+end
+
+local VALID_PHASE = {}
+for _, p in ipairs(phases.ORDER) do VALID_PHASE[p] = true end
+
+local filter_body
+
+local function check_phase(phase)
+  if type(phase) ~= "string" or not VALID_PHASE[phase] then
+    error("unknown phase '" .. tostring(phase) .. "' (one of: " .. concat(phases.ORDER, ", ")
+          .. ")", 3)
+  end
+end
+
+-- Runs fn(...) in a coroutine as code of `phase`, with the kit's PDK as the globals; the
+-- plugin's name (log prefix) and moongate.ctx.plugin table are given by the caller.
+local function exec(kit, phase, name, pctx, fn, ...)
+  if kit.exited and phase ~= "log" and phase ~= "init_worker" then
+    error("the request was ended by moongate.response.exit in the " .. kit.exit_phase
+          .. " phase: only the log phase runs after it", 3)
+  end
+  if not kit.upstream_response and not kit.exited and (phase == "header_filter"
+     or phase == "body_filter" or phase == "log") then
+    kit:set_upstream_response({})
+  end
+
+  local saved = { active, phases.current, rawget(_G, "moongate"), rawget(_G, "kong"),
+                  kit.plugin_name, kit.running_ctx }
+  active, phases.current = kit, phases.BY_NAME[phase]
+  _G.moongate, _G.kong = moongate, moongate
+  kit.plugin_name, kit.running_ctx = name, pctx
+  local co = co_create(fn)
+  local res = pack(co_resume(co, ...))
+  active, phases.current, _G.moongate, _G.kong, kit.plugin_name, kit.running_ctx =
+    saved[1], saved[2], saved[3], saved[4], saved[5], saved[6]
+
+  if not res[1] then
+    kit.error = res[2]
+    error(res[2], 0)   -- the handler's own error, as it raised it
+  end
+  if co_status(co) == "suspended" then
+    if res[2] == _M.EXIT and kit.exited then
+      return
+    end
+    error("the " .. phase .. " handler yielded outside the PDK (a real gateway would never "
+          .. "resume it)", 3)
+  end
+  return unpack(res, 2, res.n)
+end
+
+-- Runs `once()` per piece of the body (a body without pieces: once with "" as the last),
+-- each seeing its piece through moongate.response.get_chunk and replacing it with
+-- set_chunk; the output pieces become the body the client gets (and the next filter sees).
+-- Returns what the last call returned.
+function filter_body(kit, chunks, once)
+  if not kit.upstream_response and not kit.exited then kit:set_upstream_response({}) end
+  if kit.exited then return once() end    -- raises: only log runs after exit
+  chunks = chunks or {}
+  local n = #chunks
+  local list = n > 0 and chunks or { "" }
+  local out, res = {}, nil
+  for i = 1, #list do
+    kit.filtering = { chunk = list[i], eof = i == #list }
+    local r = pack(pcall(once))
+    local f = kit.filtering
+    kit.filtering = nil
+    if not r[1] then error(r[2], 0) end
+    res = r
+    out[i] = f.out or f.chunk
+  end
+  kit.body_chunks = out
+  refresh_response(kit)
+  return unpack(res, 2, res.n)
+end
+
+-- the moongate.ctx.plugin table of code run with kit:call (one per kit)
+local CALL_CTX = {}
+
+--- Runs `fn(...)` as code of the given phase: the globals `moongate` and `kong` are the
+-- kit's PDK, phase checks apply, `exit` ends it. A way to try single PDK calls:
+-- `kit:call("access", function() return moongate.request.get_path() end)`.
+-- @return what fn returned (nothing after exit); raises what fn raised
+function Kit:call(phase, fn, ...)
+  check_phase(phase)
+  if type(fn) ~= "function" then error("fn must be a function", 2) end
+  local pctx = self.plugin_ctxs[CALL_CTX]
+  if not pctx then
+    pctx = {}
+    self.plugin_ctxs[CALL_CTX] = pctx
+  end
+  if phase == "body_filter" then   -- one call with the whole body, as the last piece
+    local args = pack(...)
+    return filter_body(self, { concat(self.body_chunks or {}) }, function()
+      return exec(self, phase, nil, pctx, fn, unpack(args, 1, args.n))
+    end)
+  end
+  return exec(self, phase, nil, pctx, fn, ...)
+end
+
+--- Runs one phase of a plugin handler, as the gateway would: `handler:<phase>(conf)`.
+-- @param handler the table the plugin's handler.lua returns
+-- @param phase "init_worker", "rewrite", "access", "header_filter", "body_filter" or "log"
+-- @param conf the plugin config; nil: the config this handler ran with last on this kit
+--   (or {})
+-- @param sch optional: the plugin's schema; conf is then validated and its defaults filled
+--   (raises the "config.PATH: message" lines when invalid), and log lines carry the
+--   plugin's name as the gateway's do
+-- @return the kit (a handler without that phase is skipped, as the gateway does)
+function Kit:run(handler, phase, conf, sch)
+  if type(handler) ~= "table" then error("handler must be a table", 2) end
+  check_phase(phase)
+  if sch ~= nil then
+    if type(sch) ~= "table" then error("schema must be a table", 2) end
+    local ok, err = schema.check_schema(sch, sch.name)
+    if not ok then error(err, 2) end
+    local config, errs = schema.validate_plugin_config(sch, conf, "config")
+    if not config then error(concat(errs, "\n"), 2) end
+    conf = config
+    self.names[handler] = sch.name
+  elseif conf == nil then
+    conf = self.configs[handler] or {}
+  end
+  if type(conf) ~= "table" then error("conf must be a table", 2) end
+  self.configs[handler] = conf
+
+  local fn = handler[phase]
+  if fn == nil then return self end
+  if type(fn) ~= "function" then error("handler." .. phase .. " must be a function", 2) end
+
+  local name = self.names[handler]
+  local pctx = self.plugin_ctxs[handler]
+  if not pctx then
+    pctx = {}
+    self.plugin_ctxs[handler] = pctx
+    if name then self.plugin_ctxs[name] = pctx end
+  end
+  self.ctx.plugin = pctx
+  if phase == "body_filter" then
+    filter_body(self, self.body_chunks, function()
+      exec(self, phase, name, pctx, fn, handler, conf)
+    end)
+  else
+    exec(self, phase, name, pctx, fn, handler, conf)
+  end
+  return self
+end
+
+--- The moongate.ctx.plugin table of a handler (or plugin name) on this kit, or nil.
+function Kit:plugin_ctx(handler)
+  return self.plugin_ctxs[handler]
+end
+
+--- The first log entry whose message matches a Lua pattern (and level, if given), or nil.
+function Kit:find_log(pattern, level)
+  for _, e in ipairs(self.logs) do
+    if (level == nil or e.level == level) and find(e.msg, pattern) then return e end
+  end
+  return nil
+end
+
+return _M
