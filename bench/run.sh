@@ -1,27 +1,37 @@
 #!/usr/bin/env bash
-# bench/run.sh — moongate against nginx as a reverse proxy, on this machine, in about two minutes.
+# bench/run.sh — moongate against nginx and nginx+lua, on this machine, in about four minutes.
 #
 #   bench/run.sh /abs/path/build/moongate        (what `make bench` runs)
+#   SCENARIOS=plugin,auth bench/run.sh …        (a subset; default: proxy,plugin,auth)
 #
-# Starts, all on 127.0.0.1 with free ports and everything in a temp dir:
+# One upstream for every scenario, all on 127.0.0.1 with free ports and everything in a temp dir:
 #   upstream   nginx, 1 worker, `return 200 "hello world\n"`, keep-alive
-#   moongate   1 worker (master_process on), access_log off, service -> upstream, route "/"
-#   nginx      1 worker, proxy_pass to an `upstream {}` block with keepalive 64
-#   nginx+lua  the same plus access_by_lua_block reading one header (the cheapest plugin)
-# and measures, for each proxy:
+# Scenarios (each one starts its proxies, measures them, stops them):
+#   proxy   moongate (no plugin, access_log off) vs nginx (proxy_pass) vs nginx+lua (proxy_pass
+#           plus an access_by_lua_block reading one header)
+#   plugin  moongate with bench/plugins/moongate/plugins/bench-header (reads X-In, sets X-Bench
+#           upstream) vs nginx+lua doing the same in access_by_lua_block
+#   auth    moongate with bench-auth (apikey lookup among 1,000 consumers, 401 otherwise, a
+#           per-consumer fixed-window counter in a shared dict) and its JSON access log to a file
+#           vs nginx+lua doing the same (bench/plugins/nginx/bench_auth.lua: lua_shared_dict,
+#           access_by_lua, log_by_lua with cjson and a buffered file); wrk rotates key-1..key-1000
+# and measures, for each proxy of each scenario:
 #   1. throughput and latency: wrk -t1 -c50, ROUNDS interleaved rounds, medians; worker CPU time
 #      per request; upstream connections opened per request (the upstream's stub_status);
-#   2. worker RSS after that load, and RSS growth per idle keep-alive connection (IDLE_CONNS);
+#   2. (proxy only) worker RSS after that load, and RSS growth per idle keep-alive connection;
 #   3. instructions per request under callgrind (master_process off, counters zeroed after a
-#      warm-up, then exactly CALLGRIND_REQUESTS requests on CALLGRIND_CONNS connections).
-# Prints a markdown table and writes it to bench/results.md. See bench/README.md for the method.
+#      warm-up, then exactly CALLGRIND_REQUESTS requests on CALLGRIND_CONNS connections), and the
+#      functions with the highest self cost per request.
+# Prints markdown tables and writes them to bench/results.md. See bench/README.md for the method.
 #
-# Environment: BENCH_SECONDS (5) ROUNDS (5) WARMUP_SECONDS (2) CONNECTIONS (50) IDLE_CONNS (10000)
-#   CALLGRIND_REQUESTS (20000) CALLGRIND_CONNS (1) CPU_PROXY (0) CPU_LOAD (1) BENCH_KEEP (0: keep
-#   the temp dir) SKIP_CALLGRIND / SKIP_IDLE (0) RESULTS (bench/results.md).
+# Environment: SCENARIOS (proxy,plugin,auth) BENCH_SECONDS (5) ROUNDS (5) WARMUP_SECONDS (2)
+#   CONNECTIONS (50) IDLE_CONNS (10000) CALLGRIND_REQUESTS (20000) CALLGRIND_CONNS (1)
+#   PROFILE_TOP (15) CPU_PROXY (0) CPU_LOAD (1) BENCH_KEEP (0: keep the temp dir)
+#   SKIP_CALLGRIND / SKIP_IDLE (0) RESULTS (bench/results.md).
 set -euo pipefail
 
 MG_BIN=${1:?usage: bench/run.sh /abs/path/to/moongate}
+SCENARIOS=${SCENARIOS:-proxy,plugin,auth}
 BENCH_SECONDS=${BENCH_SECONDS:-5}
 ROUNDS=${ROUNDS:-5}
 WARMUP_SECONDS=${WARMUP_SECONDS:-2}
@@ -29,6 +39,7 @@ CONNECTIONS=${CONNECTIONS:-50}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 CALLGRIND_REQUESTS=${CALLGRIND_REQUESTS:-20000}
 CALLGRIND_CONNS=${CALLGRIND_CONNS:-1}
+PROFILE_TOP=${PROFILE_TOP:-15}
 CPU_PROXY=${CPU_PROXY:-0}
 CPU_LOAD=${CPU_LOAD:-1}
 SKIP_CALLGRIND=${SKIP_CALLGRIND:-0}
@@ -39,23 +50,29 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 RESULTS=${RESULTS:-$BENCH_DIR/results.md}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 LUA_MODDIR=${LUA_MODDIR:-/usr/lib/nginx/modules}
-SERVERS="moongate nginx nginx+lua"
 T0=$(date +%s)
 
 die() { echo "bench: $*" >&2; exit 1; }
 log() { printf '[%4ds] %s\n' $(($(date +%s) - T0)) "$*" >&2; }
 
+SCN_LIST=$(echo "$SCENARIOS" | tr ',' ' ')
+for scn in $SCN_LIST; do
+    case "$scn" in proxy | plugin | auth) ;; *) die "SCENARIOS: unknown scenario '$scn' (proxy, plugin, auth)" ;; esac
+done
+[ -n "$SCN_LIST" ] || die "SCENARIOS is empty"
+
 [ -x "$MG_BIN" ] || die "$MG_BIN: not an executable"
-for tool in "$NGINX" wrk cc ss; do command -v "$tool" >/dev/null || die "$tool not found (make deps / scripts/deps.sh all)"; done
+for tool in "$NGINX" wrk cc ss curl; do command -v "$tool" >/dev/null || die "$tool not found (make deps / scripts/deps.sh all)"; done
 [ "$SKIP_CALLGRIND" = 1 ] || command -v valgrind >/dev/null || { echo "bench: no valgrind, skipping callgrind" >&2; SKIP_CALLGRIND=1; }
 
 # Others may rebuild the binary while we run: notice it, so that no one trusts mixed numbers.
 MG_SUM=$(md5sum <"$MG_BIN")
 GIT=$(cd "$BENCH_DIR/.." && git rev-parse --short HEAD 2>/dev/null || echo "?")
-if [ -n "$(cd "$BENCH_DIR/.." && git status --porcelain -- runtime 2>/dev/null)" ]; then GIT="$GIT (runtime/ modified)"; fi
+if [ -n "$(cd "$BENCH_DIR/.." && git status --porcelain -- runtime lua 2>/dev/null)" ]; then GIT="$GIT (runtime/ or lua/ modified)"; fi
 bin_changed() { [ "$(md5sum <"$MG_BIN")" != "$MG_SUM" ]; }
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/moongate-bench.XXXXXX")
+chmod 755 "$TMP"
 PIDS=()
 
 # Every process we start is in PIDS (masters and their workers, valgrind, clients): TERM them,
@@ -84,7 +101,7 @@ trap 'exit 130' INT TERM
 
 # Pinning: with 2+ CPUs the proxy under test (master and worker) gets CPU_PROXY to itself and
 # wrk, the upstream and the test clients share CPU_LOAD, so the proxy is the bottleneck and the
-# three proxies are measured under the same conditions. On one CPU nothing is pinned.
+# proxies are measured under the same conditions. On one CPU nothing is pinned.
 NCPU=$(nproc)
 if [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null; then
     ON_PROXY="taskset -c $CPU_PROXY"
@@ -194,18 +211,15 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 
 
 key() { echo "${1//+/_}"; } # "nginx+lua" -> "nginx_lua", for file names
 
-# ---- configs --------------------------------------------------------------------------------
+lines_of() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
+
+# ---- upstream and test client ---------------------------------------------------------------
 
 free_port
 UP_PORT=$PORT_OUT
-declare -A PORT CGPORT
-for s in $SERVERS; do
-    free_port
-    PORT[$s]=$PORT_OUT
-    free_port
-    CGPORT[$s]=$PORT_OUT
-done
 
+# /__bench_echo answers the X-Bench header the proxy sent, so the script can check that the
+# "plugin" scenario's plugins did their job; nothing measured ever asks for it.
 cat >"$TMP/upstream.conf" <<EOF
 daemon off;
 master_process on;
@@ -222,91 +236,30 @@ http {
         listen 127.0.0.1:$UP_PORT backlog=4096;
         location / { return 200 "hello world\n"; }
         location = /__stub_status { stub_status; }
+        location = /__bench_echo { return 200 "\$http_x_bench\n"; }
     }
 }
 EOF
-
-# The two nginx proxies share one template; nginx+lua adds the module and one access handler.
-# worker_connections 16384 matches moongate's default limits.max_connections; keepalive_requests
-# are raised to 100000 on both sides of both proxies, and moongate's to the same below.
-nginx_proxy_conf() { # NAME PORT MASTER(on|off) LUA(0|1)
-    local name=$1 port=$2 master=$3 lua=$4
-    if [ "$lua" = 1 ]; then
-        echo "load_module $LUA_MODDIR/ndk_http_module.so;"
-        echo "load_module $LUA_MODDIR/ngx_http_lua_module.so;"
-    fi
-    cat <<EOF
-daemon off;
-master_process $master;
-worker_processes 1;
-worker_rlimit_nofile $NOFILE;
-error_log $TMP/$name.error.log notice;
-pid $TMP/$name.pid;
-events { worker_connections 16384; }
-http {
-    access_log off;
-    keepalive_requests 100000;
-    keepalive_timeout 75s;
-    upstream backend {
-        server 127.0.0.1:$UP_PORT;
-        keepalive 64;
-        keepalive_requests 100000;
-    }
-    server {
-        listen 127.0.0.1:$port backlog=4096;
-        location / {
-EOF
-    [ "$lua" = 1 ] && echo "            access_by_lua_block { local host = ngx.var.http_host }"
-    cat <<EOF
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
-}
-
-moongate_conf() { # NAME PORT MASTER(on|off)
-    cat <<EOF
-proxy_listen: ["127.0.0.1:$2 backlog=4096"]
-worker_processes: 1
-master_process: $3
-access_log: "off"
-error_log: $TMP/$1.error.log
-log_level: notice
-pid_file: $TMP/$1.pid
-limits:
-  keepalive_requests: 100000
-  upstream_keepalive_pool_size: 64
-  upstream_keepalive_max_requests: 100000
-_format_version: "3.0"
-services:
-  - name: upstream
-    url: http://127.0.0.1:$UP_PORT
-    routes:
-      - name: all
-        paths: ["/"]
-EOF
-}
-
-moongate_conf moongate "${PORT[moongate]}" on >"$TMP/moongate.yaml"
-moongate_conf moongate.cg "${CGPORT[moongate]}" off >"$TMP/moongate.cg.yaml"
-nginx_proxy_conf nginx "${PORT[nginx]}" on 0 >"$TMP/nginx.conf"
-nginx_proxy_conf nginx.cg "${CGPORT[nginx]}" off 0 >"$TMP/nginx.cg.conf"
-nginx_proxy_conf nginx_lua "${PORT[nginx+lua]}" on 1 >"$TMP/nginx_lua.conf"
-nginx_proxy_conf nginx_lua.cg "${CGPORT[nginx+lua]}" off 1 >"$TMP/nginx_lua.cg.conf"
-
-"$MG_BIN" check -c "$TMP/moongate.yaml" >"$TMP/check.out" 2>&1 || { cat "$TMP/check.out" >&2; die "moongate rejects the bench config"; }
-for c in upstream nginx nginx_lua; do
-    "$NGINX" -t -q -c "$TMP/$c.conf" -p "$TMP" -e "$TMP/$c.error.log" 2>"$TMP/$c.t.out" ||
-        { cat "$TMP/$c.t.out" >&2; die "nginx rejects $c.conf"; }
-done
+"$NGINX" -t -q -c "$TMP/upstream.conf" -p "$TMP" -e "$TMP/upstream.error.log" 2>"$TMP/upstream.t.out" ||
+    { cat "$TMP/upstream.t.out" >&2; die "nginx rejects upstream.conf"; }
 
 log "building the test client"
 cc -O2 -o "$TMP/mgclient" "$BENCH_DIR/mgclient.c" || die "cannot build bench/mgclient.c"
 
-# start NAME CPU-PREFIX CMD...: start in the background, record the pid, wait for the port.
+# wrk script for "auth": 1000 prebuilt requests, key-1 .. key-1000 in turn (each wrk connection
+# has its own Lua state and counter, all starting at key-1).
+cat >"$TMP/auth.wrk.lua" <<'EOF'
+local reqs, i = {}, 0
+function init(args)
+  for n = 1, 1000 do reqs[n] = wrk.format("GET", "/", { apikey = "key-" .. n }) end
+end
+function request()
+  i = i % 1000 + 1
+  return reqs[i]
+end
+EOF
+
+# start NAME CPU-PREFIX PORT CMD...: start in the background, record the pid, wait for the port.
 declare -A MASTER WORKER
 start() {
     local name=$1 pin=$2 port=$3
@@ -325,228 +278,554 @@ start() {
     check_owner "$port" "$pid"
 }
 
-# ---- start ----------------------------------------------------------------------------------
-
-log "starting upstream (:$UP_PORT) and proxies (moongate :${PORT[moongate]}, nginx :${PORT[nginx]}, nginx+lua :${PORT[nginx+lua]})"
+log "starting the upstream (:$UP_PORT)"
 start upstream "$ON_LOAD" "$UP_PORT" "$NGINX" -c "$TMP/upstream.conf" -p "$TMP" -e "$TMP/upstream.error.log"
 PIDS+=("$(worker_of "${MASTER[upstream]}")")
-start moongate "$ON_PROXY" "${PORT[moongate]}" "$MG_BIN" run -c "$TMP/moongate.yaml"
-start nginx "$ON_PROXY" "${PORT[nginx]}" "$NGINX" -c "$TMP/nginx.conf" -p "$TMP" -e "$TMP/nginx.error.log"
-start nginx+lua "$ON_PROXY" "${PORT[nginx+lua]}" "$NGINX" -c "$TMP/nginx_lua.conf" -p "$TMP" -e "$TMP/nginx_lua.error.log"
-for s in $SERVERS; do
-    WORKER[$s]=$(worker_of "${MASTER[$s]}") || die "$s: no worker process"
-    PIDS+=("${WORKER[$s]}")
-    body=$(curl -s --max-time 5 "http://127.0.0.1:${PORT[$s]}/" || true)
-    [ "$body" = "hello world" ] || die "$s: GET / answered '$body', not 'hello world'"
-done
-declare -A RSS_START
-for s in $SERVERS; do RSS_START[$s]=$(rss_kb "${WORKER[$s]}"); done
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-
-# ---- 1. throughput --------------------------------------------------------------------------
 
 upstream_accepts() { # connections the upstream has accepted so far (minus this query's own)
     curl -s --max-time 5 "http://127.0.0.1:$UP_PORT/__stub_status" | awk 'NR == 3 {print $1 - 1}'
 }
 
-run_wrk() { # SERVER SECONDS OUTFILE
-    # shellcheck disable=SC2086
-    $ON_LOAD wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency "http://127.0.0.1:${PORT[$1]}/" >"$3" 2>&1 || true
+# ---- configs --------------------------------------------------------------------------------
+
+# The nginx proxies share one template. MODE: plain (proxy_pass only), host (the "proxy"
+# scenario's nginx+lua: one header read in access_by_lua), header (the "plugin" scenario), auth.
+# worker_connections 16384 matches moongate's default limits.max_connections; keepalive_requests
+# are raised to 100000 on both sides of every proxy, and moongate's to the same below.
+nginx_proxy_conf() { # SCENARIO NAME PORT MASTER(on|off) MODE
+    local scn=$1 name=$2 port=$3 master=$4 mode=$5
+    if [ "$mode" != plain ]; then
+        echo "load_module $LUA_MODDIR/ndk_http_module.so;"
+        echo "load_module $LUA_MODDIR/ngx_http_lua_module.so;"
+    fi
+    # the auth log is written by the worker: as root nginx would switch it to nobody, who cannot
+    # write in our temp dir. moongate's workers keep the user they were started as; so does this.
+    if [ "$mode" = auth ] && [ "$(id -u)" = 0 ]; then echo "user root;"; fi
+    cat <<EOF
+daemon off;
+master_process $master;
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+error_log $TMP/$name.error.log notice;
+pid $TMP/$name.pid;
+events { worker_connections 16384; }
+http {
+    access_log off;
+    keepalive_requests 100000;
+    keepalive_timeout 75s;
+EOF
+    if [ "$mode" = auth ]; then
+        cat <<EOF
+    lua_package_path "$BENCH_DIR/plugins/nginx/?.lua;;";
+    lua_shared_dict bench_counters 1m;
+    init_by_lua_block {
+        bench_auth = require "bench_auth"
+        bench_auth.init("$TMP/$name.access.log", "bench_counters")
+    }
+    init_worker_by_lua_block { ngx.timer.every(0.1, bench_auth.flush) }
+EOF
+    fi
+    cat <<EOF
+    upstream backend {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 100000;
+    }
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        location / {
+EOF
+    case "$mode" in
+    host) echo "            access_by_lua_block { local host = ngx.var.http_host }" ;;
+    header) echo '            access_by_lua_block { ngx.req.set_header("X-Bench", ngx.var.http_x_in or "none") }' ;;
+    auth)
+        echo "            access_by_lua_block { bench_auth.access() }"
+        echo "            log_by_lua_block { bench_auth.log() }"
+        ;;
+    esac
+    cat <<EOF
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
 }
 
-log "warm-up: ${WARMUP_SECONDS}s each"
-for s in $SERVERS; do run_wrk "$s" "$WARMUP_SECONDS" "$TMP/warmup.$(key "$s").txt"; done
+moongate_conf() { # SCENARIO NAME PORT MASTER(on|off)
+    local scn=$1 name=$2 port=$3 master=$4 alog='"off"'
+    [ "$scn" = auth ] && alog="$TMP/$name.access.log"
+    cat <<EOF
+proxy_listen: ["127.0.0.1:$port backlog=4096"]
+worker_processes: 1
+master_process: $master
+access_log: $alog
+error_log: $TMP/$name.error.log
+log_level: notice
+pid_file: $TMP/$name.pid
+limits:
+  keepalive_requests: 100000
+  upstream_keepalive_pool_size: 64
+  upstream_keepalive_max_requests: 100000
+EOF
+    case "$scn" in
+    plugin)
+        echo "lua_package_path: \"$BENCH_DIR/plugins/?.lua;;\""
+        echo "plugins: [bench-header]"
+        ;;
+    auth)
+        echo "lua_package_path: \"$BENCH_DIR/plugins/?.lua;;\""
+        echo "plugins: [bench-auth]"
+        echo "shared_dicts: { bench_counters: 1m }"
+        ;;
+    esac
+    cat <<EOF
+_format_version: "3.0"
+services:
+  - name: upstream
+    url: http://127.0.0.1:$UP_PORT
+    routes:
+      - name: all
+        paths: ["/"]
+EOF
+    case "$scn" in
+    plugin) echo "        plugins: [{ name: bench-header }]" ;;
+    auth) echo "        plugins: [{ name: bench-auth, config: { consumers: 1000, dict: bench_counters } }]" ;;
+    esac
+}
 
-ROUND_ROWS=""
-proc_ticks >"$TMP/ticks.before"
-WALL0=$(date +%s.%N)
-for r in $(seq 1 "$ROUNDS"); do
-    for s in $SERVERS; do
-        f="$TMP/wrk.$(key "$s").$r.txt"
-        a_before=$(upstream_accepts)
-        t_before=$(cpu_ticks "${WORKER[$s]}")
-        run_wrk "$s" "$BENCH_SECONDS" "$f"
-        t_after=$(cpu_ticks "${WORKER[$s]}")
-        a_after=$(upstream_accepts)
-        nreq=$(awk '/ requests in / {print $1}' "$f")
-        rps=$(awk '/^Requests\/sec:/ {print $2}' "$f")
-        p50=$(to_us "$(awk '$1 == "50%" {print $2}' "$f")")
-        p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$f")")
-        non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$f")
-        sockerr=$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$f")
-        echo "${rps:--} ${p50:--} ${p99:--} $((${non2xx:-0} + ${sockerr:-0})) ${nreq:-0} $((t_after - t_before)) $((a_after - a_before))" >"$f.parsed"
-        cpu=$(awk -v t=$((t_after - t_before)) -v n="${nreq:-0}" -v hz="$CLK_TCK" \
-            'BEGIN { if (n > 0) printf "%.2f", t / hz * 1e6 / n; else print "-" }')
-        ROUND_ROWS="$ROUND_ROWS| $r | $s | ${rps:--} | ${p50:--} | ${p99:--} | $cpu | $((a_after - a_before)) | ${non2xx:-0} | ${sockerr:-0} |"$'\n'
-        log "round $r/$ROUNDS $s: ${rps:-?} req/s, p50 ${p50:-?} us, p99 ${p99:-?} us, worker CPU $cpu us/req, $((a_after - a_before)) upstream connections, non-2xx ${non2xx:-0}, socket errors ${sockerr:-0}"
-    done
-done
+# ---- one scenario ---------------------------------------------------------------------------
 
-# Noise: CPU time the rest of the machine (other users' jobs) took while the rounds ran.
-proc_ticks >"$TMP/ticks.after"
-FOREIGN=$(foreign_pct "$TMP/ticks.before" "$TMP/ticks.after" \
-    "$(awk -v a="$WALL0" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')" $$ "${PIDS[@]}")
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
-log "other processes on this machine used ${FOREIGN}% of a CPU during the rounds"
-
-declare -A RPS P50 P99 ERRS RSS_LOAD ALIVE CPU_US UPCONN
-for s in $SERVERS; do
-    k=$(key "$s")
-    RPS[$s]=$(cat "$TMP"/wrk."$k".*.txt.parsed | awk '$1 != "-" {print $1}' | median)
-    P50[$s]=$(cat "$TMP"/wrk."$k".*.txt.parsed | awk '$2 != "-" {print $2}' | median)
-    P99[$s]=$(cat "$TMP"/wrk."$k".*.txt.parsed | awk '$3 != "-" {print $3}' | median)
-    ERRS[$s]=$(cat "$TMP"/wrk."$k".*.txt.parsed | awk '{n += $4} END {print n + 0}')
-    # CPU time the worker spent per request, over all rounds: other load on the machine stretches
-    # wall-clock numbers but hardly this one.
-    CPU_US[$s]=$(cat "$TMP"/wrk."$k".*.txt.parsed |
-        awk -v hz="$CLK_TCK" '{n += $5; t += $6} END { if (n > 0) printf "%.2f", t / hz * 1e6 / n; else print "-" }')
-    UPCONN[$s]=$(cat "$TMP"/wrk."$k".*.txt.parsed |
-        awk '{n += $5; c += $7} END { if (n > 0) printf "%.2f", c * 1000 / n; else print "-" }')
-    RSS_LOAD[$s]=$(rss_kb "${WORKER[$s]}")
-    if kill -0 "${WORKER[$s]}" 2>/dev/null; then ALIVE[$s]=yes; else ALIVE[$s]="NO (worker ${WORKER[$s]} gone)"; fi
-done
-
-# ---- 2. idle connections --------------------------------------------------------------------
-
+# Results, keyed "scenario:server".
+declare -A RPS P50 P99 ERRS RSS_START RSS_LOAD ALIVE CPU_US BUSY UPCONN IR LOG_IR LOG_LINES
 declare -A IDLE_OK IDLE_BYTES RSS_IDLE RSS_AFTER_IDLE
-for s in $SERVERS; do IDLE_OK[$s]="-"; IDLE_BYTES[$s]="-"; RSS_IDLE[$s]="-"; RSS_AFTER_IDLE[$s]="-"; done
-if [ "$SKIP_IDLE" != 1 ]; then
-    for s in $SERVERS; do
-        [ "${ALIVE[$s]}" = yes ] || continue
-        k=$(key "$s")
-        w=${WORKER[$s]}
-        before=$(rss_kb "$w")
-        log "idle: opening $IDLE_CONNS keep-alive connections to $s"
-        # shellcheck disable=SC2086
-        $ON_LOAD "$TMP/mgclient" idle 127.0.0.1 "${PORT[$s]}" "$IDLE_CONNS" 200 600 >"$TMP/idle.$k.out" 2>"$TMP/idle.$k.err" &
-        cpid=$!
-        PIDS+=("$cpid")
-        for _ in $(seq 1 600); do
-            grep -q '^ready' "$TMP/idle.$k.out" 2>/dev/null && break
-            kill -0 "$cpid" 2>/dev/null || break
-            sleep 0.1
+declare -A SCN_SERVERS SCN_ROUNDS SCN_FOREIGN SCN_LOAD SCN_NOTES SCN_TIME
+
+servers_of() {
+    case "$1" in
+    proxy) echo "moongate nginx nginx+lua" ;;
+    *) echo "moongate nginx+lua" ;;
+    esac
+}
+
+wrk_args() { # SCENARIO: what wrk sends
+    case "$1" in
+    proxy) ;;
+    plugin) echo "-H X-In:hello" ;;
+    auth) echo "-s $TMP/auth.wrk.lua" ;;
+    esac
+}
+
+mgclient_header() { # SCENARIO: mgclient reqs's HEADER and ROTATE
+    case "$1" in
+    plugin) echo "X-In: hello" ;;
+    auth) echo "apikey: key-%d" ;;
+    *) echo "" ;;
+    esac
+}
+
+# check SCENARIO SERVER PORT: does the proxy do its job? Dies if not.
+check_proxy() {
+    local scn=$1 s=$2 port=$3 body code
+    body=$(curl -s --max-time 5 "http://127.0.0.1:$port/" -H "apikey: key-1000" || true)
+    [ "$body" = "hello world" ] || die "$scn/$s: GET / answered '$body', not 'hello world'"
+    case "$scn" in
+    plugin)
+        body=$(curl -s --max-time 5 -H "X-In: hello" "http://127.0.0.1:$port/__bench_echo" || true)
+        [ "$body" = hello ] || die "$scn/$s: the upstream saw X-Bench '$body', not 'hello'"
+        body=$(curl -s --max-time 5 "http://127.0.0.1:$port/__bench_echo" || true)
+        [ "$body" = none ] || die "$scn/$s: without X-In the upstream saw X-Bench '$body', not 'none'"
+        ;;
+    auth)
+        for h in "X-Nothing: 1" "apikey: key-1001" "apikey: key-0"; do
+            code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "$h" "http://127.0.0.1:$port/" || true)
+            [ "$code" = 401 ] || die "$scn/$s: '$h' answered $code, not 401"
         done
-        sleep 1 # let the worker settle (lazy frees, timers)
-        after=$(rss_kb "$w")
-        ok=$(sed -n 's/^ready ok=\([0-9]*\).*/\1/p' "$TMP/idle.$k.out")
-        ok=${ok:-0}
-        RSS_IDLE[$s]=$after
-        IDLE_OK[$s]=$ok
-        [ "$ok" -gt 0 ] && IDLE_BYTES[$s]=$(((after - before) * 1024 / ok))
-        kill -TERM "$cpid" 2>/dev/null || true
-        wait "$cpid" 2>/dev/null || true
-        sleep 1
-        RSS_AFTER_IDLE[$s]=$(rss_kb "$w")
-        log "idle: $s held $ok/$IDLE_CONNS, RSS $before -> $after KiB (${IDLE_BYTES[$s]} bytes/conn), ${RSS_AFTER_IDLE[$s]} KiB after they closed"
-        [ -s "$TMP/idle.$k.err" ] && sed 's/^/    /' "$TMP/idle.$k.err" | head -5 >&2
-        kill -0 "$w" 2>/dev/null || ALIVE[$s]="NO (worker $w died during the idle test)"
-    done
-fi
+        ;;
+    esac
+}
 
-# The master-process instances are done: stop them now so they do not disturb callgrind.
-for s in $SERVERS; do kill -TERM "${MASTER[$s]}" 2>/dev/null || true; done
-
-# ---- 3. instructions per request ------------------------------------------------------------
-
-declare -A IR
-for s in $SERVERS; do IR[$s]="-"; done
-if [ "$SKIP_CALLGRIND" != 1 ]; then
-    for s in $SERVERS; do
+run_scenario() {
+    local scn=$1 s k f r port
+    local servers
+    servers=$(servers_of "$scn")
+    SCN_SERVERS[$scn]=$servers
+    local t_start
+    t_start=$(date +%s)
+    declare -A port_of cgport_of
+    for s in $servers; do
+        free_port
+        port_of[$s]=$PORT_OUT
+        free_port
+        cgport_of[$s]=$PORT_OUT
         k=$(key "$s")
-        port=${CGPORT[$s]}
-        if [ "$s" = moongate ]; then
-            cmd=("$MG_BIN" run -c "$TMP/moongate.cg.yaml")
-        else
-            cmd=("$NGINX" -c "$TMP/$k.cg.conf" -p "$TMP" -e "$TMP/$k.cg.error.log")
-        fi
-        log "callgrind: $s, $CALLGRIND_REQUESTS requests on $CALLGRIND_CONNS connection(s)"
-        start "$s.cg" "$ON_PROXY" "$port" valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.$k.%p" "${cmd[@]}"
-        vp=${MASTER[$s.cg]}
-        # shellcheck disable=SC2086
-        $ON_LOAD "$TMP/mgclient" reqs 127.0.0.1 "$port" 2000 "$CALLGRIND_CONNS" >"$TMP/cg.warm.$k.out" 2>&1 || true
-        if ! callgrind_control -z "$vp" >"$TMP/cg.ctl.$k.out" 2>&1; then
-            log "callgrind: $s: callgrind_control -z failed: $(tail -1 "$TMP/cg.ctl.$k.out")"
-            kill -TERM "$vp" 2>/dev/null || true
-            continue
-        fi
-        # shellcheck disable=SC2086
-        $ON_LOAD "$TMP/mgclient" reqs 127.0.0.1 "$port" "$CALLGRIND_REQUESTS" "$CALLGRIND_CONNS" >"$TMP/cg.reqs.$k.out" 2>&1 || true
-        callgrind_control -d "$vp" >>"$TMP/cg.ctl.$k.out" 2>&1 || true
-        dump="$TMP/callgrind.$k.$vp.1"
-        for _ in $(seq 1 100); do [ -s "$dump" ] && grep -q '^totals:' "$dump" && break; sleep 0.1; done
-        ir=$(awk '/^summary:/ {print $2}' "$dump" 2>/dev/null || true)
-        ok=$(sed -n 's/^ok=\([0-9]*\).*/\1/p' "$TMP/cg.reqs.$k.out")
-        if [ -n "$ir" ] && [ "${ok:-0}" -gt 0 ]; then
-            IR[$s]=$((ir / ok))
-            log "callgrind: $s: $ir instructions / $ok requests = ${IR[$s]} per request ($(cat "$TMP/cg.reqs.$k.out"))"
-        else
-            log "callgrind: $s: no result ($(cat "$TMP/cg.reqs.$k.out" 2>/dev/null))"
-        fi
-        kill -TERM "$vp" 2>/dev/null || true
-        for _ in $(seq 1 50); do kill -0 "$vp" 2>/dev/null || break; sleep 0.1; done
+        case "$s" in
+        moongate)
+            moongate_conf "$scn" "$scn.$k" "${port_of[$s]}" on >"$TMP/$scn.$k.yaml"
+            moongate_conf "$scn" "$scn.$k.cg" "${cgport_of[$s]}" off >"$TMP/$scn.$k.cg.yaml"
+            "$MG_BIN" check -c "$TMP/$scn.$k.yaml" >"$TMP/$scn.check.out" 2>&1 ||
+                { cat "$TMP/$scn.check.out" >&2; die "moongate rejects the $scn config"; }
+            ;;
+        *)
+            local mode=plain
+            [ "$s" = nginx+lua ] && case "$scn" in proxy) mode=host ;; plugin) mode=header ;; auth) mode=auth ;; esac
+            nginx_proxy_conf "$scn" "$scn.$k" "${port_of[$s]}" on "$mode" >"$TMP/$scn.$k.conf"
+            nginx_proxy_conf "$scn" "$scn.$k.cg" "${cgport_of[$s]}" off "$mode" >"$TMP/$scn.$k.cg.conf"
+            "$NGINX" -t -q -c "$TMP/$scn.$k.conf" -p "$TMP" -e "$TMP/$scn.$k.error.log" 2>"$TMP/$scn.$k.t.out" ||
+                { cat "$TMP/$scn.$k.t.out" >&2; die "nginx rejects $scn.$k.conf"; }
+            ;;
+        esac
     done
-fi
 
-# ---- errors the servers logged --------------------------------------------------------------
+    # ---- start
+    log "== scenario $scn: $(for s in $servers; do printf '%s :%s  ' "$s" "${port_of[$s]}"; done)"
+    for s in $servers; do
+        k=$(key "$s")
+        if [ "$s" = moongate ]; then
+            start "$scn.$s" "$ON_PROXY" "${port_of[$s]}" "$MG_BIN" run -c "$TMP/$scn.$k.yaml"
+        else
+            start "$scn.$s" "$ON_PROXY" "${port_of[$s]}" "$NGINX" -c "$TMP/$scn.$k.conf" -p "$TMP" -e "$TMP/$scn.$k.error.log"
+        fi
+    done
+    for s in $servers; do
+        WORKER[$scn.$s]=$(worker_of "${MASTER[$scn.$s]}") || die "$scn/$s: no worker process"
+        PIDS+=("${WORKER[$scn.$s]}")
+        check_proxy "$scn" "$s" "${port_of[$s]}"
+        RSS_START[$scn:$s]=$(rss_kb "${WORKER[$scn.$s]}")
+    done
 
-LOG_NOTES=""
-for s in $SERVERS; do
-    k=$(key "$s")
-    f="$TMP/$k.error.log"
-    [ "$s" = moongate ] && f="$TMP/$k.error.log $TMP/$k.out"
-    # shellcheck disable=SC2086
-    n=$(cat $f 2>/dev/null | grep -cE '\[(error|crit|alert|emerg)\]' || true)
-    if [ "${n:-0}" -gt 0 ]; then
+    # ---- 1. throughput
+    local wargs
+    wargs=$(wrk_args "$scn")
+    run_wrk() { # SERVER SECONDS OUTFILE
         # shellcheck disable=SC2086
-        LOG_NOTES="$LOG_NOTES- $s logged $n error lines, e.g.: \`$(cat $f | grep -E '\[(error|crit|alert|emerg)\]' | head -1)\`"$'\n'
+        $ON_LOAD wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency $wargs "http://127.0.0.1:${port_of[$1]}/" >"$3" 2>&1 || true
+    }
+    log "$scn: warm-up, ${WARMUP_SECONDS}s each"
+    for s in $servers; do run_wrk "$s" "$WARMUP_SECONDS" "$TMP/$scn.warmup.$(key "$s").txt"; done
+    sleep 0.5 # the access logs flush every 100 ms
+    declare -A lines0
+    for s in $servers; do lines0[$s]=$(lines_of "$TMP/$scn.$(key "$s").access.log"); done
+
+    local rows="" load_before
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    proc_ticks >"$TMP/$scn.ticks.before"
+    local wall0
+    wall0=$(date +%s.%N)
+    for r in $(seq 1 "$ROUNDS"); do
+        for s in $servers; do
+            f="$TMP/$scn.wrk.$(key "$s").$r.txt"
+            local a_before a_after t_before t_after nreq rps p50 p99 non2xx sockerr cpu
+            a_before=$(upstream_accepts)
+            t_before=$(cpu_ticks "${WORKER[$scn.$s]}")
+            run_wrk "$s" "$BENCH_SECONDS" "$f"
+            t_after=$(cpu_ticks "${WORKER[$scn.$s]}")
+            a_after=$(upstream_accepts)
+            nreq=$(awk '/ requests in / {print $1}' "$f")
+            rps=$(awk '/^Requests\/sec:/ {print $2}' "$f")
+            p50=$(to_us "$(awk '$1 == "50%" {print $2}' "$f")")
+            p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$f")")
+            non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$f")
+            sockerr=$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$f")
+            echo "${rps:--} ${p50:--} ${p99:--} $((${non2xx:-0} + ${sockerr:-0})) ${nreq:-0} $((t_after - t_before)) $((a_after - a_before))" >"$f.parsed"
+            cpu=$(awk -v t=$((t_after - t_before)) -v n="${nreq:-0}" -v hz="$CLK_TCK" \
+                'BEGIN { if (n > 0) printf "%.2f", t / hz * 1e6 / n; else print "-" }')
+            rows="$rows| $r | $s | ${rps:--} | ${p50:--} | ${p99:--} | $cpu | $((a_after - a_before)) | ${non2xx:-0} | ${sockerr:-0} |"$'\n'
+            log "$scn: round $r/$ROUNDS $s: ${rps:-?} req/s, p50 ${p50:-?} us, p99 ${p99:-?} us, worker CPU $cpu us/req, $((a_after - a_before)) upstream connections, non-2xx ${non2xx:-0}, socket errors ${sockerr:-0}"
+        done
+    done
+    SCN_ROUNDS[$scn]=$rows
+
+    # Noise: CPU time the rest of the machine (other users' jobs) took while the rounds ran.
+    proc_ticks >"$TMP/$scn.ticks.after"
+    SCN_FOREIGN[$scn]=$(foreign_pct "$TMP/$scn.ticks.before" "$TMP/$scn.ticks.after" \
+        "$(awk -v a="$wall0" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')" $$ "${PIDS[@]}")
+    SCN_LOAD[$scn]="load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after the rounds"
+    log "$scn: other processes on this machine used ${SCN_FOREIGN[$scn]}% of a CPU during the rounds"
+    sleep 0.5 # the access logs flush every 100 ms
+
+    for s in $servers; do
+        k=$(key "$s")
+        local parsed="$TMP/$scn.wrk.$k.*.txt.parsed"
+        # shellcheck disable=SC2086
+        RPS[$scn:$s]=$(cat $parsed | awk '$1 != "-" {print $1}' | median)
+        # shellcheck disable=SC2086
+        P50[$scn:$s]=$(cat $parsed | awk '$2 != "-" {print $2}' | median)
+        # shellcheck disable=SC2086
+        P99[$scn:$s]=$(cat $parsed | awk '$3 != "-" {print $3}' | median)
+        # shellcheck disable=SC2086
+        ERRS[$scn:$s]=$(cat $parsed | awk '{n += $4} END {print n + 0}')
+        # CPU time the worker spent per request, over all rounds: other load on the machine
+        # stretches wall-clock numbers but hardly this one. BUSY: how much of its CPU it used.
+        # shellcheck disable=SC2086
+        CPU_US[$scn:$s]=$(cat $parsed |
+            awk -v hz="$CLK_TCK" '{n += $5; t += $6} END { if (n > 0) printf "%.2f", t / hz * 1e6 / n; else print "-" }')
+        # shellcheck disable=SC2086
+        BUSY[$scn:$s]=$(cat $parsed |
+            awk -v hz="$CLK_TCK" -v secs=$((ROUNDS * BENCH_SECONDS)) '{t += $6} END { printf "%d", t / hz / secs * 100 }')
+        # shellcheck disable=SC2086
+        UPCONN[$scn:$s]=$(cat $parsed |
+            awk '{n += $5; c += $7} END { if (n > 0) printf "%.2f", c * 1000 / n; else print "-" }')
+        RSS_LOAD[$scn:$s]=$(rss_kb "${WORKER[$scn.$s]}")
+        if [ "$scn" = auth ]; then
+            # shellcheck disable=SC2086
+            LOG_LINES[$scn:$s]=$(cat $parsed | awk -v l="$(($(lines_of "$TMP/$scn.$k.access.log") - ${lines0[$s]}))" \
+                '{n += $5} END { if (n > 0) printf "%.3f", l / n; else print "-" }')
+        fi
+        if kill -0 "${WORKER[$scn.$s]}" 2>/dev/null; then ALIVE[$scn:$s]=yes; else ALIVE[$scn:$s]="NO (worker ${WORKER[$scn.$s]} gone)"; fi
+    done
+
+    # ---- 2. idle connections (proxy scenario only: memory per connection does not depend on
+    # the plugins)
+    for s in $servers; do IDLE_OK[$scn:$s]="-"; IDLE_BYTES[$scn:$s]="-"; RSS_IDLE[$scn:$s]="-"; RSS_AFTER_IDLE[$scn:$s]="-"; done
+    if [ "$SKIP_IDLE" != 1 ] && [ "$scn" = proxy ]; then
+        for s in $servers; do
+            [ "${ALIVE[$scn:$s]}" = yes ] || continue
+            k=$(key "$s")
+            local w=${WORKER[$scn.$s]} before after ok cpid
+            before=$(rss_kb "$w")
+            log "$scn: idle: opening $IDLE_CONNS keep-alive connections to $s"
+            # shellcheck disable=SC2086
+            $ON_LOAD "$TMP/mgclient" idle 127.0.0.1 "${port_of[$s]}" "$IDLE_CONNS" 200 600 >"$TMP/idle.$k.out" 2>"$TMP/idle.$k.err" &
+            cpid=$!
+            PIDS+=("$cpid")
+            for _ in $(seq 1 600); do
+                grep -q '^ready' "$TMP/idle.$k.out" 2>/dev/null && break
+                kill -0 "$cpid" 2>/dev/null || break
+                sleep 0.1
+            done
+            sleep 1 # let the worker settle (lazy frees, timers)
+            after=$(rss_kb "$w")
+            ok=$(sed -n 's/^ready ok=\([0-9]*\).*/\1/p' "$TMP/idle.$k.out")
+            ok=${ok:-0}
+            RSS_IDLE[$scn:$s]=$after
+            IDLE_OK[$scn:$s]=$ok
+            [ "$ok" -gt 0 ] && IDLE_BYTES[$scn:$s]=$(((after - before) * 1024 / ok))
+            kill -TERM "$cpid" 2>/dev/null || true
+            wait "$cpid" 2>/dev/null || true
+            sleep 1
+            RSS_AFTER_IDLE[$scn:$s]=$(rss_kb "$w")
+            log "$scn: idle: $s held $ok/$IDLE_CONNS, RSS $before -> $after KiB (${IDLE_BYTES[$scn:$s]} bytes/conn), ${RSS_AFTER_IDLE[$scn:$s]} KiB after they closed"
+            [ -s "$TMP/idle.$k.err" ] && sed 's/^/    /' "$TMP/idle.$k.err" | head -5 >&2
+            kill -0 "$w" 2>/dev/null || ALIVE[$scn:$s]="NO (worker $w died during the idle test)"
+        done
     fi
-done
+
+    # The master-process instances are done: stop them now so they do not disturb callgrind.
+    for s in $servers; do kill -TERM "${MASTER[$scn.$s]}" 2>/dev/null || true; done
+    for s in $servers; do
+        for _ in $(seq 1 50); do kill -0 "${MASTER[$scn.$s]}" 2>/dev/null || break; sleep 0.1; done
+    done
+
+    # ---- 3. instructions per request
+    local hdr
+    hdr=$(mgclient_header "$scn")
+    for s in $servers; do IR[$scn:$s]="-"; LOG_IR[$scn:$s]="-"; done
+    if [ "$SKIP_CALLGRIND" != 1 ]; then
+        for s in $servers; do
+            k=$(key "$s")
+            port=${cgport_of[$s]}
+            local cmd
+            if [ "$s" = moongate ]; then
+                cmd=("$MG_BIN" run -c "$TMP/$scn.$k.cg.yaml")
+            else
+                cmd=("$NGINX" -c "$TMP/$scn.$k.cg.conf" -p "$TMP" -e "$TMP/$scn.$k.cg.error.log")
+            fi
+            log "$scn: callgrind: $s, $CALLGRIND_REQUESTS requests on $CALLGRIND_CONNS connection(s)"
+            start "$scn.$s.cg" "$ON_PROXY" "$port" valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.$scn.$k.%p" "${cmd[@]}"
+            local vp=${MASTER[$scn.$s.cg]}
+            # shellcheck disable=SC2086
+            $ON_LOAD "$TMP/mgclient" reqs 127.0.0.1 "$port" 2000 "$CALLGRIND_CONNS" "$hdr" 1000 >"$TMP/cg.warm.$scn.$k.out" 2>&1 || true
+            if ! callgrind_control -z "$vp" >"$TMP/cg.ctl.$scn.$k.out" 2>&1; then
+                log "$scn: callgrind: $s: callgrind_control -z failed: $(tail -1 "$TMP/cg.ctl.$scn.$k.out")"
+                kill -TERM "$vp" 2>/dev/null || true
+                continue
+            fi
+            # shellcheck disable=SC2086
+            $ON_LOAD "$TMP/mgclient" reqs 127.0.0.1 "$port" "$CALLGRIND_REQUESTS" "$CALLGRIND_CONNS" "$hdr" 1000 >"$TMP/cg.reqs.$scn.$k.out" 2>&1 || true
+            callgrind_control -d "$vp" >>"$TMP/cg.ctl.$scn.$k.out" 2>&1 || true
+            local dump="$TMP/callgrind.$scn.$k.$vp.1" ir ok
+            for _ in $(seq 1 100); do [ -s "$dump" ] && grep -q '^totals:' "$dump" && break; sleep 0.1; done
+            ir=$(awk '/^summary:/ {print $2}' "$dump" 2>/dev/null || true)
+            ok=$(sed -n 's/^ok=\([0-9]*\).*/\1/p' "$TMP/cg.reqs.$scn.$k.out")
+            if [ -n "$ir" ] && [ "${ok:-0}" -gt 0 ]; then
+                IR[$scn:$s]=$((ir / ok))
+                log "$scn: callgrind: $s: $ir instructions / $ok requests = ${IR[$scn:$s]} per request ($(cat "$TMP/cg.reqs.$scn.$k.out"))"
+                profile "$dump" "$ok" >"$TMP/profile.$scn.$k.md" || true
+                if [ "$scn" = auth ]; then
+                    # the JSON log's share: moongate's access_log() / nginx's log phase handler
+                    local fn=access_log
+                    [ "$s" = moongate ] || fn=ngx_http_lua_log_handler
+                    LOG_IR[$scn:$s]=$(inclusive_of "$dump" "$fn" "$ok" || echo "-")
+                fi
+            else
+                log "$scn: callgrind: $s: no result ($(cat "$TMP/cg.reqs.$scn.$k.out" 2>/dev/null))"
+            fi
+            kill -TERM "$vp" 2>/dev/null || true
+            for _ in $(seq 1 50); do kill -0 "$vp" 2>/dev/null || break; sleep 0.1; done
+        done
+    fi
+
+    # ---- errors the servers logged
+    local notes=""
+    for s in $servers; do
+        k=$(key "$s")
+        local n files="$TMP/$scn.$k.error.log"
+        [ "$s" = moongate ] && files="$files $TMP/$(key "$scn.$s").out"
+        # shellcheck disable=SC2086
+        n=$(cat $files 2>/dev/null | grep -cE '\[(error|crit|alert|emerg)\]' || true)
+        if [ "${n:-0}" -gt 0 ]; then
+            # shellcheck disable=SC2086
+            notes="$notes- $s logged $n error lines, e.g.: \`$(cat $files | grep -E '\[(error|crit|alert|emerg)\]' | head -1)\`"$'\n'
+        fi
+    done
+    SCN_NOTES[$scn]=$notes
+    SCN_TIME[$scn]=$(($(date +%s) - t_start))
+}
+
+# profile DUMP REQUESTS: the PROFILE_TOP functions with the highest self cost, per request.
+profile() {
+    echo "| instructions per request (self) | % | function | object |"
+    echo "|---:|---:|---|---|"
+    callgrind_annotate --threshold=100 --auto=no --show-percs=no "$1" 2>/dev/null |
+        awk -v n="$2" -v top="$PROFILE_TOP" '
+            /^-+$/ { sep++; next }
+            sep >= 2 && NF >= 2 && $1 ~ /^[0-9,]+$/ {
+                ir = $1; gsub(",", "", ir)
+                if (!total) { total = ir; next }         # the PROGRAM TOTALS line comes first
+                fn = $2; obj = ""
+                if (match($0, /\[[^]]*\]$/)) { obj = substr($0, RSTART + 1, RLENGTH - 2); sub(".*/", "", obj) }
+                sub(/^[^:]*:/, "", fn)
+                if (++shown > top) next              # read on: no SIGPIPE for callgrind_annotate
+                printf "| %.0f | %.1f | `%s` | %s |\n", ir / n, ir * 100 / total, fn, obj
+            }'
+}
+
+# inclusive_of DUMP FUNCTION REQUESTS: FUNCTION's inclusive cost per request (what it and
+# everything it called executed), "-" when callgrind did not see it.
+inclusive_of() {
+    callgrind_annotate --inclusive=yes --threshold=100 --auto=no --show-percs=no "$1" 2>/dev/null |
+        awk -v fn="$2" -v n="$3" '
+            !found && $1 ~ /^[0-9,]+$/ && (index($0, ":" fn " ") || $0 ~ ":" fn "$") {
+                ir = $1; gsub(",", "", ir); printf "%.0f", ir / n; found = 1 }
+            END { if (!found) print "-" }'
+}
+
+for scn in $SCN_LIST; do run_scenario "$scn"; done
 
 # ---- report ---------------------------------------------------------------------------------
 
 ELAPSED=$(($(date +%s) - T0))
-row() { # LABEL moongate nginx nginx+lua
-    printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" "$(ratio "$2" "$3")" "$(ratio "$2" "$4")"
+targets() { # SCENARIO: the issue's targets for plugin scenarios, met or not
+    local scn=$1 rr ir p
+    rr=$(ratio "${RPS[$scn:moongate]}" "${RPS[$scn:nginx+lua]}")
+    ir=$(ratio "${IR[$scn:moongate]}" "${IR[$scn:nginx+lua]}")
+    p=$(ratio "${P99[$scn:moongate]}" "${P99[$scn:nginx+lua]}")
+    met() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { if (v == "-") print "not measured";
+        else if ((op == ">=" && v + 0 >= t) || (op == "<=" && v + 0 <= t)) print "met"; else print "**not met**" }'; }
+    echo "Targets (from the issue, not asserted): requests/s ≥ 1.20× nginx+lua: ${rr}× ($(met "$rr" ">=" 1.2));" \
+        "instructions per request ≤ 0.80×: ${ir}× ($(met "$ir" "<=" 0.8)); p99 ≤ nginx+lua's: ${p}× ($(met "$p" "<=" 1))."
 }
+
+section() { # SCENARIO
+    local scn=$1 s servers
+    servers=${SCN_SERVERS[$scn]}
+    case "$scn" in
+    proxy)
+        echo "## proxy: no plugin"
+        echo
+        echo "moongate (no plugin, access log off) vs nginx \`proxy_pass\` vs nginx+lua (\`proxy_pass\` plus \`access_by_lua_block { local host = ngx.var.http_host }\`)."
+        ;;
+    plugin)
+        echo "## plugin: read one request header, set one upstream header"
+        echo
+        echo "moongate with \`bench-header\` (\`set_header(\"X-Bench\", get_header(\"X-In\") or \"none\")\`) vs nginx+lua with \`access_by_lua_block { ngx.req.set_header(\"X-Bench\", ngx.var.http_x_in or \"none\") }\`; wrk sends \`X-In: hello\`."
+        ;;
+    auth)
+        echo "## auth: key lookup among 1,000 consumers, a per-consumer counter, a JSON access log line"
+        echo
+        echo "moongate with \`bench-auth\` (apikey → consumer table, 401 otherwise; \`incr(consumer .. \":\" .. minute, 1, 0, 60)\` in a shared dict) and its built-in JSON access log to a file vs nginx+lua doing the same in \`access_by_lua\` (\`lua_shared_dict\`) and \`log_by_lua\` (cjson, buffered, appended every 128 lines and every 100 ms); requests rotate \`apikey: key-1\` … \`key-1000\`."
+        ;;
+    esac
+    echo
+    echo "- noise: ${SCN_LOAD[$scn]}; other processes took ${SCN_FOREIGN[$scn]}% of one CPU during the rounds"
+    echo
+    if [ "$scn" = proxy ]; then
+        row() { printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" "$(ratio "$2" "$3")" "$(ratio "$2" "$4")"; }
+        echo "| | moongate | nginx | nginx+lua | moongate/nginx | moongate/nginx+lua |"
+        echo "|---|---:|---:|---:|---:|---:|"
+        v() { local -n arr=$1; row "$2" "${arr[$scn:moongate]}" "${arr[$scn:nginx]}" "${arr[$scn:nginx+lua]}"; }
+    else
+        row() { printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$(ratio "$2" "$3")"; }
+        echo "| | moongate | nginx+lua | moongate/nginx+lua |"
+        echo "|---|---:|---:|---:|"
+        v() { local -n arr=$1; row "$2" "${arr[$scn:moongate]}" "${arr[$scn:nginx+lua]}"; }
+    fi
+    v RPS "requests/s (median)"
+    v P50 "p50 latency, µs"
+    v P99 "p99 latency, µs"
+    v CPU_US "worker CPU time per request, µs"
+    [ "$scn" = proxy ] || v BUSY "worker CPU busy during the rounds, % of one CPU"
+    v UPCONN "upstream connections opened per 1000 requests"
+    v ERRS "errors (non-2xx + socket), all rounds"
+    v RSS_START "worker RSS at start, KiB"
+    v RSS_LOAD "worker RSS after load, KiB"
+    if [ "$scn" = proxy ]; then
+        v IDLE_OK "idle connections held"
+        v RSS_IDLE "worker RSS with them, KiB"
+        v IDLE_BYTES "bytes per idle connection"
+        v RSS_AFTER_IDLE "worker RSS after they closed, KiB"
+    fi
+    v IR "instructions per request"
+    if [ "$scn" = auth ]; then
+        v LOG_IR "… of which the JSON log line (inclusive cost of \`access_log()\` / \`ngx_http_lua_log_handler\`)"
+        v LOG_LINES "access log lines written per request counted by wrk"
+    fi
+    echo
+    for s in $servers; do [ "${ALIVE[$scn:$s]}" = yes ] || echo "- **$s worker did not survive: ${ALIVE[$scn:$s]}**"; done
+    printf '%s' "${SCN_NOTES[$scn]}"
+    if [ "$scn" = proxy ]; then
+        echo "Ratios: above 1 is better for requests/s, below 1 is better for everything else (see bench/README.md)."
+    else
+        targets "$scn"
+    fi
+    echo
+    if [ "$scn" != proxy ] && [ "$SKIP_CALLGRIND" != 1 ]; then
+        for s in $servers; do
+            local p="$TMP/profile.$scn.$(key "$s").md"
+            [ -s "$p" ] || continue
+            echo "<details><summary>$scn: $s, top $PROFILE_TOP functions by self cost (callgrind)</summary>"
+            echo
+            cat "$p"
+            echo
+            echo "</details>"
+            echo
+        done
+    fi
+    echo "<details><summary>$scn: every round</summary>"
+    echo
+    echo "| round | server | requests/s | p50 µs | p99 µs | worker CPU µs/req | upstream connections opened | non-2xx | socket errors |"
+    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+    printf '%s' "${SCN_ROUNDS[$scn]}"
+    echo
+    echo "</details>"
+    echo
+    echo "Scenario time: ${SCN_TIME[$scn]}s."
+    echo
+}
+
 {
     echo "# moongate vs nginx — $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
     echo "- $("$MG_BIN" version 2>/dev/null | head -1) (git $GIT), $("$NGINX" -v 2>&1 | sed 's/.*: //'), $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $NCPU CPUs"
-    echo "- one worker per proxy; pinning: $PINNING"
+    echo "- scenarios: $SCN_LIST; one worker per proxy; pinning: $PINNING"
     echo "- throughput: wrk -t1 -c$CONNECTIONS, $ROUNDS interleaved rounds of ${BENCH_SECONDS} s after a ${WARMUP_SECONDS} s warm-up; medians"
-    echo "- noise: load average $LOAD_BEFORE before, $LOAD_AFTER after the rounds; other processes took ${FOREIGN}% of one CPU during the rounds"
-    echo "  (wall-clock rows are only as good as that is small; CPU time and instructions hardly depend on it)"
-    echo "- idle: $IDLE_CONNS keep-alive connections$([ "$SKIP_IDLE" = 1 ] && echo " (skipped)"); callgrind: $CALLGRIND_REQUESTS requests on $CALLGRIND_CONNS keep-alive connection(s) after 2000 warm-up requests$([ "$SKIP_CALLGRIND" = 1 ] && echo " (skipped)")"
-    echo
-    echo "| | moongate | nginx | nginx+lua | moongate/nginx | moongate/nginx+lua |"
-    echo "|---|---:|---:|---:|---:|---:|"
-    row "requests/s (median)" "${RPS[moongate]}" "${RPS[nginx]}" "${RPS[nginx+lua]}"
-    row "p50 latency, µs" "${P50[moongate]}" "${P50[nginx]}" "${P50[nginx+lua]}"
-    row "p99 latency, µs" "${P99[moongate]}" "${P99[nginx]}" "${P99[nginx+lua]}"
-    row "worker CPU time per request, µs" "${CPU_US[moongate]}" "${CPU_US[nginx]}" "${CPU_US[nginx+lua]}"
-    row "upstream connections opened per 1000 requests" "${UPCONN[moongate]}" "${UPCONN[nginx]}" "${UPCONN[nginx+lua]}"
-    row "errors (non-2xx + socket), all rounds" "${ERRS[moongate]}" "${ERRS[nginx]}" "${ERRS[nginx+lua]}"
-    row "worker RSS at start, KiB" "${RSS_START[moongate]}" "${RSS_START[nginx]}" "${RSS_START[nginx+lua]}"
-    row "worker RSS after load, KiB" "${RSS_LOAD[moongate]}" "${RSS_LOAD[nginx]}" "${RSS_LOAD[nginx+lua]}"
-    row "idle connections held" "${IDLE_OK[moongate]}" "${IDLE_OK[nginx]}" "${IDLE_OK[nginx+lua]}"
-    row "worker RSS with them, KiB" "${RSS_IDLE[moongate]}" "${RSS_IDLE[nginx]}" "${RSS_IDLE[nginx+lua]}"
-    row "bytes per idle connection" "${IDLE_BYTES[moongate]}" "${IDLE_BYTES[nginx]}" "${IDLE_BYTES[nginx+lua]}"
-    row "worker RSS after they closed, KiB" "${RSS_AFTER_IDLE[moongate]}" "${RSS_AFTER_IDLE[nginx]}" "${RSS_AFTER_IDLE[nginx+lua]}"
-    row "instructions per request" "${IR[moongate]}" "${IR[nginx]}" "${IR[nginx+lua]}"
-    echo
-    for s in $SERVERS; do [ "${ALIVE[$s]}" = yes ] || echo "- **$s worker did not survive: ${ALIVE[$s]}**"; done
+    echo "  (wall-clock rows are only as good as the noise line of each scenario says; CPU time and instructions hardly depend on it)"
+    echo "- idle (proxy scenario): $IDLE_CONNS keep-alive connections$([ "$SKIP_IDLE" = 1 ] && echo " (skipped)"); callgrind: $CALLGRIND_REQUESTS requests on $CALLGRIND_CONNS keep-alive connection(s) after 2000 warm-up requests$([ "$SKIP_CALLGRIND" = 1 ] && echo " (skipped)")"
     if bin_changed; then echo "- **$MG_BIN was rebuilt during this run: the numbers may mix two builds; run again.**"; fi
-    printf '%s' "$LOG_NOTES"
-    echo "Ratios: above 1 is better for requests/s, below 1 is better for everything else (see bench/README.md)."
     echo
-    echo "<details><summary>Every round</summary>"
-    echo
-    echo "| round | server | requests/s | p50 µs | p99 µs | worker CPU µs/req | upstream connections opened | non-2xx | socket errors |"
-    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
-    printf '%s' "$ROUND_ROWS"
-    echo
-    echo "</details>"
-    echo
+    for scn in $SCN_LIST; do section "$scn"; done
     echo "Run time: ${ELAPSED}s."
 } >"$TMP/results.md"
 

@@ -271,12 +271,18 @@ static void sleep_cancel(mg_req_t *r, void *data)
 
 int mg_ffi_sleep(double seconds)
 {
+    if (mg_lua_current_timer) return mg_lua_timer_sleep(mg_lua_current_timer, seconds);
     CUR(r);
     ev_timer_init(&r->lua_timer, sleep_done, seconds, 0.);
     ev_timer_start(mg_worker.loop, &r->lua_timer);
     r->lua_cancel = sleep_cancel;
     r->lua_cancel_data = NULL;
     return MG_AGAIN;
+}
+
+int mg_ffi_timer_start(double delay, double every, unsigned id)
+{
+    return mg_lua_timer_start(delay, every, id);
 }
 
 void mg_ffi_plugin_enter(const char *name, size_t len)

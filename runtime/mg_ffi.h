@@ -69,6 +69,9 @@ double mg_ffi_now(void);
 /* Arms a timer that resumes the running coroutine after `seconds`; returns MG_AGAIN (the
  * caller yields) or MG_ERROR when no request runs. */
 int mg_ffi_sleep(double seconds);
+/* Arms a timer that runs the Lua function registered under id (moongate.timer): after
+ * delay seconds, then every `every` seconds when > 0. MG_OK / MG_BUSY / MG_ERROR. */
+int mg_ffi_timer_start(double delay, double every, unsigned id);
 /* Tells the watchdog which plugin's handler runs now (its name goes in the stall report). */
 void mg_ffi_plugin_enter(const char *name, size_t len);
 

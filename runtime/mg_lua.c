@@ -540,6 +540,105 @@ int mg_lua_header_filter(mg_req_t *r)
     return call_phase(r, MG_PHASE_HEADER_FILTER);
 }
 
+/* ---- timers ------------------------------------------------------------------------- */
+
+#define MAX_PENDING_TIMERS 4096
+
+/* moongate.timer.at / every: a libev timer that, when it fires, runs the Lua function the
+ * plugin registered (runtime.run_timer(id)) in a coroutine of its own, with no request. */
+struct mg_lua_timer_s {
+    ev_timer ev;    /* the delay, or the interval for `every` */
+    ev_timer sleep; /* moongate.sleep inside the timer's function */
+    unsigned id;    /* the Lua side's handle */
+    double every;   /* 0: runs once */
+    int co_ref;     /* the suspended coroutine, 0 when none */
+};
+
+mg_lua_timer_t *mg_lua_current_timer;
+static unsigned npending_timers;
+
+static void timer_free(mg_lua_timer_t *t)
+{
+    ev_timer_stop(mg_worker.loop, &t->ev);
+    ev_timer_stop(mg_worker.loop, &t->sleep);
+    if (t->co_ref) luaL_unref(mg_lua->L, LUA_REGISTRYINDEX, t->co_ref);
+    npending_timers--;
+    free(t);
+}
+
+/* Runs or resumes the timer's coroutine; tidies up when it finished. */
+static void timer_step(mg_lua_timer_t *t, lua_State *co, int nargs)
+{
+    mg_lua_timer_t *saved = mg_lua_current_timer;
+    mg_lua_current_timer = t;
+    mg_watchdog_enter("timer", NULL, MG_NULL_STR);
+    int status = lua_resume(co, nargs);
+    after_phase(mg_lua);
+    mg_lua_current_timer = saved;
+    if (status == LUA_YIELD) {
+        lua_settop(co, 0);
+        return; /* sleeping (or waiting on a socket): resumed by what it waits on */
+    }
+    if (status != 0) mg_log_err("timer failed outside its function: %s", lua_tostring(co, -1));
+    luaL_unref(mg_lua->L, LUA_REGISTRYINDEX, t->co_ref);
+    t->co_ref = 0;
+    if (t->every == 0) {
+        /* the Lua side forgets the function once a one-shot timer ran */
+        timer_free(t);
+    }
+}
+
+static void timer_fired(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    mg_lua_timer_t *t = MG_CONTAINER_OF(w, mg_lua_timer_t, ev);
+    if (t->co_ref) { /* the previous run still waits: `every` never overlaps its runs */
+        mg_log_info("timer %u: previous run still in progress, skipping this tick", t->id);
+        return;
+    }
+    lua_State *L = mg_lua->L;
+    lua_State *co = lua_newthread(L);
+    t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getglobal(co, "require");
+    lua_pushliteral(co, "moongate.runtime");
+    lua_call(co, 1, 1);
+    lua_getfield(co, -1, "run_timer");
+    lua_remove(co, -2);
+    lua_pushnumber(co, t->id);
+    lua_pushboolean(co, t->every == 0);
+    timer_step(t, co, 2);
+}
+
+static void timer_sleep_done(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    mg_lua_timer_t *t = MG_CONTAINER_OF(w, mg_lua_timer_t, sleep);
+    lua_State *L = mg_lua->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->co_ref);
+    lua_State *co = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    timer_step(t, co, 0);
+}
+
+int mg_lua_timer_start(double delay, double every, unsigned id)
+{
+    if (mg_worker.loop == NULL || npending_timers >= MAX_PENDING_TIMERS) return MG_BUSY;
+    mg_lua_timer_t *t = calloc(1, sizeof(*t));
+    if (t == NULL) return MG_ERROR;
+    t->id = id;
+    t->every = every;
+    ev_timer_init(&t->ev, timer_fired, delay > 0 ? delay : 0.0001, every);
+    ev_init(&t->sleep, timer_sleep_done);
+    ev_timer_start(mg_worker.loop, &t->ev);
+    npending_timers++;
+    return MG_OK;
+}
+
+int mg_lua_timer_sleep(mg_lua_timer_t *t, double seconds)
+{
+    ev_timer_set(&t->sleep, seconds, 0.);
+    ev_timer_start(mg_worker.loop, &t->sleep);
+    return MG_AGAIN;
+}
+
 const char *mg_lua_chunk;
 size_t mg_lua_chunk_len;
 bool mg_lua_chunk_eof;

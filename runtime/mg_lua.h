@@ -74,6 +74,16 @@ extern const char *mg_lua_chunk;
 extern size_t mg_lua_chunk_len;
 extern bool mg_lua_chunk_eof;
 
+/* A timer's context (moongate.timer.at/every); non-NULL while its function runs. */
+typedef struct mg_lua_timer_s mg_lua_timer_t;
+extern mg_lua_timer_t *mg_lua_current_timer;
+/* Arms a timer that runs the Lua function registered under `id` after `delay` seconds, then
+ * every `every` seconds when every > 0. MG_OK, MG_BUSY (too many pending timers, or no
+ * event loop: the master) or MG_ERROR. */
+int mg_lua_timer_start(double delay, double every, unsigned id);
+/* moongate.sleep inside a timer: arms its sleep timer; returns MG_AGAIN (yield). */
+int mg_lua_timer_sleep(mg_lua_timer_t *t, double seconds);
+
 /* The request ends: the log phase runs if the route has one, a suspended coroutine is
  * dropped, the Lua-side state is freed. Safe to call for any request. */
 void mg_lua_request_end(mg_req_t *r);

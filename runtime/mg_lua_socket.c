@@ -35,8 +35,8 @@
 #include "mg_lua_socket.h"
 #include "mg_request.h"
 
-#define MAX_ADDRS 4   /* addresses tried per name, in getaddrinfo's order */
-#define HOST_MAX 256  /* a DNS name is at most 253 characters */
+#define MAX_ADDRS 4  /* addresses tried per name, in getaddrinfo's order */
+#define HOST_MAX 256 /* a DNS name is at most 253 characters */
 #define RESOLVER_THREADS_MAX 4
 
 /* receive modes: the same values as lua/moongate/pdk/socket.lua */
@@ -64,13 +64,13 @@ typedef union {
 typedef struct pool_s pool_t;
 
 struct mg_cosock_s {
-    mg_sock_t s;     /* fd, watcher, deadline, readiness */
-    mg_buf_t *in;    /* received bytes not yet handed out; taken at the first receive */
-    SSL *ssl;        /* after sslhandshake */
-    uint8_t state;   /* ST_* */
-    uint8_t want;    /* events the owner waits for */
-    uint8_t naddrs;  /* resolved addresses, tried in order */
-    uint8_t addr_i;  /* next one to try */
+    mg_sock_t s;    /* fd, watcher, deadline, readiness */
+    mg_buf_t *in;   /* received bytes not yet handed out; taken at the first receive */
+    SSL *ssl;       /* after sslhandshake */
+    uint8_t state;  /* ST_* */
+    uint8_t want;   /* events the owner waits for */
+    uint8_t naddrs; /* resolved addresses, tried in order */
+    uint8_t addr_i; /* next one to try */
     uint16_t port;
     unsigned waiting : 1;  /* an owner is bound (its coroutine is parked here) */
     unsigned timedout : 1; /* the deadline passed while waiting (send/receive) */
@@ -84,11 +84,11 @@ struct mg_cosock_s {
     unsigned long ssl_err; /* ERR_peek_last_error() for ERR_SSL */
     unsigned reused;       /* times taken from a pool */
     mg_cosock_owner_t owner;
-    pool_t *pool;                /* while pooled */
-    mg_cosock_t *prev, *next;    /* pool list, most recently used first */
-    mg_cosock_t *job_next;       /* resolver queues */
-    addr_t addrs[MAX_ADDRS];     /* written by the resolver thread while job is set */
-    char host[HOST_MAX];         /* host to resolve, then the TLS server name */
+    pool_t *pool;             /* while pooled */
+    mg_cosock_t *prev, *next; /* pool list, most recently used first */
+    mg_cosock_t *job_next;    /* resolver queues */
+    addr_t addrs[MAX_ADDRS];  /* written by the resolver thread while job is set */
+    char host[HOST_MAX];      /* host to resolve, then the TLS server name */
 };
 
 struct pool_s {
@@ -177,7 +177,8 @@ static int wait_for(mg_cosock_t *cs, int events, int timeout_ms)
     if (bind_owner(cs) != MG_OK) return MG_ERROR;
     cs->want = (uint8_t)events;
     mg_sock_set_events(&cs->s, events);
-    mg_sock_set_deadline(&cs->s, ev_now(mg_worker.loop) + (timeout_ms > 0 ? timeout_ms : 1) * 0.001);
+    mg_sock_set_deadline(&cs->s,
+                         ev_now(mg_worker.loop) + (timeout_ms > 0 ? timeout_ms : 1) * 0.001);
     return MG_AGAIN;
 }
 

@@ -263,6 +263,13 @@ function _M.run(phase, route, id)
   return true
 end
 
+--- Runs a timer's function (C calls this in the timer's own coroutine).
+function _M.run_timer(id, once)
+  cur = nil
+  pdk.moongate.timer.run(id, once)
+  cur = nil
+end
+
 --- Forgets a request's state (it ended without a log phase: aborted).
 function _M.forget(id)
   reqs[id] = nil

@@ -40,6 +40,7 @@ int mg_ffi_worker_id(void);
 int mg_ffi_worker_pid(void);
 double mg_ffi_now(void);
 int mg_ffi_sleep(double seconds);
+int mg_ffi_timer_start(double delay, double every, unsigned id);
 void mg_ffi_plugin_enter(const char *name, size_t len);
 int mg_ffi_body_get_chunk(const char **s, size_t *len, int *eof);
 int mg_ffi_body_set_chunk(const char *s, size_t len);

@@ -17,9 +17,11 @@ local moongate = {
   client = require "moongate.pdk.client",
   log = require "moongate.pdk.log",
   shared = require "moongate.pdk.shared",
+  timer = require "moongate.pdk.timer",
   node = {},
   version = "0.1.0",
 }
+moongate.socket = require "moongate.pdk.socket"
 
 local function current()
   -- replaced by the runtime with the running request's state
