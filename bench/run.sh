@@ -177,8 +177,8 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; } #
 CLK_TCK=$(getconf CLK_TCK)
 # "pid ticks" for every user-space process: utime + stime + cutime + cstime, so that short jobs
 # are counted once their long-lived parent (make, a shell) has reaped them.
-proc_ticks() {
-    cat /proc/[0-9]*/stat 2>/dev/null | awk '{
+proc_ticks() { # (cat fails when a process ends between the glob and the read: not an error)
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{
         pid = $1; s = $0; sub(/.*\) /, "", s); split(s, a, " ")
         if (a[2] != 2 && pid != 2) print pid, a[12] + a[13] + a[14] + a[15] }'
 }

@@ -305,19 +305,26 @@ mg_lua_t *mg_lua_load(const mg_config_t *cfg, mg_config_errors_t *errs)
     }
     luaL_openlibs(L);
 
-    /* package.path: the user's entries first (";;" = ours), then the tree */
+    /* package.path: the user's entries first, where ";;" stands for the default path (our
+     * tree, then LuaJIT's and the system's, without the working directory's "./?.lua");
+     * the tree is always reachable, even without ";;" */
     char ours[3 * PATH_MAX];
     snprintf(ours, sizeof(ours), "%s/lua/?.lua;%s/lua/?/init.lua", root, root);
     lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    luaL_gsub(L, lua_tostring(L, -1), "./?.lua;", "");
+    lua_remove(L, -2);
+    lua_pushfstring(L, "%s;%s", ours, lua_tostring(L, -1)); /* the default path */
+    lua_remove(L, -2);
     const char *user = cfg->lua_package_path;
     if (user && *user) {
+        const char *dflt = lua_tostring(L, -1);
         luaL_gsub(L, user, ";;", ";\1;");
-        luaL_gsub(L, lua_tostring(L, -1), "\1", ours);
+        luaL_gsub(L, lua_tostring(L, -1), "\1", dflt);
         lua_remove(L, -2);
         lua_pushfstring(L, "%s;%s", lua_tostring(L, -1), ours);
         lua_remove(L, -2);
-    } else {
-        lua_pushstring(L, ours);
+        lua_remove(L, -2);
     }
     lua_setfield(L, -2, "path");
     /* bundled plugins: moongate.plugins.<name>.<module> -> ROOT/plugins/<name>/<module>.lua */

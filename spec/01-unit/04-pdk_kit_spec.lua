@@ -48,7 +48,10 @@ local function load_real_pdk()
     saved[name] = package.loaded[name]
     package.loaded[name] = nil
   end
-  local C = setmetatable({}, { __index = function(_, name)
+  local C = setmetatable({
+    -- one shared dictionary, "d"
+    mg_ffi_shdict_zone = function(name) return name == "d" and 0 or -5 end,
+  }, { __index = function(_, name)
     if DECLINES[name] then return function() return -5 end end
     return function() return 0 end
   end })
@@ -69,24 +72,34 @@ local function load_real_pdk()
   return real.moongate, restore
 end
 
--- "ok", "exit" or "error: <message>" for fn(pdk) run as code of `phase`
-local function real_outcome(m, phase, fn)
-  phases.current = phases.BY_NAME[phase]
-  local co = coroutine.create(fn)
-  local ok, res = coroutine.resume(co, m)
-  phases.current = 0
-  if not ok then return "error: " .. strip(res) end
-  if coroutine.status(co) == "suspended" then
-    return res == "moongate:exit" and "exit" or "yield"
-  end
-  return "ok"
+-- What fn returned, as text (for the cases whose results must be the same too).
+local function results(r, from)
+  local out = {}
+  for i = from, r.n do out[#out + 1] = tostring(r[i]) end
+  return " -> " .. table.concat(out, ", ")
 end
 
-local function kit_outcome(phase, fn)
+local function pack(...) return { n = select("#", ...), ... } end
+
+-- "ok", "exit" or "error: <message>" for fn(pdk) run as code of `phase`
+local function real_outcome(m, phase, fn, with_results)
+  phases.current = phases.BY_NAME[phase]
+  local co = coroutine.create(fn)
+  local r = pack(coroutine.resume(co, m))
+  phases.current = 0
+  if not r[1] then return "error: " .. strip(r[2]) end
+  if coroutine.status(co) == "suspended" then
+    return r[2] == "moongate:exit" and "exit" or "yield"
+  end
+  return "ok" .. (with_results and results(r, 2) or "")
+end
+
+local function kit_outcome(phase, fn, with_results)
   local kit = pdk.new({ shared_dicts = { "d" } })
-  local ok, err = pcall(kit.call, kit, phase, function() return fn(moongate) end)
-  if not ok then return "error: " .. strip(err) end
-  return kit.exited and "exit" or "ok"
+  local r = pack(pcall(kit.call, kit, phase, function() return fn(moongate) end))
+  if not r[1] then return "error: " .. strip(r[2]) end
+  if kit.exited then return "exit" end
+  return "ok" .. (with_results and results(r, 2) or "")
 end
 
 local function function_names(t, prefix, out, seen)
@@ -238,6 +251,55 @@ local CASES = {
   { "shared.d:ttl(bad)", function(m) return m.shared.d:ttl(false) end },
   { "shared.d:delete", function(m) return m.shared.d:delete("n") end },
   { "shared.d:get_keys", function(m) return m.shared.d:get_keys() end },
+
+  { "timer.at", function(m) return m.timer.at(1, print, "x") end },
+  { "timer.at(-1)", function(m) return m.timer.at(-1, print) end },
+  { "timer.at('1')", function(m) return m.timer.at("1", print) end },
+  { "timer.at(no fn)", function(m) return m.timer.at(1, "print") end },
+  { "timer.every", function(m) return m.timer.every(1, print) end },
+  { "timer.every(0)", function(m) return m.timer.every(0, print) end },
+  { "timer.every(no fn)", function(m) return m.timer.every(1) end },
+  { "timer.pending_count", function(m) return type(m.timer.pending_count()) end, true },
+
+  -- sockets: what can be decided without a connection
+  { "socket.tcp", function(m) return tostring(m.socket.tcp()) end, true },
+  { "socket.connect('')", function(m) return m.socket.connect("", 80) end },
+  { "sock:connect('')", function(m) return m.socket.tcp():connect("", 80) end },
+  { "sock:connect(port 0)", function(m) return m.socket.tcp():connect("h", 0) end },
+  { "sock:connect(port 1.5)", function(m) return m.socket.tcp():connect("h", 1.5) end },
+  { "sock:connect(opts)", function(m) return m.socket.tcp():connect("h", 80, "x") end },
+  { "sock:connect(pool)", function(m) return m.socket.tcp():connect("h", 80, { pool = 1 }) end },
+  { "sock:connect(pool_size)",
+    function(m) return m.socket.tcp():connect("h", 80, { pool_size = 0 }) end },
+  { "sock:connect(unix)", function(m) return m.socket.tcp():connect("unix:/s", 1) end, true },
+  { "sock.connect(no self)", function(m) return m.socket.tcp().connect("h", 80) end },
+  { "sock:settimeout", function(m) return m.socket.tcp():settimeout(100) end, true },
+  { "sock:settimeout('x')", function(m) return m.socket.tcp():settimeout("x") end },
+  { "sock:settimeouts(nan)", function(m) return m.socket.tcp():settimeouts(1, 0 / 0) end },
+  { "sock:sslhandshake(1)", function(m) return m.socket.tcp():sslhandshake(1) end },
+  { "sock:sslhandshake(name)", function(m) return m.socket.tcp():sslhandshake(nil, 1) end },
+  { "sock:sslhandshake", function(m) return m.socket.tcp():sslhandshake(nil, "h") end, true },
+  { "sock:send", function(m) return m.socket.tcp():send({ "a", 1, { "b" } }) end, true },
+  { "sock:send(bool)", function(m) return m.socket.tcp():send(true) end },
+  { "sock:send({bool})", function(m) return m.socket.tcp():send({ "a", { false } }) end },
+  { "sock:receive", function(m) return m.socket.tcp():receive() end, true },
+  { "sock:receive(0)", function(m) return m.socket.tcp():receive(0) end, true },
+  { "sock:receive(*x)", function(m) return m.socket.tcp():receive("*x") end },
+  { "sock:receive(-1)", function(m) return m.socket.tcp():receive(-1) end },
+  { "sock:receiveany", function(m) return m.socket.tcp():receiveany(10) end, true },
+  { "sock:receiveany(0)", function(m) return m.socket.tcp():receiveany(0) end },
+  { "sock:receiveuntil('')", function(m) return m.socket.tcp():receiveuntil("") end },
+  { "sock:receiveuntil(opts)", function(m) return m.socket.tcp():receiveuntil("x", 1) end },
+  { "receiveuntil iterator", function(m) return m.socket.tcp():receiveuntil("--")() end, true },
+  { "receiveuntil iterator(x)",
+    function(m) return m.socket.tcp():receiveuntil("--")("x") end },
+  { "sock:setkeepalive", function(m) return m.socket.tcp():setkeepalive() end, true },
+  { "sock:setkeepalive(-1)", function(m) return m.socket.tcp():setkeepalive(-1) end },
+  { "sock:setkeepalive(, 0)", function(m) return m.socket.tcp():setkeepalive(10, 0) end },
+  { "sock:close", function(m) return m.socket.tcp():close() end, true },
+  { "sock:getreusedtimes", function(m) return m.socket.tcp():getreusedtimes() end, true },
+  { "sock:setoption", function(m) return m.socket.tcp():setoption("tcp-nodelay", true) end, true },
+  { "sock:setoption(x)", function(m) return m.socket.tcp():setoption("keepalive", true) end, true },
 }
 
 describe("moongate.spec.pdk mirrors the real PDK", function()
@@ -252,7 +314,8 @@ describe("moongate.spec.pdk mirrors the real PDK", function()
   end)
 
   it("has every function the real PDK has, and no other", function()
-    local INTERNAL = { ["client.current"] = true }   -- the runtime's hook, not PDK
+    -- the runtime's hooks, not PDK
+    local INTERNAL = { ["client.current"] = true, ["timer.run"] = true }
     local real_names = without(function_names(real, ""), INTERNAL)
     local kit_names = function_names(pdk.moongate, "")
     assert.same(real_names, kit_names)
@@ -276,12 +339,27 @@ describe("moongate.spec.pdk mirrors the real PDK", function()
     assert.same(methods, kit_methods)
   end)
 
+  it("has every cosocket method the real one has", function()
+    phases.current = phases.ACCESS
+    local sock = real.socket.tcp()
+    phases.current = 0
+    local methods = {}
+    for k, v in pairs(getmetatable(sock).__index) do
+      if type(v) == "function" then methods[#methods + 1] = k end
+    end
+    table.sort(methods)
+    local kit_methods = {}
+    for k in pairs(pdk.socket_methods) do kit_methods[#kit_methods + 1] = k end
+    table.sort(kit_methods)
+    assert.same(methods, kit_methods)
+  end)
+
   it("succeeds, exits or fails the same way, with the same message, in every phase", function()
     local diffs = {}
     for _, case in ipairs(CASES) do
       for _, phase in ipairs(phases.ORDER) do
-        local want = real_outcome(real, phase, case[2])
-        local got = kit_outcome(phase, case[2])
+        local want = real_outcome(real, phase, case[2], case[3])
+        local got = kit_outcome(phase, case[2], case[3])
         if want ~= got then
           diffs[#diffs + 1] = string.format("%s in %s: real PDK %q, kit %q", case[1], phase,
                                             want, got)
@@ -678,16 +756,16 @@ describe("moongate.spec.pdk", function()
   describe("shared dictionaries", function()
     it("keep values across requests, with TTLs on the kits' clock", function()
       pdk.shared_dict("cache", "1m")
-      local k1 = pdk.new({ now = 10000 })
+      local k1 = pdk.new()
       in_phase(k1, "access", function()
         local d = moongate.shared.cache
         assert.same({ true, nil, false }, { d:set("a", "x", 5) })
         assert.same({ true, nil, false }, { d:set("n", 1) })
         assert.same({ false, "exists", false }, { d:add("a", "y") })
         assert.same({ false, "not found", false }, { d:replace("zz", 1) })
-        assert.same({ 3 }, { d:incr("n", 2) })
+        assert.same({ 3, nil, false }, { d:incr("n", 2) })
         assert.same({ nil, "not found", false }, { d:incr("none", 1) })
-        assert.same({ 15 }, { d:incr("fresh", 5, 10) })
+        assert.same({ 15, nil, false }, { d:incr("fresh", 5, 10) })
         assert.same({ nil, "not a number", false }, { d:incr("a", 1) })
         assert.equal(5, d:ttl("a"))
         assert.equal(0, d:ttl("n"))
@@ -706,8 +784,8 @@ describe("moongate.spec.pdk", function()
         assert.is_nil(d:get("a"))
         assert.same({ "x", nil, true }, { d:get_stale("a") })
         assert.equal(1, d:flush_expired())
-        assert.same({ "fresh", "n" }, d:get_keys())        -- most recently used first
-        assert.same({ "fresh" }, d:get_keys(1))
+        assert.same({ "n", "fresh" }, d:get_keys())        -- most recently used first
+        assert.same({ "n" }, d:get_keys(1))
         assert.is_true(d:expire("n", 1))
         moongate.sleep(2)
         assert.is_nil(d:get("n"))
@@ -775,6 +853,144 @@ describe("moongate.spec.pdk", function()
       local kit = pdk.new()
       local got = { kit:call("body_filter", function() return moongate.response.get_chunk() end) }
       assert.same({ "", true }, got)
+    end)
+  end)
+
+  describe("timers", function()
+    it("run when the test moves the clock, in the timer phase, with premature = false",
+       function()
+      local calls = {}
+      local h = { PRIORITY = 1 }
+      function h:init_worker()
+        assert(moongate.timer.every(10, function(premature, tag)
+          calls[#calls + 1] = { "every", premature, tag, moongate.now() }
+        end, "tick"))
+        assert(moongate.timer.at(5, function(premature)
+          calls[#calls + 1] = { "at", premature, moongate.now() }
+          moongate.sleep(1)                           -- timers may sleep
+          moongate.log.notice("once")
+          moongate.request.get_path()                 -- but not read a request
+        end))
+      end
+      local sch = { name = "clock", fields = { { config = { type = "record", fields = {} } } } }
+      local kit = pdk.new({ now = 100 })
+      kit:run(h, "init_worker", {}, sch)
+      assert.equal(2, in_phase(kit, "log", function() return moongate.timer.pending_count() end))
+      assert.same({ 0, {} }, { kit:run_timers() })
+      local ran, errs = kit:run_timers(25)
+      assert.equal(3, ran)
+      assert.same({ { "at", false, 105 }, { "every", false, "tick", 110 },
+                    { "every", false, "tick", 120 } }, calls)
+      assert.equal(125, kit.clock)
+      assert.equal(1, #errs)
+      assert.equal("[clock] once", kit.logs[1].msg)
+      assert.matches("^%[clock%] timer failed: .*moongate.request.get_path is not allowed in "
+                     .. "the timer phase", kit.logs[2].msg)
+      assert.equal("err", kit.logs[2].level)
+      assert.equal(1, #kit.timers)                    -- the periodic one stays
+    end)
+  end)
+
+  describe("cosockets", function()
+    local socket = require "socket"
+    local server, port
+
+    before_each(function()
+      server = assert(socket.bind("127.0.0.1", 0))
+      port = select(2, server:getsockname())
+      server:settimeout(2)
+    end)
+
+    after_each(function()
+      server:close()
+      pdk.close_socket_pools()
+    end)
+
+    it("connect, send and receive lines, sizes, until a pattern, and everything", function()
+      local kit = pdk.new()
+      local sock = in_phase(kit, "access", function()
+        local s = moongate.socket.tcp()
+        s:settimeouts(1000, 1000, 1000)
+        assert.equal(1, s:connect("127.0.0.1", port))
+        assert.equal(14, s:send({ "PING ", { 1, " " }, "please\n" }))
+        return s
+      end)
+      local peer = assert(server:accept())
+      assert.equal("PING 1 please", peer:receive("*l"))
+      peer:send("line one\r\nABCDEFpart1--part2--tail")
+      peer:close()
+      in_phase(kit, "rewrite", function()
+        assert.equal("line one", sock:receive())
+        assert.equal("ABC", sock:receive(3))
+        assert.equal("DEF", sock:receiveany(3))
+        local it = sock:receiveuntil("--")
+        assert.equal("part1", it())
+        local it2 = sock:receiveuntil("--", { inclusive = true })
+        assert.equal("part2--", it2())
+        assert.equal("tail", sock:receive("*a"))
+        assert.same({ nil, "closed", "" }, { sock:receive() })
+        assert.equal(1, sock:close())
+        assert.same({ nil, "closed" }, { sock:close() })
+      end)
+    end)
+
+    it("reads until a pattern in pieces of a given size", function()
+      local kit = pdk.new()
+      local sock = in_phase(kit, "access", function()
+        return assert(moongate.socket.connect("127.0.0.1", port))
+      end)
+      local peer = assert(server:accept())
+      peer:send("abcdefg\r\n--rest")
+      in_phase(kit, "access", function()
+        local it = sock:receiveuntil("\r\n--")
+        assert.equal("abc", it(3))
+        assert.equal("def", it(3))
+        assert.equal("g", it(3))
+        assert.is_nil(it(3))                          -- the pattern was passed
+        assert.equal("rest", sock:receive(4))
+      end)
+      peer:close()
+    end)
+
+    it("reports timeouts and refused connections as OpenResty does", function()
+      local kit = pdk.new()
+      in_phase(kit, "access", function()
+        local s = moongate.socket.tcp()
+        s:settimeout(100)
+        assert.equal(1, s:connect("127.0.0.1", port))
+        assert.same({ nil, "timeout", "" }, { s:receive() })
+        s:close()
+      end)
+      local closed = server
+      local closed_port = port
+      closed:close()
+      server = assert(socket.bind("127.0.0.1", 0))   -- for after_each
+      in_phase(kit, "access", function()
+        assert.same({ nil, "connection refused" },
+                    { moongate.socket.tcp():connect("127.0.0.1", closed_port) })
+      end)
+    end)
+
+    it("keeps idle connections in a pool for the next connect", function()
+      local kit = pdk.new()
+      in_phase(kit, "access", function()
+        local s = moongate.socket.tcp()
+        assert.equal(1, s:connect("127.0.0.1", port))
+        assert.equal(0, s:getreusedtimes())
+        assert.equal(1, s:setkeepalive(10000, 4))
+        assert.same({ nil, "closed" }, { s:getreusedtimes() })
+        local again = moongate.socket.tcp()
+        assert.equal(1, again:connect("127.0.0.1", port))
+        assert.equal(1, again:getreusedtimes())
+        again:close()
+      end)
+    end)
+
+    it("are refused where the gateway cannot wait", function()
+      assert.equal("moongate.socket.tcp is not allowed in the header_filter phase",
+                   errmsg(pdk.new().call, pdk.new(), "header_filter", function()
+                     moongate.socket.tcp()
+                   end))
     end)
   end)
 

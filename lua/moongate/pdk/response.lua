@@ -14,6 +14,8 @@ local bor = require("bit").bor
 local type, tostring, pairs, error, concat, yield = type, tostring, pairs, error, table.concat,
   coroutine.yield
 
+local find = string.find
+
 local _M = {}
 
 -- yielded by exit(): the C runtime ends the phase and sends what mg_ffi_resp_exit staged
@@ -30,7 +32,7 @@ local function header_op(op, fn, name, value)
     if type(value) ~= "string" then
       error("header value must be a string or a number", 3)
     end
-    if value:find("[\r\n]") then
+    if find(value, "\r", 1, true) or find(value, "\n", 1, true) then
       error("header value must not contain CR or LF", 3)
     end
   else

@@ -13,6 +13,8 @@ local type, tostring, error, pairs, concat, sort = type, tostring, error, pairs,
   table.sort
 local gsub, byte, format = string.gsub, string.byte, string.format
 
+local find = string.find
+
 local request, response = {}, {}
 
 local function header_op(op, name, value, fn_name)
@@ -23,7 +25,9 @@ local function header_op(op, name, value, fn_name)
   if op ~= 2 then
     if type(value) == "number" then value = tostring(value) end
     if type(value) ~= "string" then error("header value must be a string or a number", 3) end
-    if value:find("[\r\n%z]") then error("header value must not contain CR, LF or NUL", 3) end
+    if find(value, "\r", 1, true) or find(value, "\n", 1, true) or find(value, "\0", 1, true) then
+      error("header value must not contain CR, LF or NUL", 3)
+    end
   else
     value = ""
   end

@@ -34,8 +34,9 @@ local check = phases.check
 local REQUEST, BEFORE_PROXY, AFTER_HEAD, YIELDABLE = phases.REQUEST, phases.BEFORE_PROXY,
   phases.AFTER_HEAD, phases.YIELDABLE
 local bor = require("bit").bor
-local type, error, tostring, tonumber, pairs, ipairs, select, setmetatable, rawget, pcall =
-  type, error, tostring, tonumber, pairs, ipairs, select, setmetatable, rawget, pcall
+local type, error, tostring, tonumber, pairs, ipairs, select, setmetatable, getmetatable,
+  rawget, pcall = type, error, tostring, tonumber, pairs, ipairs, select, setmetatable,
+  getmetatable, rawget, pcall
 local lower, gsub, gmatch, find, sub, char, byte, format, match =
   string.lower, string.gsub, string.gmatch, string.find, string.sub, string.char,
   string.byte, string.format, string.match
@@ -794,6 +795,451 @@ moongate.shared = setmetatable({}, {
   end,
 })
 
+-- timers -----------------------------------------------------------------------------------
+-- moongate.timer: the kit keeps the timers a handler starts (kit.timers) and runs the due
+-- ones when the test says so: kit:run_timers(seconds).
+
+local timer = {}
+moongate.timer = timer
+
+local function start_timer(delay, every, fn, ...)
+  if type(fn) ~= "function" then error("fn must be a function", 3) end
+  local kit = active
+  if not kit then return nil, "too many pending timers (or no event loop here)" end
+  kit.timer_seq = kit.timer_seq + 1
+  kit.timers[#kit.timers + 1] = { seq = kit.timer_seq, fn = fn, args = { ... },
+                                  n = select("#", ...), plugin = kit.plugin_name,
+                                  due = kit.clock + delay, every = every }
+  return true
+end
+
+function timer.at(delay, fn, ...)
+  if type(delay) ~= "number" or delay < 0 then error("delay must be a non-negative number", 2) end
+  return start_timer(delay, 0, fn, ...)
+end
+
+function timer.every(interval, fn, ...)
+  if type(interval) ~= "number" or interval <= 0 then
+    error("interval must be a positive number", 2)
+  end
+  return start_timer(interval, interval, fn, ...)
+end
+
+function timer.pending_count()
+  return active and #active.timers or 0
+end
+
+-- sockets ----------------------------------------------------------------------------------
+-- moongate.socket: cosockets over LuaSocket (loaded on first use). They block (a unit test
+-- has nothing else to do meanwhile) but take the same arguments, raise the same errors and
+-- return the same results: 1 / bytes / data, or nil, "timeout" | "closed" | "connection
+-- refused" ..., partial. TLS needs LuaSec. The keepalive pool belongs to the module.
+
+local MAX_MS = 2147483647
+local MAX_PATTERN = 8191
+local DEFAULT_TIMEOUT, DEFAULT_KEEPALIVE_POOL = 60000, 30
+local pools = {}      -- pool name → list of idle connections, most recent last
+
+local smethods = {}
+local smt = { __index = smethods, __name = "moongate.socket.tcp" }
+smt.__tostring = function(self)
+  return "moongate.socket.tcp (" .. (self.conn and "connected" or "closed") .. ")"
+end
+_M.socket_methods = smethods
+
+local function sock_of(self, fn)
+  if getmetatable(self) ~= smt then
+    error("bad argument #1 to '" .. fn .. "' (a socket expected; call it as sock:" .. fn
+          .. "(...))", 3)
+  end
+  return self.conn
+end
+
+local function timeout_arg(v, fn, i)
+  if v == nil then return DEFAULT_TIMEOUT end
+  if type(v) ~= "number" or v ~= v then
+    error("bad argument #" .. i .. " to '" .. fn .. "' (timeout in ms must be a number)", 3)
+  end
+  if v <= 0 then return DEFAULT_TIMEOUT end
+  return v > MAX_MS and MAX_MS or math.ceil(v)
+end
+
+local socket_tcp = {}
+moongate.socket = socket_tcp
+
+function socket_tcp.tcp()
+  check(YIELDABLE, "moongate.socket.tcp")
+  return setmetatable({ conn = false, ct = DEFAULT_TIMEOUT, st = DEFAULT_TIMEOUT,
+                        rt = DEFAULT_TIMEOUT }, smt)
+end
+
+function smethods.settimeout(self, ms)
+  sock_of(self, "settimeout")
+  local v = timeout_arg(ms, "settimeout", 1)
+  self.ct, self.st, self.rt = v, v, v
+end
+
+function smethods.settimeouts(self, connect_ms, send_ms, read_ms)
+  sock_of(self, "settimeouts")
+  self.ct = timeout_arg(connect_ms, "settimeouts", 1)
+  self.st = timeout_arg(send_ms, "settimeouts", 2)
+  self.rt = timeout_arg(read_ms, "settimeouts", 3)
+end
+
+local function close_conn(conn)
+  if conn and conn.s then conn.s:close() end
+end
+
+-- the wording of the runtime (strerror, lower-cased first letter) for LuaSocket's errors
+local function net_error(err, host)
+  err = tostring(err)
+  if find(err, "not known", 1, true) or find(err, "not found", 1, true)
+     or find(err, "resolve", 1, true) then
+    return host .. " could not be resolved (" .. err .. ")"
+  end
+  return err
+end
+
+function smethods.connect(self, host, port, opts)
+  check(YIELDABLE, "sock:connect")
+  local old = sock_of(self, "connect")
+  if type(host) ~= "string" or host == "" then
+    error("bad argument #1 to 'connect' (host must be a non-empty string)", 2)
+  end
+  if sub(host, 1, 5) == "unix:" then
+    return nil, "unix domain sockets are not supported"
+  end
+  local p = tonumber(port)
+  if not p or p % 1 ~= 0 or p < 1 or p > 65535 then
+    error("bad argument #2 to 'connect' (port must be an integer in 1..65535)", 2)
+  end
+  local pool, pool_size
+  if opts ~= nil then
+    if type(opts) ~= "table" then
+      error("bad argument #3 to 'connect' (options must be a table)", 2)
+    end
+    pool, pool_size = opts.pool, opts.pool_size
+    if pool ~= nil and (type(pool) ~= "string" or pool == "") then
+      error("bad argument #3 to 'connect' (opts.pool must be a non-empty string)", 2)
+    end
+    if pool_size ~= nil and (type(pool_size) ~= "number" or pool_size < 1) then
+      error("bad argument #3 to 'connect' (opts.pool_size must be a positive number)", 2)
+    end
+  end
+  if old then
+    close_conn(old)
+    self.conn = false
+  end
+  pool = pool or (host .. ":" .. p)
+  self.pool_name, self.pool_size = pool, pool_size and math.floor(pool_size) or nil
+
+  local idle = pools[pool]
+  if idle and #idle > 0 then
+    local conn = table.remove(idle)
+    conn.reused = conn.reused + 1
+    self.conn = conn
+    return 1
+  end
+  local s = require("socket").tcp()
+  s:settimeout(self.ct / 1000)
+  local ok, err = s:connect(host, p)
+  if not ok then
+    s:close()
+    return nil, net_error(err, host)
+  end
+  s:setoption("tcp-nodelay", true)
+  self.conn = { s = s, buf = "", reused = 0 }
+  return 1
+end
+
+function smethods.sslhandshake(self, reused_session, server_name, ssl_verify)
+  check(YIELDABLE, "sock:sslhandshake")
+  local conn = sock_of(self, "sslhandshake")
+  if reused_session ~= nil and reused_session ~= false and type(reused_session) ~= "cdata"
+     and type(reused_session) ~= "table" then
+    error("bad argument #1 to 'sslhandshake' (a session, nil or false expected)", 2)
+  end
+  if server_name ~= nil and type(server_name) ~= "string" then
+    error("bad argument #2 to 'sslhandshake' (server name must be a string)", 2)
+  end
+  if not conn then
+    return nil, "closed"
+  end
+  if conn.tls then
+    return reused_session == false or conn.tls
+  end
+  local okl, ssl = pcall(require, "ssl")
+  if not okl then return nil, "handshake failed (LuaSec is not installed)" end
+  local params = { mode = "client", protocol = "any", options = "all",
+                   verify = ssl_verify and "peer" or "none" }
+  if ssl_verify then
+    params.cafile = os.getenv("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt"
+  end
+  local wrapped, err = ssl.wrap(conn.s, params)
+  if not wrapped then return nil, "handshake failed: " .. tostring(err) end
+  if server_name and wrapped.sni then wrapped:sni(server_name) end
+  wrapped:settimeout(self.ct / 1000)
+  local ok, herr = wrapped:dohandshake()
+  if not ok then return nil, "handshake failed: " .. tostring(herr) end
+  conn.s, conn.tls = wrapped, { session = true }
+  if reused_session == false then return true end
+  return conn.tls
+end
+
+local function flatten(t, out, depth)
+  if depth > 32 then
+    error("bad argument #1 to 'send' (table too deep)", 4)
+  end
+  for i = 1, #t do
+    local v = t[i]
+    local tv = type(v)
+    if tv == "string" then
+      out[#out + 1] = v
+    elseif tv == "number" then
+      out[#out + 1] = tostring(v)
+    elseif tv == "table" then
+      flatten(v, out, depth + 1)
+    else
+      error("bad argument #1 to 'send' (bad data type " .. tv .. " in the array)", 4)
+    end
+  end
+  return out
+end
+
+function smethods.send(self, data)
+  check(YIELDABLE, "sock:send")
+  local conn = sock_of(self, "send")
+  local t = type(data)
+  if t == "table" then
+    data = concat(flatten(data, {}, 1))
+  elseif t == "number" then
+    data = tostring(data)
+  elseif t ~= "string" then
+    error("bad argument #1 to 'send' (string, number or array expected, got " .. t .. ")", 2)
+  end
+  if not conn then
+    return nil, "closed"
+  end
+  conn.s:settimeout(self.st / 1000)
+  local n, err = conn.s:send(data)
+  if not n then
+    close_conn(conn)
+    self.conn = false
+    return nil, net_error(err, "")
+  end
+  return #data
+end
+
+-- Reads more into conn.buf: true, or nil and "timeout" / "closed" / another error.
+local function fill(self, conn)
+  local s = conn.s
+  s:settimeout(self.rt / 1000)
+  local first, err = s:receive(1)
+  if not first then return nil, err end
+  s:settimeout(0)
+  local more, _, partial = s:receive(65536)
+  conn.buf = conn.buf .. first .. (more or partial or "")
+  return true
+end
+
+local function take(conn, n)
+  local data = sub(conn.buf, 1, n)
+  conn.buf = sub(conn.buf, n + 1)
+  return data
+end
+
+-- mode: "line", "size" (n), "all", "any" (n), "until" (pattern, inclusive)
+local function recv(self, conn, mode, n, pattern, inclusive)
+  while true do
+    local buf = conn.buf
+    if mode == "line" then
+      local lf = find(buf, "\n", 1, true)
+      if lf then
+        local line = take(conn, lf)
+        return (gsub(sub(line, 1, -2), "\r", ""))
+      end
+    elseif mode == "size" then
+      if #buf >= n then return take(conn, n) end
+    elseif mode == "any" then
+      if #buf > 0 then return take(conn, n) end
+    elseif mode == "until" then
+      local at = find(buf, pattern, 1, true)
+      if at then
+        local data = take(conn, at - 1 + #pattern)
+        return inclusive and data or sub(data, 1, at - 1)
+      end
+    end
+    local ok, err = fill(self, conn)
+    if not ok then
+      if mode == "all" and err == "closed" then
+        return take(conn, #conn.buf)
+      end
+      return nil, err, take(conn, #conn.buf)
+    end
+  end
+end
+
+function smethods.receive(self, pattern)
+  check(YIELDABLE, "sock:receive")
+  local conn = sock_of(self, "receive")
+  local mode, n = "line", 0
+  if pattern == nil or pattern == "*l" then
+    mode = "line"
+  elseif pattern == "*a" then
+    mode = "all"
+  else
+    n = tonumber(pattern)
+    if not n or n < 0 then
+      error("bad argument #1 to 'receive' (bad pattern: " .. tostring(pattern) .. ")", 2)
+    end
+    mode, n = "size", math.floor(n)
+  end
+  if not conn then
+    return nil, "closed", ""
+  end
+  if mode == "size" and n == 0 then
+    return ""
+  end
+  return recv(self, conn, mode, n)
+end
+
+function smethods.receiveany(self, max)
+  check(YIELDABLE, "sock:receiveany")
+  local conn = sock_of(self, "receiveany")
+  local n = tonumber(max)
+  if not n or n < 1 then
+    error("bad argument #1 to 'receiveany' (max must be a positive number)", 2)
+  end
+  if not conn then
+    return nil, "closed", ""
+  end
+  return recv(self, conn, "any", math.floor(n))
+end
+
+function smethods.receiveuntil(self, pattern, opts)
+  sock_of(self, "receiveuntil")
+  if type(pattern) ~= "string" or pattern == "" or #pattern > MAX_PATTERN then
+    error("bad argument #1 to 'receiveuntil' (pattern must be a string of 1 to " .. MAX_PATTERN
+          .. " bytes)", 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #2 to 'receiveuntil' (options must be a table)", 2)
+  end
+  local inclusive = opts and opts.inclusive
+  local plen = #pattern
+  local finished = false
+  return function(size)
+    check(YIELDABLE, "the receiveuntil iterator")
+    local conn = self.conn
+    local n = 0
+    if size ~= nil then
+      n = tonumber(size)
+      if not n or n < 0 then
+        error("bad argument #1 to the receiveuntil iterator (size must be a number)", 2)
+      end
+      n = math.floor(n)
+    end
+    if not conn then
+      return nil, "closed", ""
+    end
+    if n == 0 then
+      return recv(self, conn, "until", 0, pattern, inclusive)
+    end
+    if finished then
+      finished = false
+      return nil
+    end
+    while true do
+      local buf = conn.buf
+      local at = find(buf, pattern, 1, true)
+      if at and at - 1 <= n then
+        local data = take(conn, at - 1 + plen)
+        finished = true
+        data = inclusive and data or sub(data, 1, at - 1)
+        if data == "" then
+          finished = false
+          return nil
+        end
+        return data
+      end
+      if at or #buf - (plen - 1) >= n then
+        return take(conn, n)        -- a piece; the pattern is further on
+      end
+      local ok, err = fill(self, conn)
+      if not ok then
+        return nil, err, take(conn, #conn.buf)
+      end
+    end
+  end
+end
+
+function smethods.setkeepalive(self, timeout, pool_size)
+  local conn = sock_of(self, "setkeepalive")
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    error("bad argument #1 to 'setkeepalive' (timeout must be a non-negative number)", 2)
+  end
+  if pool_size ~= nil and (type(pool_size) ~= "number" or pool_size < 1) then
+    error("bad argument #2 to 'setkeepalive' (pool size must be a positive number)", 2)
+  end
+  if not conn then
+    return nil, "closed"
+  end
+  if #conn.buf > 0 then
+    return nil, "unread data in buffer"
+  end
+  local size = math.floor(pool_size or self.pool_size or DEFAULT_KEEPALIVE_POOL)
+  local idle = pools[self.pool_name] or {}
+  pools[self.pool_name] = idle
+  idle[#idle + 1] = conn
+  while #idle > size do close_conn(table.remove(idle, 1)) end
+  self.conn = false
+  return 1
+end
+
+function smethods.close(self)
+  local conn = sock_of(self, "close")
+  if not conn then
+    return nil, "closed"
+  end
+  close_conn(conn)
+  self.conn = false
+  return 1
+end
+
+function smethods.getreusedtimes(self)
+  local conn = sock_of(self, "getreusedtimes")
+  if not conn then
+    return nil, "closed"
+  end
+  return conn.reused
+end
+
+function smethods.setoption(self, option, value)
+  sock_of(self, "setoption")
+  if option == "tcp-nodelay" then
+    return true
+  end
+  return nil, "unsupported option " .. tostring(option)
+end
+
+function socket_tcp.connect(host, port, opts)
+  check(YIELDABLE, "moongate.socket.connect")
+  local sock = socket_tcp.tcp()
+  local ok, err = sock:connect(host, port, opts)
+  if not ok then
+    return nil, err
+  end
+  return sock
+end
+
+--- Closes the idle connections of the kit's keepalive pools.
+function _M.close_socket_pools()
+  for _, idle in pairs(pools) do
+    for _, conn in ipairs(idle) do close_conn(conn) end
+  end
+  pools = {}
+end
+
 -- node, sleep, now ---------------------------------------------------------------------------
 
 function moongate.node.get_id()
@@ -933,6 +1379,8 @@ function _M.new(opts)
     sleeps = {},
     ctx = { shared = {} },
     resp_ops = {},
+    timers = {},       -- pending moongate.timer timers, in the order started
+    timer_seq = 0,
     plugin_ctxs = {},  -- handler (or name) → its moongate.ctx.plugin table
     configs = {},      -- handler → the config it last ran with
     names = {},        -- handler → the plugin name (from its schema)
@@ -1134,6 +1582,56 @@ function Kit:run(handler, phase, conf, sch)
     exec(self, phase, name, pctx, fn, handler, conf)
   end
   return self
+end
+
+--- Moves the kit's clock on by `seconds` (default 0) and runs every moongate.timer timer
+-- due by then, earliest first, each in its own coroutine in the timer phase, with
+-- (premature = false, ...) as the gateway does; a periodic timer runs once per elapsed
+-- interval. A failing timer is logged as the gateway logs it ("[plugin] timer failed: ...").
+-- @return how many runs there were, and the list of the errors raised
+function Kit:run_timers(seconds)
+  seconds = seconds or 0
+  if type(seconds) ~= "number" or seconds < 0 then
+    error("seconds must be a non-negative number", 2)
+  end
+  local deadline = self.clock + seconds
+  local ran, errs = 0, {}
+  while ran < 10000 do
+    local t, at
+    for i, x in ipairs(self.timers) do
+      if x.due <= deadline and (not t or x.due < t.due or (x.due == t.due and x.seq < t.seq)) then
+        t, at = x, i
+      end
+    end
+    if not t then break end
+    if t.due > self.clock then self.clock = t.due end   -- the time it runs at
+    if t.every == 0 then
+      table.remove(self.timers, at)
+    else
+      t.due = t.due + t.every
+    end
+    ran = ran + 1
+    local saved = { active, phases.current, rawget(_G, "moongate"), rawget(_G, "kong"),
+                    self.plugin_name }
+    active, phases.current = self, phases.TIMER
+    _G.moongate, _G.kong = moongate, moongate
+    self.plugin_name = t.plugin
+    local co = co_create(t.fn)
+    local ok, err = co_resume(co, false, unpack(t.args, 1, t.n))
+    if ok and co_status(co) == "suspended" then
+      ok, err = false, "the timer yielded outside the PDK (a real gateway would never resume it)"
+    end
+    if not ok then
+      errs[#errs + 1] = err
+      local msg = (t.plugin and ("[" .. t.plugin .. "] ") or "") .. "timer failed: " .. tostring(err)
+      self.logs[#self.logs + 1] = { level = "err", msg = msg }
+    end
+    active, phases.current, _G.moongate, _G.kong, self.plugin_name =
+      saved[1], saved[2], saved[3], saved[4], saved[5]
+  end
+  if deadline > self.clock then self.clock = deadline end
+  if not last_clock or self.clock > last_clock then last_clock = self.clock end
+  return ran, errs
 end
 
 --- The moongate.ctx.plugin table of a handler (or plugin name) on this kit, or nil.
