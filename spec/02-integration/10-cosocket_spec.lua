@@ -36,7 +36,7 @@ local function tcp_server(args)
   function srv.stats()
     local c = assert(socket.connect("127.0.0.1", port))
     c:settimeout(2)
-    assert(c:send("stats\n"))
+    assert(c:send("stats\nclose\n"))   -- closed at once: the next stats won't count it
     local line = assert(c:receive())
     c:close()
     local a, o = line:match("accepted=(%d+) open=(%d+)")
