@@ -26,8 +26,10 @@
 #
 # Environment: SCENARIOS (proxy,plugin,auth) BENCH_SECONDS (5) ROUNDS (5) WARMUP_SECONDS (2)
 #   CONNECTIONS (50) IDLE_CONNS (10000) CALLGRIND_REQUESTS (20000) CALLGRIND_CONNS (1)
-#   PROFILE_TOP (15) CPU_PROXY (0) CPU_LOAD (1) BENCH_KEEP (0: keep the temp dir)
+#   PROFILE_TOP (15) CALLGRIND_LD_LIBRARY_PATH (unset: e.g. a dir with an unstripped but otherwise
+#   identical libluajit-5.1.so.2, so that the profiles name LuaJIT's functions) CPU_PROXY (0) CPU_LOAD (1) BENCH_KEEP (0: keep the temp dir)
 #   SKIP_CALLGRIND / SKIP_IDLE (0) RESULTS (bench/results.md).
+# shellcheck disable=SC2034 # the report reads the result arrays through namerefs
 set -euo pipefail
 
 MG_BIN=${1:?usage: bench/run.sh /abs/path/to/moongate}
@@ -65,15 +67,24 @@ done
 for tool in "$NGINX" wrk cc ss curl; do command -v "$tool" >/dev/null || die "$tool not found (make deps / scripts/deps.sh all)"; done
 [ "$SKIP_CALLGRIND" = 1 ] || command -v valgrind >/dev/null || { echo "bench: no valgrind, skipping callgrind" >&2; SKIP_CALLGRIND=1; }
 
-# Others may rebuild the binary while we run: notice it, so that no one trusts mixed numbers.
-MG_SUM=$(md5sum <"$MG_BIN")
 GIT=$(cd "$BENCH_DIR/.." && git rev-parse --short HEAD 2>/dev/null || echo "?")
 if [ -n "$(cd "$BENCH_DIR/.." && git status --porcelain -- runtime lua 2>/dev/null)" ]; then GIT="$GIT (runtime/ or lua/ modified)"; fi
-bin_changed() { [ "$(md5sum <"$MG_BIN")" != "$MG_SUM" ]; }
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/moongate-bench.XXXXXX")
 chmod 755 "$TMP"
 PIDS=()
+
+# Others may rebuild the binary or edit the Lua tree while we run: every scenario runs a copy of
+# both taken now, so that one run never mixes two builds. The binary finds lua/ next to its
+# directory (or under MOONGATE_LUA_ROOT, which is then left alone).
+MG_ROOT=$(cd "$(dirname "$MG_BIN")/.." && pwd)
+if [ -z "${MOONGATE_LUA_ROOT:-}" ] && [ -f "$MG_ROOT/lua/moongate/runtime.lua" ]; then
+    mkdir -p "$TMP/mg"
+    cp "$MG_BIN" "$TMP/mg/moongate"
+    cp -r "$MG_ROOT/lua" "$TMP/mg/lua"
+    [ -d "$MG_ROOT/plugins" ] && cp -r "$MG_ROOT/plugins" "$TMP/mg/plugins"
+    MG_BIN=$TMP/mg/moongate
+fi
 
 # Every process we start is in PIDS (masters and their workers, valgrind, clients): TERM them,
 # give them a moment, KILL what is left. Only pids we recorded, never by name.
@@ -397,7 +408,7 @@ EOF
 
 # ---- one scenario ---------------------------------------------------------------------------
 
-# Results, keyed "scenario:server".
+# Results, keyed "scenario:server" (the report reads them through namerefs).
 declare -A RPS P50 P99 ERRS RSS_START RSS_LOAD ALIVE CPU_US BUSY UPCONN IR LOG_IR LOG_LINES
 declare -A IDLE_OK IDLE_BYTES RSS_IDLE RSS_AFTER_IDLE
 declare -A SCN_SERVERS SCN_ROUNDS SCN_FOREIGN SCN_LOAD SCN_NOTES SCN_TIME
@@ -516,10 +527,12 @@ run_scenario() {
     for r in $(seq 1 "$ROUNDS"); do
         for s in $servers; do
             f="$TMP/$scn.wrk.$(key "$s").$r.txt"
-            local a_before a_after t_before t_after nreq rps p50 p99 non2xx sockerr cpu
+            local a_before a_after t_before t_after w_before w_after nreq rps p50 p99 non2xx sockerr cpu
             a_before=$(upstream_accepts)
             t_before=$(cpu_ticks "${WORKER[$scn.$s]}")
+            w_before=$(date +%s.%N)
             run_wrk "$s" "$BENCH_SECONDS" "$f"
+            w_after=$(date +%s.%N)
             t_after=$(cpu_ticks "${WORKER[$scn.$s]}")
             a_after=$(upstream_accepts)
             nreq=$(awk '/ requests in / {print $1}' "$f")
@@ -528,7 +541,7 @@ run_scenario() {
             p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$f")")
             non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$f")
             sockerr=$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$f")
-            echo "${rps:--} ${p50:--} ${p99:--} $((${non2xx:-0} + ${sockerr:-0})) ${nreq:-0} $((t_after - t_before)) $((a_after - a_before))" >"$f.parsed"
+            echo "${rps:--} ${p50:--} ${p99:--} $((${non2xx:-0} + ${sockerr:-0})) ${nreq:-0} $((t_after - t_before)) $((a_after - a_before)) $(awk -v a="$w_before" -v b="$w_after" 'BEGIN {print b - a}')" >"$f.parsed"
             cpu=$(awk -v t=$((t_after - t_before)) -v n="${nreq:-0}" -v hz="$CLK_TCK" \
                 'BEGIN { if (n > 0) printf "%.2f", t / hz * 1e6 / n; else print "-" }')
             rows="$rows| $r | $s | ${rps:--} | ${p50:--} | ${p99:--} | $cpu | $((a_after - a_before)) | ${non2xx:-0} | ${sockerr:-0} |"$'\n'
@@ -563,7 +576,7 @@ run_scenario() {
             awk -v hz="$CLK_TCK" '{n += $5; t += $6} END { if (n > 0) printf "%.2f", t / hz * 1e6 / n; else print "-" }')
         # shellcheck disable=SC2086
         BUSY[$scn:$s]=$(cat $parsed |
-            awk -v hz="$CLK_TCK" -v secs=$((ROUNDS * BENCH_SECONDS)) '{t += $6} END { printf "%d", t / hz / secs * 100 }')
+            awk -v hz="$CLK_TCK" '{t += $6; w += $8} END { if (w > 0) printf "%d", t / hz / w * 100; else print "-" }')
         # shellcheck disable=SC2086
         UPCONN[$scn:$s]=$(cat $parsed |
             awk '{n += $5; c += $7} END { if (n > 0) printf "%.2f", c * 1000 / n; else print "-" }')
@@ -633,7 +646,7 @@ run_scenario() {
                 cmd=("$NGINX" -c "$TMP/$scn.$k.cg.conf" -p "$TMP" -e "$TMP/$scn.$k.cg.error.log")
             fi
             log "$scn: callgrind: $s, $CALLGRIND_REQUESTS requests on $CALLGRIND_CONNS connection(s)"
-            start "$scn.$s.cg" "$ON_PROXY" "$port" valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.$scn.$k.%p" "${cmd[@]}"
+            start "$scn.$s.cg" "$ON_PROXY" "$port" env ${CALLGRIND_LD_LIBRARY_PATH:+LD_LIBRARY_PATH=$CALLGRIND_LD_LIBRARY_PATH} valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.$scn.$k.%p" "${cmd[@]}"
             local vp=${MASTER[$scn.$s.cg]}
             # shellcheck disable=SC2086
             $ON_LOAD "$TMP/mgclient" reqs 127.0.0.1 "$port" 2000 "$CALLGRIND_CONNS" "$hdr" 1000 >"$TMP/cg.warm.$scn.$k.out" 2>&1 || true
@@ -694,9 +707,13 @@ profile() {
             sep >= 2 && NF >= 2 && $1 ~ /^[0-9,]+$/ {
                 ir = $1; gsub(",", "", ir)
                 if (!total) { total = ir; next }         # the PROGRAM TOTALS line comes first
+                # main(), the event loop and the like, which were on the stack when the counters
+                # were zeroed, show the whole total as "self" cost: not a real figure, skip them
+                if (ir + 0 >= total * 0.99) next
                 fn = $2; obj = ""
                 if (match($0, /\[[^]]*\]$/)) { obj = substr($0, RSTART + 1, RLENGTH - 2); sub(".*/", "", obj) }
                 sub(/^[^:]*:/, "", fn)
+                if (obj == "???") obj = "JIT-compiled Lua (trace machine code)"
                 if (++shown > top) next              # read on: no SIGPIPE for callgrind_annotate
                 printf "| %.0f | %.1f | `%s` | %s |\n", ir / n, ir * 100 / total, fn, obj
             }'
@@ -793,7 +810,8 @@ section() { # SCENARIO
     echo
     if [ "$scn" != proxy ] && [ "$SKIP_CALLGRIND" != 1 ]; then
         for s in $servers; do
-            local p="$TMP/profile.$scn.$(key "$s").md"
+            local p
+            p="$TMP/profile.$scn.$(key "$s").md"
             [ -s "$p" ] || continue
             echo "<details><summary>$scn: $s, top $PROFILE_TOP functions by self cost (callgrind)</summary>"
             echo
@@ -823,7 +841,6 @@ section() { # SCENARIO
     echo "- throughput: wrk -t1 -c$CONNECTIONS, $ROUNDS interleaved rounds of ${BENCH_SECONDS} s after a ${WARMUP_SECONDS} s warm-up; medians"
     echo "  (wall-clock rows are only as good as the noise line of each scenario says; CPU time and instructions hardly depend on it)"
     echo "- idle (proxy scenario): $IDLE_CONNS keep-alive connections$([ "$SKIP_IDLE" = 1 ] && echo " (skipped)"); callgrind: $CALLGRIND_REQUESTS requests on $CALLGRIND_CONNS keep-alive connection(s) after 2000 warm-up requests$([ "$SKIP_CALLGRIND" = 1 ] && echo " (skipped)")"
-    if bin_changed; then echo "- **$MG_BIN was rebuilt during this run: the numbers may mix two builds; run again.**"; fi
     echo
     for scn in $SCN_LIST; do section "$scn"; done
     echo "Run time: ${ELAPSED}s."

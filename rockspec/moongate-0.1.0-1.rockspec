@@ -20,5 +20,7 @@ build = {
     ["moongate.spec.pdk"] = "lua/moongate/spec/pdk.lua",
     ["moongate.phases"] = "lua/moongate/phases.lua",
     ["moongate.schema"] = "lua/moongate/schema.lua",
+    ["moongate.http"] = "lua/moongate/http.lua",
+    ["moongate.redis"] = "lua/moongate/redis.lua",
   },
 }

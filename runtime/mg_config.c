@@ -259,6 +259,7 @@ static const char *const later_protocols[] = {"https",           "grpc", "grpcs"
 
 static const field_t limits_fields[] = {
     LIMIT(i_size, client_max_body_size, 0),
+    LIMIT(i_size, client_body_buffer_size, 1),
     LIMIT(i_size, max_request_line, 1),
     LIMIT(i_size, max_header_line, 1),
     LIMIT(i_size, max_headers_size, 1),
@@ -2155,6 +2156,7 @@ static void set_defaults(ctx_t *x, mg_config_t *cfg)
         .keepalive_timeout = 60000,
         .keepalive_requests = 1000,
         .max_connections = 16384,
+        .client_body_buffer_size = 1 << 20,
         .worker_shutdown_timeout = 10000,
         .upstream_keepalive_pool_size = 512,      /* Kong's default */
         .upstream_keepalive_max_requests = 10000, /* Kong's default */

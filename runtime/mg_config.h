@@ -42,6 +42,7 @@ typedef struct {
     unsigned keepalive_timeout;       /* idle client connection, default 60s; 0 disables */
     unsigned keepalive_requests;      /* per client connection, default 1000 */
     unsigned max_connections;         /* per worker, default 16384 */
+    size_t client_body_buffer_size;   /* largest body plugins may read whole, default 1m */
     unsigned worker_shutdown_timeout; /* graceful stop / reload drain, default 10s */
     unsigned upstream_keepalive_pool_size;    /* idle per service and worker, default 512 */
     unsigned upstream_keepalive_max_requests; /* default 10000 (Kong) */

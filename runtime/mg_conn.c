@@ -184,6 +184,7 @@ static void req_free(mg_req_t *r)
     mg_lua_request_end(r); /* the log phase, while the request is still whole */
     mg_buf_put(r->filter_in);
     mg_buf_put(r->filtered);
+    mg_buf_put(r->body_buf);
     free(r->filter_chunk);
     if (r->u) {
         mg_upstream_release(r->u, false);
@@ -279,12 +280,67 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
  * what it sends meanwhile stays buffered (bounded by c->in). */
 static void conn_watch_while_waiting(mg_conn_t *c)
 {
+    mg_req_t *r = c->r;
     if (c->s.rready && !c->s.eof && mg_sock_read(&c->s, c->in) <= 0 && c->s.eof) {
         mg_log_info("client closed the connection while a plugin was waiting");
         mg_conn_abort(c);
         return;
     }
+    if (r->body_reading) { /* the plugin waits for the body: feed what arrived */
+        int rc = mg_conn_read_body(r);
+        if (rc == MG_OK) {
+            mg_lua_resume(r);
+            return;
+        }
+        if (rc >= 400) {
+            mg_conn_respond_error(r, (unsigned)rc, NULL);
+            return;
+        }
+    }
     mg_conn_update(c);
+}
+
+int mg_conn_read_body(mg_req_t *r)
+{
+    mg_conn_t *c = r->c;
+    if (r->body_buffered) return MG_OK;
+    size_t cap = mg_worker.cfg->limits.client_body_buffer_size;
+    if (r->msg.body_kind == MG_BODY_LENGTH && r->msg.content_length > cap) return MG_DECLINED;
+    if (r->body_buf == NULL) {
+        size_t want = r->msg.body_kind == MG_BODY_LENGTH ? (size_t)r->msg.content_length : 4096;
+        if ((r->body_buf = mg_buf_get_size(MG_MAX(want, (size_t)1))) == NULL) return 500;
+        r->body_buf->start = r->body_buf->end = 0;
+    }
+    for (;;) {
+        if (r->msg.body_kind == MG_BODY_NONE || r->msg.body_done) break;
+        if (mg_buf_free(r->body_buf) < 64) { /* chunked: grow, up to the cap */
+            size_t size = r->body_buf->size * 2;
+            if (r->body_buf->size >= cap) return MG_DECLINED;
+            mg_buf_t *big = mg_buf_get_size(MG_MIN(size, cap + 64));
+            if (big == NULL) return 500;
+            mg_buf_append(big, mg_buf_pos(r->body_buf), mg_buf_len(r->body_buf));
+            mg_buf_put(r->body_buf);
+            r->body_buf = big;
+        }
+        size_t used = 0;
+        int rc = mg_buf_len(c->in) ? mg_http_body_feed(&r->msg, mg_buf_pos(c->in),
+                                                       mg_buf_len(c->in), r->body_buf, &used)
+                                   : MG_OK;
+        c->in->start += used;
+        if (rc == MG_DONE) break;
+        if (rc >= 400) return rc;
+        if (mg_buf_len(r->body_buf) > cap) return MG_DECLINED;
+        if (used == 0) { /* everything buffered is consumed: read, or wait for more */
+            if (c->s.rready && !c->s.eof && mg_sock_read(&c->s, c->in) > 0) continue;
+            if (c->s.eof) return 400;
+            r->body_reading = 1;
+            return MG_AGAIN;
+        }
+    }
+    r->body_reading = 0;
+    r->body_buffered = 1;
+    r->msg.body_done = 1;
+    return MG_OK;
 }
 
 /* Reads and parses the head of the next request; dispatches it when complete. */
@@ -517,6 +573,10 @@ int mg_conn_stage_response(mg_req_t *r, unsigned status, const char *body, size_
     mg_buf_append(r->out, headers, hlen);
     for (mg_hdr_op_t *o = r->resp_ops; o; o = o->next) {
         if (o->op == 2) continue;
+        bool superseded = false; /* a later set or clear of the same name wins */
+        for (mg_hdr_op_t *later = o->next; later; later = later->next)
+            if (later->op != 1 && mg_str_caseeq(later->name, o->name)) superseded = true;
+        if (superseded) continue;
         mg_buf_append(r->out, o->name.data, o->name.len);
         mg_buf_append(r->out, ": ", 2);
         mg_buf_append(r->out, o->value.data, o->value.len);

@@ -105,6 +105,21 @@ int mg_ffi_req_header_at(int i, const char **name, size_t *nlen, const char **va
     return out_str(r->msg.headers[i].value, value, vlen);
 }
 
+int mg_ffi_req_read_body(const char **s, size_t *len)
+{
+    CUR(r);
+    if (r->u) return MG_ERROR; /* the body is already on its way upstream */
+    int rc = mg_conn_read_body(r);
+    if (rc == MG_AGAIN) {
+        r->lua_cancel = NULL; /* nothing to stop: the connection's own watcher feeds it */
+        return MG_AGAIN;
+    }
+    if (rc != MG_OK) return rc;
+    *s = mg_buf_pos(r->body_buf);
+    *len = mg_buf_len(r->body_buf);
+    return MG_OK;
+}
+
 int mg_ffi_req_get_id(const char **s, size_t *len)
 {
     CUR(r);
@@ -203,6 +218,18 @@ int mg_ffi_upstream_set_method(const char *method, size_t len)
     return set_override(r, &r->up_method, method, len);
 }
 
+int mg_ffi_upstream_set_body(const char *body, size_t len)
+{
+    CUR(r);
+    if (r->u || !r->body_buffered) return MG_DECLINED;
+    mg_buf_t *b = mg_buf_get_size(MG_MAX(len, (size_t)1));
+    if (b == NULL) return MG_ERROR;
+    mg_buf_append(b, body, len);
+    mg_buf_put(r->body_buf);
+    r->body_buf = b;
+    return MG_OK;
+}
+
 int mg_ffi_resp_get_status(void)
 {
     CUR(r);
@@ -296,6 +323,12 @@ int mg_ffi_body_get_chunk(const char **s, size_t *len, int *eof)
 {
     CUR(r);
     if (!r->body_filter) return MG_DECLINED;
+    if (r->filter_chunk) { /* an earlier plugin replaced it: the next one sees that */
+        *s = r->filter_chunk;
+        *len = r->filter_chunk_len;
+        *eof = mg_lua_chunk_eof;
+        return MG_OK;
+    }
     *s = mg_lua_chunk ? mg_lua_chunk : "";
     *len = mg_lua_chunk ? mg_lua_chunk_len : 0;
     *eof = mg_lua_chunk_eof;

@@ -36,6 +36,11 @@ int mg_ffi_req_get_id(const char **s, size_t *len);
 int mg_ffi_req_get_route_name(const char **s, size_t *len);
 int mg_ffi_req_get_service_name(const char **s, size_t *len);
 
+/* The whole request body (read now if need be): MG_OK with s/len; MG_AGAIN: the caller
+ * yields and asks again when resumed; MG_DECLINED: larger than client_body_buffer_size;
+ * another value: the body is malformed (the request is answered with that status). */
+int mg_ffi_req_read_body(const char **s, size_t *len);
+
 /* ---- the client ---------------------------------------------------------------------- */
 int mg_ffi_client_get_ip(char *buf, size_t buflen, size_t *len);
 int mg_ffi_client_get_forwarded_ip(char *buf, size_t buflen, size_t *len);
@@ -47,6 +52,8 @@ int mg_ffi_upstream_header(int op, const char *name, size_t nlen, const char *va
 int mg_ffi_upstream_set_path(const char *path, size_t len);
 int mg_ffi_upstream_set_query(const char *query, size_t len);
 int mg_ffi_upstream_set_method(const char *method, size_t len);
+/* Replaces the body sent upstream (the client's was read first: mg_ffi_req_read_body). */
+int mg_ffi_upstream_set_body(const char *body, size_t len);
 
 /* ---- the response to the client ------------------------------------------------------ */
 /* status sent or about to be sent (0 before the upstream answered) */

@@ -38,6 +38,7 @@
 #define MAX_ADDRS 4  /* addresses tried per name, in getaddrinfo's order */
 #define HOST_MAX 256 /* a DNS name is at most 253 characters */
 #define RESOLVER_THREADS_MAX 4
+#define POOLS_KEPT 64 /* empty pools kept for reuse; beyond that an emptied pool is freed */
 
 /* receive modes: the same values as lua/moongate/pdk/socket.lua */
 enum { RECV_SIZE, RECV_LINE, RECV_ALL, RECV_ANY, RECV_UNTIL, RECV_UNTIL_INCL };
@@ -115,6 +116,7 @@ static void pool_unlink(mg_cosock_t *cs);
 static void pool_check(mg_cosock_t *cs);
 
 static pool_t *pools;
+static unsigned npools;
 
 /* ---- owners ------------------------------------------------------------------------------ */
 
@@ -137,16 +139,36 @@ static void cancel_request(mg_req_t *r, void *data)
     cs->in = NULL;
 }
 
-/* Binds cs to the context whose coroutine is about to yield. A timer context (later) adds
- * its branch here: its own resume and its own cancellation hook. */
+/* A timer's coroutine (moongate.timer) is resumed by its own sleep watcher armed with no
+ * delay: the public way in mg_lua.h, at the cost of one loop turn. A timer never ends while
+ * its coroutine waits, so it needs no cancellation hook. */
+static void resume_timer(void *ctx)
+{
+    mg_lua_timer_sleep((mg_lua_timer_t *)ctx, 0);
+}
+
+/* Whether some coroutine runs that a wait could park (bind_owner would succeed). */
+static bool can_wait(void)
+{
+    return mg_lua_current != NULL || mg_lua_current_timer != NULL;
+}
+
+/* Binds cs to the context whose coroutine is about to yield: the running request (its end
+ * cancels the wait through r->lua_cancel) or the running timer. */
 static int bind_owner(mg_cosock_t *cs)
 {
     mg_req_t *r = mg_lua_current;
-    if (r == NULL) return MG_ERROR;
-    cs->owner.ctx = r;
-    cs->owner.resume = resume_request;
-    r->lua_cancel = cancel_request;
-    r->lua_cancel_data = cs;
+    if (r) {
+        cs->owner.ctx = r;
+        cs->owner.resume = resume_request;
+        r->lua_cancel = cancel_request;
+        r->lua_cancel_data = cs;
+    } else if (mg_lua_current_timer) {
+        cs->owner.ctx = mg_lua_current_timer;
+        cs->owner.resume = resume_timer;
+    } else {
+        return MG_ERROR;
+    }
     cs->waiting = 1;
     return MG_OK;
 }
@@ -393,7 +415,7 @@ int mg_ffi_tcp_connect(mg_cosock_t *cs, const char *host, size_t hlen, int port,
         *err = "already used";
         return MG_ERROR;
     }
-    if (mg_lua_current == NULL) {
+    if (!can_wait()) {
         *err = "no coroutine to wait in";
         return MG_ERROR;
     }
@@ -548,7 +570,7 @@ static int resolver_submit(mg_cosock_t *cs)
         pthread_sigmask(SIG_SETMASK, &all, &old); /* signals stay with the loop's thread */
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pthread_attr_setstacksize(&attr, 256 * 1024);
+        pthread_attr_setstacksize(&attr, 512 * 1024); /* NSS modules need some */
         if (pthread_create(&t, &attr, resolver_main, NULL) == 0) res.threads++;
         pthread_attr_destroy(&attr);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -655,7 +677,7 @@ int mg_ffi_tcp_sslhandshake(mg_cosock_t *cs, void *session, const char *name, si
         return MG_ERROR;
     }
     if (cs->ssl) return MG_OK; /* a pooled TLS connection: already established */
-    if (mg_lua_current == NULL) {
+    if (!can_wait()) {
         *err = "no coroutine to wait in";
         return MG_ERROR;
     }
@@ -961,6 +983,8 @@ static pool_t *pool_find(const char *name, size_t nlen)
     return NULL;
 }
 
+/* Takes cs out of its pool. An emptied pool stays (a pool that empties and refills with
+ * every request must not cost a malloc each time) unless there are many of them. */
 static void pool_unlink(mg_cosock_t *cs)
 {
     pool_t *p = cs->pool;
@@ -974,13 +998,14 @@ static void pool_unlink(mg_cosock_t *cs)
         p->tail = cs->prev;
     cs->prev = cs->next = NULL;
     cs->pool = NULL;
-    if (--p->count == 0) { /* empty pools go: a name used once holds nothing */
+    if (--p->count == 0 && npools > POOLS_KEPT) {
         for (pool_t **pp = &pools; *pp; pp = &(*pp)->next) {
             if (*pp == p) {
                 *pp = p->next;
                 break;
             }
         }
+        npools--;
         free(p);
     }
 }
@@ -1007,7 +1032,7 @@ static void pool_check(mg_cosock_t *cs)
 mg_cosock_t *mg_ffi_tcp_pool_get(const char *name, size_t nlen)
 {
     pool_t *p = pool_find(name, nlen);
-    if (p == NULL) return NULL;
+    if (p == NULL || p->head == NULL) return NULL;
     mg_cosock_t *cs = p->head;
     pool_unlink(cs);
     cs->state = ST_CONNECTED;
@@ -1055,18 +1080,14 @@ int mg_ffi_tcp_setkeepalive(mg_cosock_t *cs, const char *name, size_t nlen, int 
         *p = (pool_t){.next = pools, .size = pool_size > 0 ? (unsigned)pool_size : 1, .nlen = nlen};
         memcpy(p->name, name, nlen);
         pools = p;
+        npools++;
     }
-    if (p->count >= p->size) { /* full: the least recently used connection goes */
+    while (p->count >= p->size) { /* full: the least recently used connection goes */
         mg_cosock_t *old = p->tail;
-        if (p->count == 1) { /* pool_unlink would free p with its last connection */
-            p->head = p->tail = NULL;
-            old->pool = NULL;
-            p->count = 0;
-            destroy(old);
-        } else {
-            pool_unlink(old);
-            destroy(old);
-        }
+        p->count++; /* keeps p alive through pool_unlink */
+        pool_unlink(old);
+        p->count--;
+        destroy(old);
     }
     mg_buf_put(cs->in);
     cs->in = NULL;
@@ -1088,9 +1109,16 @@ void mg_lua_socket_pool_close_all(void)
 {
     while (pools) {
         pool_t *p = pools;
-        mg_cosock_t *cs = p->head;
-        pool_unlink(cs); /* frees p with its last connection */
-        destroy(cs);
+        while (p->head) {
+            mg_cosock_t *cs = p->head;
+            p->count++; /* keeps p through pool_unlink */
+            pool_unlink(cs);
+            p->count--;
+            destroy(cs);
+        }
+        pools = p->next;
+        npools--;
+        free(p);
     }
 }
 

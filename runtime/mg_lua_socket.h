@@ -6,10 +6,11 @@
  *
  * Who waits: a socket operation that would block binds the socket to its *owner* — the
  * context whose coroutine yields — as an mg_cosock_owner_t (a resume callback and its
- * argument). Today the only owner is the running request (mg_lua_current: the wait is
- * cancelled through r->lua_cancel when the request ends first). A timer context adds itself
- * in bind_owner() (mg_lua_socket.c) with its own resume and cancel hooks; nothing else in the
- * socket code knows what an owner is.
+ * argument). Owners are the running request (mg_lua_current: the wait is cancelled through
+ * r->lua_cancel when the request ends first) and the running timer (mg_lua_current_timer);
+ * another context adds itself in can_wait() and bind_owner() (mg_lua_socket.c) with its own
+ * resume (and a cancel hook if it can end mid-wait); nothing else in the socket code knows
+ * what an owner is.
  */
 #ifndef MG_LUA_SOCKET_H
 #define MG_LUA_SOCKET_H

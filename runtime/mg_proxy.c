@@ -297,6 +297,10 @@ static int write_request_head(mg_req_t *r, mg_buf_t *b)
         PUT_LIT(&o, "Connection: upgrade\r\nUpgrade: ");
         if (up) PUT_STR(&o, up->value);
         PUT_LIT(&o, "\r\n");
+    } else if (r->body_buffered) { /* read (or replaced) by a plugin: its length is known */
+        PUT_LIT(&o, "Content-Length: ");
+        put_u64(&o, mg_buf_len(r->body_buf));
+        PUT_LIT(&o, "\r\n");
     } else if (m->body_kind == MG_BODY_LENGTH) {
         PUT_LIT(&o, "Content-Length: ");
         put_u64(&o, m->content_length);
@@ -420,7 +424,8 @@ void mg_proxy_start(mg_req_t *r)
     mg_conn_t *c = r->c;
     r->upstream_start = ev_now(mg_worker.loop);
     r->keepalive = mg_conn_may_keepalive(r);
-    if (r->msg.body_kind == MG_BODY_NONE || r->msg.body_done) r->req_body_done = 1;
+    if ((r->msg.body_kind == MG_BODY_NONE || r->msg.body_done) && !r->body_buffered)
+        r->req_body_done = 1;
     if (r->msg.expect_continue && !r->req_body_done) {
         if ((r->out = mg_buf_get()) == NULL) {
             mg_conn_abort(c);
@@ -481,6 +486,14 @@ static bool pump_request_body(mg_req_t *r, unsigned *err)
     mg_conn_t *c = r->c;
     mg_uconn_t *u = r->u;
     bool progress = false;
+    if (r->body_buffered && !r->req_body_done) { /* a plugin read or replaced the body */
+        mg_buf_compact(u->out);
+        size_t n = MG_MIN(mg_buf_len(r->body_buf) - r->body_sent, mg_buf_free(u->out));
+        mg_buf_append(u->out, mg_buf_pos(r->body_buf) + r->body_sent, n);
+        r->body_sent += n;
+        if (r->body_sent == mg_buf_len(r->body_buf)) r->req_body_done = 1;
+        return n > 0 || r->req_body_done;
+    }
     if (!r->req_body_done && c->in && mg_buf_len(c->in) > 0) {
         size_t used;
         int rc = mg_http_body_feed(&r->msg, mg_buf_pos(c->in), mg_buf_len(c->in), u->out, &used);

@@ -133,10 +133,15 @@ struct mg_req_s {
     mg_hdr_op_t *up_ops, **up_ops_tail;     /* changes to the upstream request's headers */
     mg_hdr_op_t *resp_ops, **resp_ops_tail; /* changes to the response's headers */
     mg_str_t up_path, up_query, up_method;  /* replacements (data NULL: none) */
-    unsigned body_filter : 1; /* the response body goes through the body_filter chain */
-    mg_buf_t *filter_in;      /* a decoded piece of the upstream body, for the filter */
-    mg_buf_t *filtered;       /* the filter's framed output, waiting for room in r->out */
-    char *filter_chunk;       /* what set_chunk() gave (malloc), NULL = unchanged */
+    unsigned body_filter : 1;   /* the response body goes through the body_filter chain */
+    unsigned body_buffered : 1; /* body_buf holds the whole (decoded) request body */
+    unsigned body_reading : 1;  /* a plugin waits for the request body to arrive */
+    mg_buf_t *body_buf;         /* the request body read for plugins (get_raw_body), or the
+                                   one they set (set_raw_body); sent upstream from here */
+    size_t body_sent;           /* bytes of body_buf already queued for the upstream */
+    mg_buf_t *filter_in;        /* a decoded piece of the upstream body, for the filter */
+    mg_buf_t *filtered;         /* the filter's framed output, waiting for room in r->out */
+    char *filter_chunk;         /* what set_chunk() gave (malloc), NULL = unchanged */
     size_t filter_chunk_len;
 };
 
@@ -165,6 +170,11 @@ void mg_conn_lua_continue(mg_req_t *r, int rc);
  * MG_ERROR (out of memory). The caller ends the phase; mg_conn_lua_continue sends it. */
 int mg_conn_stage_response(mg_req_t *r, unsigned status, const char *body, size_t blen,
                            const char *headers, size_t hlen);
+
+/* Reads the request body into r->body_buf for plugins. MG_OK when it is all there,
+ * MG_AGAIN when more must arrive (the coroutine is resumed when it has), MG_DECLINED when it
+ * is larger than limits.client_body_buffer_size, or an HTTP status for a bad body. */
+int mg_conn_read_body(mg_req_t *r);
 
 /* mg_proxy.c */
 /* Starts proxying r (head parsed and routed). */

@@ -38,7 +38,7 @@ local DECLINES = {
   mg_ffi_req_header_at = true, mg_ffi_req_get_id = true, mg_ffi_req_get_route_name = true,
   mg_ffi_req_get_service_name = true, mg_ffi_client_get_ip = true,
   mg_ffi_client_get_forwarded_ip = true, mg_ffi_upstream_resp_get_header = true,
-  mg_ffi_body_get_chunk = true,
+  mg_ffi_body_get_chunk = true, mg_ffi_req_read_body = true,
 }
 
 local function load_real_pdk()
@@ -141,6 +141,8 @@ local CASES = {
   { "request.get_headers(2)", function(m) return m.request.get_headers(2) end },
   { "request.get_query", function(m) return m.request.get_query() end },
   { "request.get_query_arg", function(m) return m.request.get_query_arg("a") end },
+  { "request.get_raw_body", function(m) return m.request.get_raw_body() end },
+  { "request.get_body", function(m) return m.request.get_body() end },
 
   { "service.request.set_header", function(m) m.service.request.set_header("X-A", "1") end },
   { "service.request.set_header(n)", function(m) m.service.request.set_header("X-A", 2) end },
@@ -167,6 +169,16 @@ local CASES = {
   { "service.request.set_query(s)", function(m) m.service.request.set_query("a=1") end },
   { "service.request.set_method", function(m) m.service.request.set_method("PUT") end },
   { "service.request.set_method(lc)", function(m) m.service.request.set_method("put") end },
+  { "service.request.set_raw_body", function(m) m.service.request.set_raw_body("x") end },
+  { "service.request.set_raw_body(1)", function(m) m.service.request.set_raw_body(1) end },
+  { "service.request.set_body", function(m) m.service.request.set_body({ a = 1 }) end },
+  { "service.request.set_body(form)", function(m)
+    m.service.request.set_body({ a = 1 }, "application/x-www-form-urlencoded")
+  end },
+  { "service.request.set_body(s)", function(m) m.service.request.set_body("a=1") end },
+  { "service.request.set_body(xml)",
+    function(m) m.service.request.set_body({}, "application/xml") end },
+  { "service.request.set_body(fn)", function(m) m.service.request.set_body({ f = print }) end },
   { "service.response.get_header", function(m) return m.service.response.get_header("x") end },
   { "service.response.get_header(1)", function(m) return m.service.response.get_header(1) end },
   { "service.response.get_status", function(m) return m.service.response.get_status() end },
@@ -185,7 +197,8 @@ local CASES = {
   { "response.get_header", function(m) return m.response.get_header("x") end },
   { "response.get_header(1)", function(m) return m.response.get_header(1) end },
   { "response.exit", function(m) m.response.exit(204) end },
-  { "response.exit(json)", function(m) m.response.exit(403, { message = "no" }, { ["X-W"] = 1 }) end },
+  { "response.exit(json)",
+    function(m) m.response.exit(403, { message = "no" }, { ["X-W"] = 1 }) end },
   { "response.exit(list)", function(m) m.response.exit(200, "x", { ["X-W"] = { "a", "b" } }) end },
   { "response.exit(99)", function(m) m.response.exit(99) end },
   { "response.exit(600)", function(m) m.response.exit(600) end },
@@ -197,14 +210,11 @@ local CASES = {
   { "response.exit(name)", function(m) m.response.exit(200, "", { ["X Y"] = "1" }) end },
   { "response.exit(name:)", function(m) m.response.exit(200, "", { ["X:Y"] = "1" }) end },
   { "response.exit(crlf)", function(m) m.response.exit(200, "", { X = "a\r\nb" }) end },
-  { "response.get_chunk", function(m) return m.response.get_chunk and m.response.get_chunk() end },
-  { "response.set_chunk", function(m) return m.response.set_chunk and m.response.set_chunk("x") end },
-  { "response.set_chunk(1)",
-    function(m) return m.response.set_chunk and m.response.set_chunk(1) end },
-  { "response.get_raw_body",
-    function(m) return m.response.get_raw_body and m.response.get_raw_body() end },
-  { "response.set_raw_body",
-    function(m) return m.response.set_raw_body and m.response.set_raw_body("x") end },
+  { "response.get_chunk", function(m) return m.response.get_chunk() end },
+  { "response.set_chunk", function(m) return m.response.set_chunk("x") end },
+  { "response.set_chunk(1)", function(m) return m.response.set_chunk(1) end },
+  { "response.get_raw_body", function(m) return m.response.get_raw_body() end },
+  { "response.set_raw_body", function(m) return m.response.set_raw_body("x") end },
 
   { "client.get_ip", function(m) return m.client.get_ip() end },
   { "client.get_forwarded_ip", function(m) return m.client.get_forwarded_ip() end },
@@ -442,7 +452,8 @@ describe("moongate.spec.pdk", function()
     end)
 
     it("has defaults, takes headers as a map and a query as a table", function()
-      local k = pdk.new({ headers = { B = "2", a = { "1", "3" } }, query = { z = "1 2", y = true } })
+      local k = pdk.new({ headers = { B = "2", a = { "1", "3" } },
+                          query = { z = "1 2", y = true } })
       in_phase(k, "access", function()
         assert.equal("GET", moongate.request.get_method())
         assert.equal("/", moongate.request.get_path())
@@ -468,8 +479,8 @@ describe("moongate.spec.pdk", function()
   describe("the upstream request", function()
     it("starts as the client's request", function()
       local kit = pdk.new({ method = "PATCH", path = "/x?q=1", headers = { ["X-A"] = "1" } })
-      assert.same({ method = "PATCH", path = "/x", query = "q=1", headers = { ["x-a"] = "1" } },
-                  kit.upstream_request)
+      assert.same({ method = "PATCH", path = "/x", query = "q=1", headers = { ["x-a"] = "1" },
+                    body = "" }, kit.upstream_request)
     end)
 
     it("applies set, add and clear in order: set replaces, add appends, clear removes",
@@ -492,6 +503,52 @@ describe("moongate.spec.pdk", function()
       end)
       assert.same({ ["x-set"] = "two", ["x-add"] = { "client", "plugin", "3" },
                     ["x-late"] = "b", ["x-new"] = "x" }, kit.upstream_request.headers)
+    end)
+
+    it("reads the client's body, decoded by its content type", function()
+      local json = pdk.new({ body = '{"a":[1,2]}',
+                             headers = { ["Content-Type"] = "application/json; charset=utf-8" } })
+      in_phase(json, "access", function()
+        assert.equal('{"a":[1,2]}', moongate.request.get_raw_body())
+        assert.same({ { a = { 1, 2 } }, nil, "application/json" },
+                    { moongate.request.get_body() })
+      end)
+      local form = pdk.new({ body = "a=1&b=x+y&a=2&f",
+                             headers = { ["Content-Type"] = "application/x-www-form-urlencoded" } })
+      in_phase(form, "rewrite", function()
+        assert.same({ a = { "1", "2" }, b = "x y", f = true }, (moongate.request.get_body()))
+      end)
+      in_phase(pdk.new({ body = "<x/>", headers = { ["Content-Type"] = "text/xml" } }), "access",
+               function()
+        assert.same({ nil, 'unsupported content type "text/xml"', "text/xml" },
+                    { moongate.request.get_body() })
+      end)
+      in_phase(pdk.new({ body = "12345", client_body_buffer_size = 4 }), "access", function()
+        assert.same({ nil, "request body larger than client_body_buffer_size" },
+                    { moongate.request.get_raw_body() })
+      end)
+      in_phase(pdk.new(), "access", function()
+        assert.equal("", moongate.request.get_raw_body())
+      end)
+    end)
+
+    it("takes a new body, raw or encoded with its content type", function()
+      local kit = pdk.new({ body = "original" })
+      in_phase(kit, "access", function()
+        assert.is_true(moongate.service.request.set_raw_body("replaced"))
+      end)
+      assert.equal("replaced", kit.upstream_request.body)
+      in_phase(kit, "access", function()
+        moongate.service.request.set_body({ b = { "1", "2" }, a = "x y" },
+                                          "application/x-www-form-urlencoded")
+      end)
+      assert.equal("a=x%20y&b=1&b=2", kit.upstream_request.body)
+      assert.equal("application/x-www-form-urlencoded",
+                   kit.upstream_request.headers["content-type"])
+      in_phase(kit, "access", function() moongate.service.request.set_body({ n = 1 }) end)
+      assert.equal('{"n":1}', kit.upstream_request.body)
+      assert.equal("application/json", kit.upstream_request.headers["content-type"])
+      assert.equal("original", kit.request.body)
     end)
 
     it("takes a new path, query and method", function()

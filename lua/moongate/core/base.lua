@@ -19,6 +19,7 @@ int mg_ffi_req_get_header(const char *name, size_t nlen, const char **s, size_t 
 int mg_ffi_req_header_count(void);
 int mg_ffi_req_header_at(int i, const char **name, size_t *nlen, const char **value,
                          size_t *vlen);
+int mg_ffi_req_read_body(const char **s, size_t *len);
 int mg_ffi_req_get_id(const char **s, size_t *len);
 int mg_ffi_req_get_route_name(const char **s, size_t *len);
 int mg_ffi_req_get_service_name(const char **s, size_t *len);
@@ -29,6 +30,7 @@ int mg_ffi_upstream_header(int op, const char *name, size_t nlen, const char *va
 int mg_ffi_upstream_set_path(const char *path, size_t len);
 int mg_ffi_upstream_set_query(const char *query, size_t len);
 int mg_ffi_upstream_set_method(const char *method, size_t len);
+int mg_ffi_upstream_set_body(const char *body, size_t len);
 int mg_ffi_resp_get_status(void);
 int mg_ffi_upstream_resp_get_header(const char *name, size_t nlen, const char **s, size_t *len);
 int mg_ffi_resp_header(int op, const char *name, size_t nlen, const char *value, size_t vlen);

@@ -18,6 +18,8 @@ local moongate = {
   log = require "moongate.pdk.log",
   shared = require "moongate.pdk.shared",
   timer = require "moongate.pdk.timer",
+  http = require "moongate.http",
+  redis = require "moongate.redis",
   node = {},
   version = "0.1.0",
 }

@@ -123,6 +123,58 @@ function _M.get_query_arg(name)
   return v
 end
 
+local AGAIN, DECLINED = base.AGAIN, base.DECLINED
+local yield = coroutine.yield
+
+--- The whole request body as a string ("" when there is none). The first call reads it
+-- (the coroutine waits for it without blocking the worker); later calls return it at once.
+-- Returns nil, err when it is larger than limits.client_body_buffer_size.
+-- @phases rewrite, access
+function _M.get_raw_body()
+  check(phases.BEFORE_PROXY, "moongate.request.get_raw_body")
+  while true do
+    local rc = C.mg_ffi_req_read_body(str_out, len_out)
+    if rc == OK then return ffi_string(str_out[0], len_out[0]) end
+    if rc == DECLINED then return nil, "request body larger than client_body_buffer_size" end
+    if rc ~= AGAIN then return nil, "invalid request body" end
+    local pdk = require "moongate.pdk"
+    local saved = pdk.save()
+    yield()
+    pdk.restore(saved)
+  end
+end
+
+local cjson = require "cjson.safe"
+
+--- The body decoded by its Content-Type: JSON (application/json) or a form
+-- (application/x-www-form-urlencoded). Returns table, nil, mimetype or nil, err, mimetype.
+-- @phases rewrite, access
+function _M.get_body()
+  check(phases.BEFORE_PROXY, "moongate.request.get_body")
+  local ctype = (_M.get_header("Content-Type") or ""):lower()
+  local mime = ctype:match("^%s*([^;%s]+)") or ""
+  local raw, err = _M.get_raw_body()
+  if not raw then return nil, err, mime end
+  if mime == "application/json" or mime:match("%+json$") then
+    local t, jerr = cjson.decode(raw)
+    if jerr or type(t) ~= "table" then return nil, "invalid JSON body", mime end
+    return t, nil, mime
+  elseif mime == "application/x-www-form-urlencoded" then
+    local t = {}
+    for pair in gmatch(raw, "[^&]+") do
+      local eq = find(pair, "=", 1, true)
+      local k = unescape(eq and sub(pair, 1, eq - 1) or pair)
+      local v = eq and unescape(sub(pair, eq + 1)) or true
+      local prev = t[k]
+      if prev == nil then t[k] = v
+      elseif type(prev) == "table" then prev[#prev + 1] = v
+      else t[k] = { prev, v } end
+    end
+    return t, nil, mime
+  end
+  return nil, "unsupported content type \"" .. mime .. "\"", mime
+end
+
 --- The request id (X-Request-ID unless configured otherwise). @phases rewrite … log
 _M.get_id = getter(C.mg_ffi_req_get_id, "moongate.request.get_id")
 

@@ -98,7 +98,7 @@ end
 function _M.get_raw_body()
   check(phases.BODY_FILTER, "moongate.response.get_raw_body")
   local chunk, eof = _M.get_chunk()
-  local state = require("moongate.pdk").current()
+  local state = require("moongate.pdk").current().plugin   -- one buffer per plugin
   local parts = state.raw_body_parts
   if not parts then
     parts = {}
@@ -132,33 +132,37 @@ function _M.exit(status, body, headers)
   if type(status) ~= "number" or status < 100 or status > 599 or status % 1 ~= 0 then
     error("status must be an integer between 100 and 599", 2)
   end
-  local block, ctype = {}, nil
+  local ctype = false
   if headers ~= nil then
     if type(headers) ~= "table" then error("headers must be a table", 2) end
     for k, v in pairs(headers) do
-      if type(k) ~= "string" or k:find("[%s:]") then
+      if type(k) ~= "string" or k == "" or k:find("[%s:]") then
         error("invalid header name: " .. tostring(k), 2)
       end
       if k:lower() == "content-type" then ctype = true end
-      local vs = type(v) == "table" and v or { v }
-      for _, one in ipairs(vs) do
-        one = tostring(one)
-        if one:find("[\r\n]") then error("header value must not contain CR or LF", 2) end
-        block[#block + 1] = k .. ": " .. one .. "\r\n"
-      end
     end
   end
   if type(body) == "table" then
     local json, err = cjson.encode(body)
     if not json then error("cannot encode the body as JSON: " .. err, 2) end
     body = json
-    if not ctype then block[#block + 1] = "Content-Type: application/json; charset=utf-8\r\n" end
+    if not ctype then header_op(0, C.mg_ffi_resp_header, "Content-Type",
+                                "application/json; charset=utf-8") end
   elseif body ~= nil and type(body) ~= "string" then
     error("body must be a string, a table or nil", 2)
   end
-  local hdrs = concat(block)
+  -- exit's headers are set after any set_header/add_header made earlier, so they win
+  if headers then
+    for k, v in pairs(headers) do
+      if type(v) == "table" then
+        for i, one in ipairs(v) do header_op(i == 1 and 0 or 1, C.mg_ffi_resp_header, k, tostring(one)) end
+      else
+        header_op(0, C.mg_ffi_resp_header, k, tostring(v))
+      end
+    end
+  end
   body = body or ""
-  if C.mg_ffi_resp_exit(status, body, #body, hdrs, #hdrs) ~= OK then
+  if C.mg_ffi_resp_exit(status, body, #body, "", 0) ~= OK then
     error("cannot exit now: the response was already started", 2)
   end
   -- this coroutine is never resumed: leave no trace of the request behind

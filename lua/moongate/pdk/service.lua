@@ -103,6 +103,48 @@ function request.set_method(method)
   C.mg_ffi_upstream_set_method(method, #method)
 end
 
+--- Replaces the body sent to the service (Content-Length follows). The client's body is
+-- read first, so the connection stays in step. @phases rewrite, access
+function request.set_raw_body(body)
+  check(BEFORE_PROXY, "moongate.service.request.set_raw_body")
+  if type(body) ~= "string" then error("body must be a string", 2) end
+  local ok, err = require("moongate.pdk.request").get_raw_body()
+  if not ok then return nil, err end
+  if C.mg_ffi_upstream_set_body(body, #body) ~= OK then
+    error("cannot replace the body now: the upstream request is already written", 2)
+  end
+  return true
+end
+
+--- Replaces the body with `args` encoded as JSON (default) or as a form, and sets
+-- Content-Type. @phases rewrite, access
+function request.set_body(args, mimetype)
+  check(BEFORE_PROXY, "moongate.service.request.set_body")
+  if type(args) ~= "table" then error("args must be a table", 2) end
+  mimetype = mimetype or "application/json"
+  local body
+  if mimetype == "application/json" then
+    body = require("cjson.safe").encode(args)
+    if not body then error("args cannot be encoded as JSON", 2) end
+  elseif mimetype == "application/x-www-form-urlencoded" then
+    local keys = {}
+    for k in pairs(args) do keys[#keys + 1] = tostring(k) end
+    sort(keys)
+    local parts = {}
+    for _, k in ipairs(keys) do
+      local vs = type(args[k]) == "table" and args[k] or { args[k] }
+      for _, one in ipairs(vs) do parts[#parts + 1] = escape(k) .. "=" .. escape(one) end
+    end
+    body = concat(parts, "&")
+  else
+    error("mimetype must be application/json or application/x-www-form-urlencoded", 2)
+  end
+  local ok, err = request.set_raw_body(body)
+  if not ok then return nil, err end
+  header_op(0, "Content-Type", mimetype, "moongate.service.request.set_body")
+  return true
+end
+
 --- A header of the service's response as it arrived. @phases header_filter, body_filter, log
 function response.get_header(name)
   check(AFTER_HEAD, "moongate.service.response.get_header")

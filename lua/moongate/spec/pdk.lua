@@ -260,6 +260,38 @@ function request.get_query_arg(name)
   return v
 end
 
+function request.get_raw_body()
+  check(BEFORE_PROXY, "moongate.request.get_raw_body")
+  local req = current().request
+  if #req.body > req.body_limit then
+    return nil, "request body larger than client_body_buffer_size"
+  end
+  return req.body
+end
+
+function request.get_body()
+  check(BEFORE_PROXY, "moongate.request.get_body")
+  local ctype = lower(request.get_header("Content-Type") or "")
+  local mime = match(ctype, "^%s*([^;%s]+)") or ""
+  local raw, err = request.get_raw_body()
+  if not raw then return nil, err, mime end
+  if mime == "application/json" or match(mime, "%+json$") then
+    local t, jerr = cjson.decode(raw)
+    if jerr or type(t) ~= "table" then return nil, "invalid JSON body", mime end
+    return t, nil, mime
+  elseif mime == "application/x-www-form-urlencoded" then
+    local t = {}
+    for pair in gmatch(raw, "[^&]+") do
+      local eq = find(pair, "=", 1, true)
+      local k = unescape(eq and sub(pair, 1, eq - 1) or pair)
+      local v = eq and unescape(sub(pair, eq + 1)) or true
+      add_value(t, k, v)
+    end
+    return t, nil, mime
+  end
+  return nil, "unsupported content type \"" .. mime .. "\"", mime
+end
+
 -- service.request / service.response --------------------------------------------------------
 
 local srequest, sresponse = moongate.service.request, moongate.service.response
@@ -338,6 +370,42 @@ function srequest.set_method(method)
     error("method must be an upper-case token such as \"GET\"", 2)
   end
   current().upstream_request.method = method
+end
+
+function srequest.set_raw_body(body)
+  check(BEFORE_PROXY, "moongate.service.request.set_raw_body")
+  if type(body) ~= "string" then error("body must be a string", 2) end
+  local ok, err = request.get_raw_body()
+  if not ok then return nil, err end
+  current().upstream_request.body = body
+  return true
+end
+
+function srequest.set_body(args, mimetype)
+  check(BEFORE_PROXY, "moongate.service.request.set_body")
+  if type(args) ~= "table" then error("args must be a table", 2) end
+  mimetype = mimetype or "application/json"
+  local body
+  if mimetype == "application/json" then
+    body = cjson.encode(args)
+    if not body then error("args cannot be encoded as JSON", 2) end
+  elseif mimetype == "application/x-www-form-urlencoded" then
+    local keys = {}
+    for k in pairs(args) do keys[#keys + 1] = tostring(k) end
+    sort(keys)
+    local parts = {}
+    for _, k in ipairs(keys) do
+      local vs = type(args[k]) == "table" and args[k] or { args[k] }
+      for _, one in ipairs(vs) do parts[#parts + 1] = escape(k) .. "=" .. escape(one) end
+    end
+    body = concat(parts, "&")
+  else
+    error("mimetype must be application/json or application/x-www-form-urlencoded", 2)
+  end
+  local ok, err = srequest.set_raw_body(body)
+  if not ok then return nil, err end
+  upstream_header_op(0, "Content-Type", mimetype, "moongate.service.request.set_body")
+  return true
 end
 
 -- the upstream response's header as it arrived (nil before it did, and after exit)
@@ -1294,7 +1362,8 @@ end
 --   (raw string without "?", or a table encoded as service.request.set_query does),
 --   `headers` ({ Name = "v" | { "v1", "v2" } } or { { "Name", "v" }, ... } to fix the
 --   order), `host` ("localhost"), `scheme` ("http"), `port` (8000), `http_version` (1.1),
---   `request_id` (32 hex digits), `client_ip` ("127.0.0.1"), `forwarded_ip` (default the
+--   `body` (""), `client_body_buffer_size` (a larger body makes get_raw_body fail; default
+--   no limit), `request_id` (32 hex digits), `client_ip` ("127.0.0.1"), `forwarded_ip` (default the
 --   client ip), `client_port` (40000), `route` ({ name = }), `service` ({ name = }),
 --   `consumer`, `credential` (as if authenticated already), `node_id`, `worker_id` (0),
 --   `worker_pid`, `now` (the clock moongate.now() starts from; default os.time(), or
@@ -1302,8 +1371,8 @@ end
 --   "notice" keeps what the gateway's default log_level would), `shared_dicts` ({ name =
 --   "1m" } or { "name" }: declares them with pdk.shared_dict)
 -- @return the kit: `.request` (what the client sent), `.upstream_request` ({ method, path,
---   query, headers } after the plugins' changes; headers lower-cased, repeated ones as
---   lists), `.upstream_response`, `.response` ({ status, headers, body } the client gets),
+--   query, headers, body } after the plugins' changes; headers lower-cased, repeated ones
+--   as lists), `.upstream_response`, `.response` ({ status, headers, body } the client gets),
 --   `.exited` (true after moongate.response.exit; `.exit_phase` says where), `.logs`
 --   ({ level =, msg = } in order), `.sleeps`, `.ctx` (`shared`, and `plugin`: the last run
 --   plugin's), `.consumer`, `.credential`, `.clock`
@@ -1327,9 +1396,12 @@ function _M.new(opts)
   end
   query = query or ""
   local method = opt(opts, "method", "string", "GET")
+  local body = opt(opts, "body", "string", "")
   local headers = header_lines(opts.headers, "opts.headers")
   local log_level = LEVELS[opt(opts, "log_level", "string", "debug")]
-  if not log_level then error("opts.log_level must be one of debug, info, notice, warn, err, crit", 2) end
+  if not log_level then
+    error("opts.log_level must be one of debug, info, notice, warn, err, crit", 2)
+  end
   local request_id = opt(opts, "request_id", "string", nil)
   if not request_id then
     next_id = next_id + 1
@@ -1353,6 +1425,8 @@ function _M.new(opts)
       port = opt(opts, "port", "number", 8000),
       http_version = opt(opts, "http_version", "number", 1.1),
       id = request_id,
+      body = body,
+      body_limit = opt(opts, "client_body_buffer_size", "number", math.huge),
     },
     client = {
       ip = opt(opts, "client_ip", "string", "127.0.0.1"),
@@ -1370,7 +1444,7 @@ function _M.new(opts)
     started_at = clock,
     log_level = log_level,
     upstream_request = { method = method, path = path, query = query,
-                         headers = lines_to_map(headers) },
+                         headers = lines_to_map(headers), body = body },
     upstream_response = nil,
     body_chunks = nil,   -- the response body in pieces, as body_filter sees and leaves it
     response = { headers = {} },
@@ -1623,7 +1697,8 @@ function Kit:run_timers(seconds)
     end
     if not ok then
       errs[#errs + 1] = err
-      local msg = (t.plugin and ("[" .. t.plugin .. "] ") or "") .. "timer failed: " .. tostring(err)
+      local msg = (t.plugin and ("[" .. t.plugin .. "] ") or "") .. "timer failed: "
+                  .. tostring(err)
       self.logs[#self.logs + 1] = { level = "err", msg = msg }
     end
     active, phases.current, _G.moongate, _G.kong, self.plugin_name =
