@@ -34,6 +34,7 @@ typedef struct {
 
 static void put(out_t *o, const char *s, size_t n)
 {
+    if (n == 0) return; /* s may be NULL for an empty string */
     if ((size_t)(o->end - o->p) < n) {
         o->overflow = true;
         return;

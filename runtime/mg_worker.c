@@ -14,6 +14,7 @@
 
 #include "mg_log.h"
 #include "mg_lua.h"
+#include "mg_lua_socket.h"
 #include "mg_request.h"
 #include "mg_watchdog.h"
 
@@ -149,6 +150,7 @@ int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned
     while (mg_worker.conns)
         mg_conn_abort(mg_worker.conns);
     mg_upstream_pool_close_all();
+    mg_lua_socket_pool_close_all();
     mg_router_free(mg_worker.router);
     free(mg_worker.listeners);
     mg_buf_drain();
