@@ -26,7 +26,13 @@
 -- server name and verification for https) unless the server said `Connection: close`, spoke
 -- HTTP/1.0 without keep-alive, delimited the body by closing, or the body was not read to its
 -- end; `set_keepalive()` then closes it instead and returns 2.
-local socket = require "moongate.pdk.socket"
+-- the cosocket implementation is looked up when a connection is made: the running gateway's
+-- (moongate.socket, over FFI) or the in-process test kit's (moongate.spec.pdk)
+local function tcp()
+  local m = rawget(_G, "moongate")
+  return (m and m.socket or require "moongate.pdk.socket").tcp()
+end
+local phases = require "moongate.phases"
 
 local type, tostring, tonumber, error, setmetatable, getmetatable, rawget, rawset, pairs,
   ipairs = type, tostring, tonumber, error, setmetatable, getmetatable, rawget, rawset, pairs,
@@ -35,6 +41,8 @@ local byte, find, fmt, gsub, lower, match, sub = string.byte, string.find, strin
   string.gsub, string.lower, string.match, string.sub
 local concat, sort = table.concat, table.sort
 local min, floor = math.min, math.floor
+
+local check, YIELDABLE = phases.check, phases.YIELDABLE
 
 local _M = { _VERSION = "0.1.0", USER_AGENT = "moongate" }
 
@@ -75,7 +83,8 @@ end
 -- Objects and connections
 --------------------------------------------------------------------------------------------
 
---- Creates a client (no connection yet). @phases any
+--- Creates a client (no connection yet; connect, request and request_uri run in the rewrite,
+-- access and timer phases). @phases any
 function _M.new()
   return setmetatable({ sock = false, ct = nil, st = nil, rt = nil, keepalive = false,
                         pending = false, gen = 0 }, mt)
@@ -131,6 +140,7 @@ end
 -- @return true, or nil and an error ("connection refused", "timeout", a TLS error...)
 function methods.connect(self, opts)
   check_self(self, "connect")
+  check(YIELDABLE, "httpc:connect")
   if type(opts) ~= "table" then
     error("bad argument #1 to 'connect' (an options table expected)", 2)
   end
@@ -159,7 +169,7 @@ function methods.connect(self, opts)
   end
 
   drop(self)
-  local sock = socket.tcp()
+  local sock = tcp()
   sock:settimeouts(self.ct, self.st, self.rt)
   local ok, err = sock:connect(host, port, { pool = pool, pool_size = opts.pool_size })
   if not ok then
@@ -655,6 +665,7 @@ end
 -- read_body(res) }, or nil and an error
 function methods.request(self, params)
   check_self(self, "request")
+  check(YIELDABLE, "httpc:request")
   local res, err = do_request(self, params, false, 3)
   return res, err
 end
@@ -708,6 +719,7 @@ local IDEMPOTENT = { GET = true, HEAD = true, OPTIONS = true, PUT = true, DELETE
 -- @return res { status, reason, version, headers, body }, or nil and an error
 function methods.request_uri(self, uri, params)
   check_self(self, "request_uri")
+  check(YIELDABLE, "httpc:request_uri")
   if params ~= nil and type(params) ~= "table" then
     error("bad argument #2 to 'request_uri' (a params table expected)", 2)
   end

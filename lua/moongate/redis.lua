@@ -30,7 +30,13 @@
 -- here in Lua, `moongate.redis.sha1_hex()`), then EVAL when the server answers NOSCRIPT (which
 -- caches the script for the next EVALSHA).
 local bit = require "bit"
-local socket = require "moongate.pdk.socket"
+-- the cosocket implementation is looked up when a connection is made: the running gateway's
+-- (moongate.socket, over FFI) or the in-process test kit's (moongate.spec.pdk)
+local function tcp()
+  local m = rawget(_G, "moongate")
+  return (m and m.socket or require "moongate.pdk.socket").tcp()
+end
+local phases = require "moongate.phases"
 
 local type, tostring, tonumber, error, setmetatable, getmetatable, select, pairs =
   type, tostring, tonumber, error, setmetatable, getmetatable, select, pairs
@@ -40,6 +46,8 @@ local concat = table.concat
 local floor = math.floor
 local band, bor, bxor, bnot, lshift, rol, tobit, tohex =
   bit.band, bit.bor, bit.bxor, bit.bnot, bit.lshift, bit.rol, bit.tobit, bit.tohex
+
+local check, YIELDABLE = phases.check, phases.YIELDABLE
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -121,7 +129,8 @@ end
 local methods = {}
 local mt = { __index = methods, __name = "moongate.redis" }
 
---- Creates a client (no connection yet). @phases any
+--- Creates a client (no connection yet; connect, commands, pipelines and scripts run in the
+-- rewrite, access and timer phases). @phases any
 function _M.new()
   return setmetatable({ sock = false, reqs = false, subscribed = false,
                         ct = false, st = false, rt = false }, mt)
@@ -308,6 +317,7 @@ local function make_command(name)
   if SUBSCRIBE[lname] then
     return function(self, ...)
       check_self(self, name)
+      check(YIELDABLE, "red:" .. name)
       local res, err = do_cmd(self, lname, 3, ...)
       if type(res) == "table" then self.subscribed = true end
       return res, err
@@ -315,6 +325,7 @@ local function make_command(name)
   elseif UNSUBSCRIBE[lname] then
     return function(self, ...)
       check_self(self, name)
+      check(YIELDABLE, "red:" .. name)
       local res, err = do_cmd(self, lname, 3, ...)
       if type(res) == "table" and res[3] == 0 then self.subscribed = false end
       return res, err
@@ -322,6 +333,7 @@ local function make_command(name)
   end
   return function(self, ...)
     check_self(self, name)
+    check(YIELDABLE, "red:" .. name)
     local res, err = do_cmd(self, lname, 3, ...)
     return res, err
   end
@@ -341,6 +353,7 @@ end })
 --- Sends any command: `red:do_cmd("CLIENT", "ID")` is `red:client("ID")`.
 function methods.do_cmd(self, name, ...)
   check_self(self, "do_cmd")
+  check(YIELDABLE, "red:do_cmd")
   if type(name) ~= "string" or name == "" then
     error("bad argument #1 to 'do_cmd' (a command name expected)", 2)
   end
@@ -352,6 +365,7 @@ end
 -- (the connection stays usable) or another failure
 function methods.read_reply(self)
   check_self(self, "read_reply")
+  check(YIELDABLE, "red:read_reply")
   local sock = self.sock
   if not sock then return nil, "not connected" end
   local v, err, clean = read_reply(sock, 0)
@@ -379,6 +393,7 @@ end
 -- server's answer to AUTH or SELECT ("WRONGPASS ...", "ERR DB index is out of range")
 function methods.connect(self, host, port, opts)
   check_self(self, "connect")
+  check(YIELDABLE, "red:connect")
   if type(host) ~= "string" or host == "" then
     error("bad argument #1 to 'connect' (host must be a non-empty string)", 2)
   end
@@ -409,7 +424,7 @@ function methods.connect(self, host, port, opts)
   end
 
   drop(self)
-  local sock = socket.tcp()
+  local sock = tcp()
   sock:settimeouts(self.ct or nil, self.st or nil, self.rt or nil)
   local ok, err = sock:connect(host, port, { pool = pool, pool_size = opts.pool_size })
   if not ok then
@@ -501,6 +516,7 @@ end
 -- or nil and a failure
 function methods.commit_pipeline(self)
   check_self(self, "commit_pipeline")
+  check(YIELDABLE, "red:commit_pipeline")
   local reqs = self.reqs
   if not reqs then return nil, "no pipeline" end
   self.reqs = false
@@ -530,6 +546,7 @@ end
 -- (NOSCRIPT). Within a pipeline it queues EVAL. @return as eval
 function methods.eval_cached(self, script, nkeys, ...)
   check_self(self, "eval_cached")
+  check(YIELDABLE, "red:eval_cached")
   if type(script) ~= "string" then
     error("bad argument #1 to 'eval_cached' (script source expected)", 2)
   end

@@ -208,6 +208,16 @@ describe("moongate.http", function()
     assert.equal(1000, res:json().len)
   end)
 
+  it("refuses to run in header_filter (a 500)", function()
+    local res = assert(gw:get("/httpc", { headers = { ["X-HF"] = "1",
+                                                      ["X-Port"] = tostring(up.port) } }))
+    assert.equal(500, res.status)
+    helpers.eventually(function()
+      assert.matches("httpc:request_uri is not allowed in the header_filter phase",
+                     gw:error_log(), 1, true)
+    end, 3)
+  end)
+
   it("raises on a CR or LF in a header value (a 500), and sends nothing", function()
     up:clear()
     local res = assert(gw:get("/httpc", { headers = { ["X-Action"] = "misuse",

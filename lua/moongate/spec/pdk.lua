@@ -934,6 +934,10 @@ end
 
 local socket_tcp = {}
 moongate.socket = socket_tcp
+-- the HTTP and Redis clients are the gateway's own modules: they find the kit's cosockets
+-- through the global `moongate` when they connect
+moongate.http = require "moongate.http"
+moongate.redis = require "moongate.redis"
 
 function socket_tcp.tcp()
   check(YIELDABLE, "moongate.socket.tcp")
