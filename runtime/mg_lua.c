@@ -273,6 +273,20 @@ static void push_conf(lua_State *L, const mg_config_t *cfg)
     }
     lua_setfield(L, -2, "routes");
 
+    lua_createtable(L, (int)cfg->nconsumers, 0);
+    for (size_t i = 0; i < cfg->nconsumers; i++) {
+        const mg_consumer_t *cs = &cfg->consumers[i];
+        lua_newtable(L);
+        set_int(L, "index", (long)i);
+        set_str(L, "username", cs->username);
+        set_str(L, "custom_id", cs->custom_id);
+        set_str(L, "path", cs->path);
+        push_value(L, cs->entity);
+        lua_setfield(L, -2, "entity");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_setfield(L, -2, "consumers");
+
     uint8_t raw[16];
     char id[37];
     if (getrandom(raw, sizeof(raw), 0) != sizeof(raw)) memset(raw, 0x5a, sizeof(raw));

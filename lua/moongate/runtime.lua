@@ -24,6 +24,9 @@ _M.EXIT = "moongate:exit"   -- what response.exit yields; C ends the phase on it
 local installed = {}        -- name -> { handler, schema, priority }
 local chains = {}           -- route index (C's, 0-based) -> { [phase] = { entries } }
 local global_chain = {}     -- phase -> entries of global plugins (rewrite runs before routing)
+local consumer_chains = {}  -- route index -> consumer index -> chain (consumers with plugins)
+local consumers = {}        -- the configured consumers (entities), for load_consumer
+local consumer_index = {}   -- consumer table -> its index (weak keys)
 local reqs = {}             -- request id -> per-request state
 local cur                   -- state of the request whose code is running
 
@@ -75,15 +78,17 @@ end
 
 -- Kong 3.x precedence among the scopes this build knows before authentication:
 -- route+service, route, service, global (consumer scopes join once consumers land)
-local function rank(e, route)
-  local r, s = e.route, e.service
+-- Kong 3.x precedence: consumer+route+service > consumer+route > consumer+service >
+-- route+service > consumer > route > service > global. `consumer` is the authenticated
+-- consumer's index, or -1 before (or without) authentication.
+local RANKS = { [7] = 8, [6] = 7, [5] = 6, [3] = 5, [4] = 4, [2] = 3, [1] = 2, [0] = 1 }
+
+local function rank(e, route, consumer)
+  local r, s, c = e.route, e.service, e.consumer
   if r >= 0 and r ~= route.index then return nil end
   if s >= 0 and s ~= route.service then return nil end
-  if e.consumer >= 0 then return nil end
-  if r >= 0 and s >= 0 then return 4 end
-  if r >= 0 then return 3 end
-  if s >= 0 then return 2 end
-  return 1
+  if c >= 0 and c ~= consumer then return nil end
+  return RANKS[(c >= 0 and 4 or 0) + (r >= 0 and 2 or 0) + (s >= 0 and 1 or 0)]
 end
 
 local function by_priority(a, b)
@@ -167,12 +172,23 @@ function _M.load(conf)
   end
   global_chain = make_chains(globals, function(phase) return phase == "rewrite" end)
 
-  chains = {}
-  local masks = {}
-  for _, route in ipairs(conf.routes or {}) do
+  -- consumers: what authentication plugins find with moongate.client.load_consumer
+  consumers, consumer_index = {}, setmetatable({}, { __mode = "k" })
+  local with_plugins = {}
+  for _, c in ipairs(conf.consumers or {}) do
+    local t = c.entity or {}
+    t.id = t.id or c.username or c.custom_id
+    consumers[#consumers + 1] = t
+    consumer_index[t] = c.index
+  end
+  for _, e in ipairs(valid) do
+    if e.consumer >= 0 then with_plugins[e.consumer] = true end
+  end
+
+  local function chain_for(route, consumer)
     local best = {}
     for _, e in ipairs(valid) do
-      local r = rank(e, route)
+      local r = rank(e, route, consumer)
       local name = e.plugin.name
       if r and (not best[name] or r > best[name].rank) then
         best[name] = { rank = r, plugin = e.plugin, config = e.config }
@@ -181,9 +197,24 @@ function _M.load(conf)
     local entries = {}
     for _, b in pairs(best) do entries[#entries + 1] = b end
     -- rewrite is for global plugins only (Kong): it ran before the route was known
-    local chain = make_chains(entries, function(phase) return phase ~= "rewrite" end)
+    return make_chains(entries, function(phase) return phase ~= "rewrite" end)
+  end
+
+  chains, consumer_chains = {}, {}
+  local masks = {}
+  for _, route in ipairs(conf.routes or {}) do
+    local chain = chain_for(route, -1)
     chains[route.index] = chain
-    masks[route.index] = mask_of(chain)
+    local mask = mask_of(chain)
+    -- consumer-specific chains, for consumers that have plugins of their own; their phases
+    -- count for the route's mask, since a request may turn out to be theirs
+    local per = {}
+    for ci in pairs(with_plugins) do
+      per[ci] = chain_for(route, ci)
+      mask = bor(mask, mask_of(per[ci]))
+    end
+    consumer_chains[route.index] = per
+    masks[route.index] = mask
   end
   return errors, masks, mask_of(global_chain)
 end
@@ -230,15 +261,35 @@ end
 -- @param id the request's id (a number the C side allocates)
 -- @return true when every handler returned; false after a handler raised (the request is
 --   answered 500); yields _M.EXIT through response.exit
+-- The chain a request follows: the route's, or once a consumer with plugins of its own is
+-- authenticated, the one computed for that consumer.
+local function chain_of(state, route)
+  local c = state.consumer and consumer_index[state.consumer]
+  local per = c and consumer_chains[route]
+  return per and per[c] or chains[route]
+end
+
+-- Where to go on in `list` after entry `done`: plugins that already ran are not run again.
+local function position_after(list, done)
+  for i = 1, #list do
+    local e = list[i]
+    if e.priority < done.priority or (e.priority == done.priority and e.name > done.name) then
+      return i
+    end
+  end
+  return #list + 1
+end
+
 function _M.run(phase, route, id)
-  local chain = route < 0 and global_chain or chains[route]
-  local list = chain and chain[phase]
   local state = state_for(id)
+  local chain = route < 0 and global_chain or chain_of(state, route)
+  local list = chain and chain[phase]
   cur = state
   phases.current = phases.BY_NAME[phase]
   if list then
     local ctxs = state.plugin_ctx
-    for i = 1, #list do
+    local i = 1
+    while i <= #list do
       local e = list[i]
       local pctx = ctxs[e.name]
       if not pctx then
@@ -248,6 +299,7 @@ function _M.run(phase, route, id)
       state.plugin = pctx
       log.plugin_name = e.name
       C.mg_ffi_plugin_enter(e.name, #e.name)
+      local before = state.consumer
       local ok, err = xpcall(e.fn, traceback, e.handler, e.conf)
       if not ok then
         report(phase, e.name, err)
@@ -256,11 +308,37 @@ function _M.run(phase, route, id)
         return false
       end
       cur, phases.current = state, phases.BY_NAME[phase]   -- a yield may have changed them
+      if state.consumer ~= before and route >= 0 then
+        -- authenticated: the rest of the phase follows the consumer's configuration
+        local next_chain = chain_of(state, route)
+        local next_list = next_chain and next_chain[phase]
+        if next_list and next_list ~= list then
+          list = next_list
+          i = position_after(list, e)
+        else
+          i = i + 1
+        end
+      else
+        i = i + 1
+      end
     end
   end
   log.plugin_name, cur, phases.current = nil, nil, 0
   if phase == "log" then reqs[id] = nil end
   return true
+end
+
+--- A configured consumer by username (by_username true) or by id / custom_id; nil when
+-- there is none. The table is shared: treat it as read-only.
+function _M.load_consumer(key, by_username)
+  for _, c in ipairs(consumers) do
+    if by_username then
+      if c.username == key then return c end
+    elseif c.id == key or c.custom_id == key then
+      return c
+    end
+  end
+  return nil
 end
 
 --- Runs a timer's function (C calls this in the timer's own coroutine).

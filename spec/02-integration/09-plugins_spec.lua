@@ -285,3 +285,55 @@ describe("plugins: configuration errors", function()
     assert.equal(0, code)
   end)
 end)
+
+describe("plugins: consumer scopes", function()
+  local up, gw
+
+  lazy_setup(function()
+    up = helpers.upstream()
+    gw = helpers.start({
+      lua_package_path = PLUGIN_PATH,
+      plugins = { "bundled", "whoami", "headers",
+                  -- top-level entity scoped to a consumer and a route together
+                  { name = "headers", consumer = "bob", route = "c-route",
+                    config = { header = "X-Who", value = "bob-on-route" } } },
+      consumers = {
+        { username = "alice", plugins = { { name = "headers",
+                                            config = { header = "X-Who", value = "alice" } } } },
+        { username = "bob" },
+        { username = "carol" },
+      },
+      services = { { name = "c", url = up.url,
+        plugins = { { name = "whoami" } },
+        routes = { { name = "c-route", paths = { "/c" },
+                     plugins = { { name = "headers",
+                                   config = { header = "X-Who", value = "route" } } } } } } },
+    })
+  end)
+
+  lazy_teardown(function()
+    if gw then gw:stop() end
+    if up then up:stop() end
+  end)
+
+  local function who(user)
+    local res = assert(gw:get("/c/x", { headers = { ["X-User"] = user } }))
+    assert.equal(200, res.status)
+    return res:json().headers["x-who"], res.headers["x-consumer"]
+  end
+
+  it("applies a consumer's own configuration once the consumer is authenticated", function()
+    assert.same({ "alice", "alice" }, { who("alice") })
+  end)
+
+  it("prefers consumer+route over the route's and the consumer's", function()
+    assert.same({ "bob-on-route", "bob" }, { who("bob") })
+  end)
+
+  it("keeps the route's configuration for consumers without their own, and anonymously",
+     function()
+    assert.same({ "route", "carol" }, { who("carol") })
+    assert.same({ "route", "anonymous" }, { who(nil) })
+    assert.same({ "route", "anonymous" }, { who("nobody") })
+  end)
+end)

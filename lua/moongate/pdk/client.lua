@@ -8,6 +8,7 @@ local C, OK = base.C, base.OK
 local ffi_string = ffi.string
 local check, REQUEST = phases.check, phases.REQUEST
 local type, error = type, error
+local bor = require("bit").bor
 
 local _M = {}
 local ipbuf = ffi.new("char[64]")
@@ -49,6 +50,16 @@ function _M.authenticate(consumer, credential)
   end
   local req = _M.current()
   req.consumer, req.credential = consumer, credential
+end
+
+--- A configured consumer by id (or custom_id), or by username when by_username is true;
+-- nil, "consumer not found" otherwise. @phases rewrite, access, timer
+function _M.load_consumer(key, by_username)
+  check(bor(phases.BEFORE_PROXY, phases.TIMER), "moongate.client.load_consumer")
+  if type(key) ~= "string" then error("key must be a string", 2) end
+  local c = require("moongate.runtime").load_consumer(key, by_username)
+  if not c then return nil, "consumer not found" end
+  return c
 end
 
 --- The authenticated consumer, or nil. @phases rewrite … log

@@ -26,6 +26,7 @@
 -- What the kit leaves out: the gateway's own forwarding headers (Host, X-Forwarded-*,
 -- X-Real-IP, the request id) and the service path / strip_path in the upstream request, and
 -- the headers the gateway adds to responses (Server, Date, Content-Length, Via).
+local bit = require "bit"
 local phases = require "moongate.phases"
 local schema = require "moongate.schema"
 local cjson = require "cjson.safe"
@@ -590,6 +591,18 @@ function client.authenticate(consumer, credential)
   end
   local kit = current()
   kit.consumer, kit.credential = consumer, credential
+end
+
+function client.load_consumer(key, by_username)
+  check(bit.bor(BEFORE_PROXY, phases.TIMER), "moongate.client.load_consumer")
+  if type(key) ~= "string" then error("key must be a string", 2) end
+  for _, c in ipairs(current().consumers or {}) do
+    local id = c.id or c.username or c.custom_id
+    if (by_username and c.username == key) or (not by_username and (id == key or c.custom_id == key)) then
+      return c
+    end
+  end
+  return nil, "consumer not found"
 end
 
 function client.get_consumer()
@@ -1463,6 +1476,7 @@ function _M.new(opts)
     configs = {},      -- handler → the config it last ran with
     names = {},        -- handler → the plugin name (from its schema)
   }, Kit)
+  kit.consumers = opts.consumers or {}   -- what client.load_consumer finds
   return kit
 end
 
