@@ -28,9 +28,12 @@
 
 struct mg_lua_s {
     lua_State *L;
-    size_t used, limit;   /* bytes allocated by the state, and the cap (lua_memory_limit) */
+    size_t used, limit;    /* bytes allocated by the state, and the cap (lua_memory_limit) */
+    lua_Alloc inner_alloc; /* LuaJIT's allocator, which lua_alloc wraps */
+    void *inner_ud;
     bool oom;             /* an allocation was refused: collect once the phase is over */
     int run_ref;          /* moongate.runtime.run */
+    int forget_ref;       /* moongate.runtime.forget */
     unsigned *route_mask; /* by route index */
     size_t nroutes;
     unsigned global_mask;
@@ -99,24 +102,19 @@ mg_shdict_t *mg_lua_shdict(const char *name, size_t len)
 
 /* ---- memory cap ---------------------------------------------------------------------- */
 
-/* The state's allocator: refuses to grow past the limit, so a plugin building an endless
- * table gets "not enough memory" (its request fails with 500) instead of the kernel's OOM
- * killer taking the worker. */
+/* The state's allocator: LuaJIT's own (fast, arena-based), wrapped to refuse growing past
+ * the limit, so a plugin building an endless table gets "not enough memory" (its request
+ * fails with 500) instead of the kernel's OOM killer taking the worker. */
 static void *lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     mg_lua_t *l = ud;
     size_t old = ptr ? osize : 0;
-    if (nsize == 0) {
-        free(ptr);
-        l->used -= old;
-        return NULL;
-    }
     if (nsize > old && l->used + (nsize - old) > l->limit) {
         l->oom = true;
         return NULL;
     }
-    void *p = realloc(ptr, nsize);
-    if (p) l->used = l->used - old + nsize;
+    void *p = l->inner_alloc(l->inner_ud, ptr, osize, nsize);
+    if (p || nsize == 0) l->used = l->used - old + nsize;
     return p;
 }
 
@@ -312,11 +310,15 @@ mg_lua_t *mg_lua_load(const mg_config_t *cfg, mg_config_errors_t *errs)
     mg_lua_t *l = calloc(1, sizeof(*l));
     if (l == NULL) return NULL;
     l->limit = cfg->lua_memory_limit ? cfg->lua_memory_limit : (size_t)256 << 20;
-    lua_State *L = l->L = lua_newstate(lua_alloc, l);
+    lua_State *L = l->L = luaL_newstate();
     if (L == NULL) {
         free(l);
         return NULL;
     }
+    /* keep LuaJIT's allocator, counted: what the state holds so far is the GC's count */
+    l->inner_alloc = lua_getallocf(L, &l->inner_ud);
+    l->used = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+    lua_setallocf(L, lua_alloc, l);
     luaL_openlibs(L);
 
     /* package.path: the user's entries first, where ";;" stands for the default path (our
@@ -368,6 +370,8 @@ mg_lua_t *mg_lua_load(const mg_config_t *cfg, mg_config_errors_t *errs)
     /* runtime table on the stack */
     lua_getfield(L, -1, "run");
     l->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "forget");
+    l->forget_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "load");
     push_conf(L, cfg);
     if (lua_pcall(L, 1, 3, 0) != 0) {
@@ -467,6 +471,25 @@ static int route_of(const mg_req_t *r)
     return r->route ? (int)r->route->index : -1;
 }
 
+/* Whether `phase` is the request's last Lua phase, so that the Lua side frees the request's
+ * state at its end instead of in an extra call. */
+static bool is_last_phase(const mg_req_t *r, int phase, bool eof)
+{
+    unsigned mask = r->route ? mg_lua_route_mask(mg_lua, r->route->index) : 0;
+    switch (phase) {
+    case MG_PHASE_REWRITE:
+        return false; /* the route is not known yet */
+    case MG_PHASE_ACCESS:
+        return !(mask & (MG_PHASE_HEADER_FILTER | MG_PHASE_BODY_FILTER | MG_PHASE_LOG));
+    case MG_PHASE_HEADER_FILTER:
+        return !(mask & (MG_PHASE_BODY_FILTER | MG_PHASE_LOG));
+    case MG_PHASE_BODY_FILTER:
+        return eof && !(mask & MG_PHASE_LOG);
+    default:
+        return true;
+    }
+}
+
 /* Interprets what a coroutine did: finished (true/false), yielded the exit marker, or
  * yielded to wait. Drops or keeps the coroutine accordingly. */
 static int after_resume(mg_req_t *r, lua_State *co, int status)
@@ -502,12 +525,15 @@ int mg_lua_run_yieldable(mg_req_t *r, int phase, int route)
     lua_State *co = lua_newthread(L);
     r->lua_co_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* keeps the coroutine alive */
     lua_rawgeti(co, LUA_REGISTRYINDEX, mg_lua->run_ref);
+    bool last = is_last_phase(r, phase, false);
     lua_pushstring(co, phase_name(phase));
     lua_pushnumber(co, route);
     lua_pushnumber(co, r->lua_id);
+    lua_pushboolean(co, last);
+    r->lua_live = !last;
     mg_lua_current = r;
     mg_watchdog_enter(phase_name(phase), r->route ? r->route->name : NULL, r->rid);
-    int status = lua_resume(co, 3);
+    int status = lua_resume(co, 4);
     after_phase(mg_lua);
     mg_lua_current = NULL;
     return after_resume(r, co, status);
@@ -530,7 +556,7 @@ void mg_lua_resume(mg_req_t *r)
     mg_conn_lua_continue(r, after_resume(r, co, status));
 }
 
-static int call_phase(mg_req_t *r, int phase)
+static int call_phase(mg_req_t *r, int phase, bool last)
 {
     lua_State *L = mg_lua->L;
     if (r->lua_id == 0) r->lua_id = ++next_request_id ? next_request_id : ++next_request_id;
@@ -538,10 +564,12 @@ static int call_phase(mg_req_t *r, int phase)
     lua_pushstring(L, phase_name(phase));
     lua_pushnumber(L, route_of(r));
     lua_pushnumber(L, r->lua_id);
+    lua_pushboolean(L, last);
+    r->lua_live = !last;
     mg_req_t *saved = mg_lua_current;
     mg_lua_current = r;
     mg_watchdog_enter(phase_name(phase), r->route ? r->route->name : NULL, r->rid);
-    int status = lua_pcall(L, 3, 1, 0);
+    int status = lua_pcall(L, 4, 1, 0);
     after_phase(mg_lua);
     mg_lua_current = saved;
     int rc = MG_OK;
@@ -558,7 +586,7 @@ static int call_phase(mg_req_t *r, int phase)
 
 int mg_lua_header_filter(mg_req_t *r)
 {
-    return call_phase(r, MG_PHASE_HEADER_FILTER);
+    return call_phase(r, MG_PHASE_HEADER_FILTER, is_last_phase(r, MG_PHASE_HEADER_FILTER, false));
 }
 
 /* ---- timers ------------------------------------------------------------------------- */
@@ -673,7 +701,7 @@ int mg_lua_body_filter(mg_req_t *r, const char *data, size_t len, bool eof, cons
     mg_lua_chunk = data;
     mg_lua_chunk_len = len;
     mg_lua_chunk_eof = eof;
-    int rc = call_phase(r, MG_PHASE_BODY_FILTER);
+    int rc = call_phase(r, MG_PHASE_BODY_FILTER, is_last_phase(r, MG_PHASE_BODY_FILTER, eof));
     mg_lua_chunk = NULL;
     if (r->filter_chunk) {
         *out = r->filter_chunk;
@@ -695,7 +723,16 @@ void mg_lua_request_end(mg_req_t *r)
         r->lua_co_ref = 0;
         r->lua_waiting = 0;
     }
-    /* the log phase runs for every request that entered Lua; it also frees the Lua state */
-    call_phase(r, MG_PHASE_LOG);
+    unsigned mask = r->route ? mg_lua_route_mask(mg_lua, r->route->index) : 0;
+    if (mask & MG_PHASE_LOG) {
+        call_phase(r, MG_PHASE_LOG, true); /* also frees the request's Lua state */
+    } else if (r->lua_live) {
+        /* ended before its last phase (the client left, a plugin failed): free the state */
+        lua_State *L = mg_lua->L;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, mg_lua->forget_ref);
+        lua_pushnumber(L, r->lua_id);
+        if (lua_pcall(L, 1, 0, 0) != 0) lua_pop(L, 1);
+    }
+    r->lua_live = 0;
     r->lua_id = 0;
 }

@@ -125,6 +125,8 @@ struct mg_req_s {
     int lua_co_ref;           /* registry ref of the suspended coroutine, or 0 */
     uint8_t lua_stage;        /* MG_LUA_STAGE_*: what a resumed coroutine was running */
     unsigned lua_waiting : 1; /* a coroutine is suspended (sleep, cosocket) */
+    unsigned lua_live : 1;    /* the Lua side holds state for this request (a later phase,
+                                 or mg_lua_request_end, frees it) */
     ev_timer lua_timer;       /* moongate.sleep */
     /* what the suspended coroutine waits on, cancelled when the request ends first (the
      * client left): stops a timer, detaches a cosocket. NULL while not waiting. */

@@ -242,7 +242,7 @@ end
 local function state_for(id)
   local s = reqs[id]
   if not s then
-    s = { shared = {}, plugin_ctx = {}, started_at = C.mg_ffi_now() }
+    s = { started_at = C.mg_ffi_now() }   -- ctx.shared and ctx.plugin appear when used
     reqs[id] = s
   end
   return s
@@ -280,31 +280,24 @@ local function position_after(list, done)
   return #list + 1
 end
 
-function _M.run(phase, route, id)
+function _M.run(phase, route, id, last)
   local state = state_for(id)
   local chain = route < 0 and global_chain or chain_of(state, route)
   local list = chain and chain[phase]
   cur = state
   phases.current = phases.BY_NAME[phase]
   if list then
-    local ctxs = state.plugin_ctx
     local i = 1
     while i <= #list do
       local e = list[i]
-      local pctx = ctxs[e.name]
-      if not pctx then
-        pctx = {}
-        ctxs[e.name] = pctx
-      end
-      state.plugin = pctx
-      log.plugin_name = e.name
+      log.plugin_name = e.name   -- also tells moongate.ctx.plugin whose table to give
       C.mg_ffi_plugin_enter(e.name, #e.name)
       local before = state.consumer
       local ok, err = xpcall(e.fn, traceback, e.handler, e.conf)
       if not ok then
         report(phase, e.name, err)
         log.plugin_name, cur, phases.current = nil, nil, 0
-        if phase == "log" then reqs[id] = nil end
+        if last then reqs[id] = nil end
         return false
       end
       cur, phases.current = state, phases.BY_NAME[phase]   -- a yield may have changed them
@@ -324,7 +317,7 @@ function _M.run(phase, route, id)
     end
   end
   log.plugin_name, cur, phases.current = nil, nil, 0
-  if phase == "log" then reqs[id] = nil end
+  if last then reqs[id] = nil end   -- no Lua phase follows for this request
   return true
 end
 

@@ -38,10 +38,28 @@ moongate.ctx = setmetatable({}, {
   __index = function(_, k)
     if k == "shared" then
       check(phases.REQUEST, "moongate.ctx.shared")
-      return _M.current().shared
+      local state = _M.current()
+      local t = state.shared
+      if not t then
+        t = {}
+        state.shared = t
+      end
+      return t
     elseif k == "plugin" then
       check(phases.REQUEST, "moongate.ctx.plugin")
-      return _M.current().plugin
+      local state = _M.current()
+      local name = moongate.log.plugin_name or ""
+      local all = state.plugin_ctx
+      if not all then
+        all = {}
+        state.plugin_ctx = all
+      end
+      local t = all[name]
+      if not t then
+        t = {}
+        all[name] = t
+      end
+      return t
     end
   end,
   __newindex = function()

@@ -98,7 +98,7 @@ end
 function _M.get_raw_body()
   check(phases.BODY_FILTER, "moongate.response.get_raw_body")
   local chunk, eof = _M.get_chunk()
-  local state = require("moongate.pdk").current().plugin   -- one buffer per plugin
+  local state = require("moongate.pdk").moongate.ctx.plugin   -- one buffer per plugin
   local parts = state.raw_body_parts
   if not parts then
     parts = {}
