@@ -336,9 +336,24 @@ static int check_framing(mg_http_msg_t *m, int bad_status)
     for (unsigned h = 0; h < m->nheaders; h++) {
         mg_header_t *hd = &m->headers[h];
         if (hd->name.len == 10 && mg_str_caseeq_lit(hd->name, "connection")) {
-            m->nconnection++;
-            if (header_has_token(hd->value, MG_STR("close"))) m->conn_close = 1;
-            if (header_has_token(hd->value, MG_STR("keep-alive"))) m->conn_keepalive = 1;
+            /* one pass over the options: close / keep-alive set flags; any other token names
+             * a header that is hop-by-hop for this message (counted, so that the common
+             * "Connection: keep-alive" costs no per-header lookup later) */
+            mg_str_t v = hd->value;
+            size_t i = 0;
+            while (i <= v.len) {
+                size_t j = i;
+                while (j < v.len && v.data[j] != ',')
+                    j++;
+                mg_str_t t = trim(v.data + i, j - i);
+                if (t.len == 5 && mg_str_caseeq_lit(t, "close"))
+                    m->conn_close = 1;
+                else if (t.len == 10 && mg_str_caseeq_lit(t, "keep-alive"))
+                    m->conn_keepalive = 1;
+                else if (t.len && !(t.len == 7 && mg_str_caseeq_lit(t, "upgrade")))
+                    m->nconnection++;
+                i = j + 1;
+            }
             continue;
         }
         if (hd->name.len != 14 && hd->name.len != 17) continue;

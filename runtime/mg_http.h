@@ -52,7 +52,7 @@ typedef struct mg_http_msg_s {
     unsigned has_content_length : 1; /* a Content-Length header was present (even 0) */
     unsigned conn_close : 1;         /* Connection: close */
     unsigned conn_keepalive : 1;     /* Connection: keep-alive */
-    unsigned nconnection;            /* Connection header lines (0: nothing listed in them) */
+    unsigned nconnection; /* names listed in Connection beyond close, keep-alive, upgrade */
 
     /* incremental head scanning state (offsets from the start of the head) */
     size_t scan_pos, line_start, head_len;

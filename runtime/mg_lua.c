@@ -34,6 +34,7 @@ struct mg_lua_s {
     bool oom;             /* an allocation was refused: collect once the phase is over */
     int run_ref;          /* moongate.runtime.run */
     int forget_ref;       /* moongate.runtime.forget */
+    int serve_ref;        /* moongate.runtime.serve: the coroutines' loop */
     unsigned *route_mask; /* by route index */
     size_t nroutes;
     unsigned global_mask;
@@ -372,6 +373,8 @@ mg_lua_t *mg_lua_load(const mg_config_t *cfg, mg_config_errors_t *errs)
     l->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "forget");
     l->forget_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "serve");
+    l->serve_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "load");
     push_conf(L, cfg);
     if (lua_pcall(L, 1, 3, 0) != 0) {
@@ -492,14 +495,37 @@ static bool is_last_phase(const mg_req_t *r, int phase, bool eof)
 
 /* Interprets what a coroutine did: finished (true/false), yielded the exit marker, or
  * yielded to wait. Drops or keeps the coroutine accordingly. */
+/* Coroutines that finished a phase normally go back to this pool and serve the next
+ * request's phase (moongate.runtime.serve loops), which spares a coroutine's creation and
+ * collection per request. One that exited (its stack holds the plugin's frames) or failed
+ * is dropped. */
+#define CO_POOL_MAX 256
+static int co_pool[CO_POOL_MAX];
+static size_t co_pool_n;
+
+static void co_release(int ref, lua_State *co, bool reusable)
+{
+    if (reusable && co_pool_n < CO_POOL_MAX) {
+        lua_settop(co, 0);
+        co_pool[co_pool_n++] = ref;
+        return;
+    }
+    luaL_unref(mg_lua->L, LUA_REGISTRYINDEX, ref);
+}
+
+/* Interprets what a coroutine did: finished the phase (the "moongate:done" yield of the
+ * serve loop), yielded the exit marker, or yielded to wait; anything else is a failure. */
 static int after_resume(mg_req_t *r, lua_State *co, int status)
 {
-    lua_State *L = mg_lua->L;
     int rc;
+    bool reusable = false;
     if (status == LUA_YIELD) {
         const char *mark =
-            lua_gettop(co) == 1 && lua_type(co, 1) == LUA_TSTRING ? lua_tostring(co, 1) : NULL;
-        if (mark && strcmp(mark, "moongate:exit") == 0) {
+            lua_gettop(co) >= 1 && lua_type(co, 1) == LUA_TSTRING ? lua_tostring(co, 1) : NULL;
+        if (mark && strcmp(mark, "moongate:done") == 0) {
+            rc = lua_toboolean(co, 2) ? MG_OK : MG_ERROR;
+            reusable = true;
+        } else if (mark && strcmp(mark, "moongate:exit") == 0) {
             rc = MG_DONE;
         } else {
             r->lua_waiting = 1; /* the coroutine stays referenced until resumed */
@@ -513,7 +539,7 @@ static int after_resume(mg_req_t *r, lua_State *co, int status)
         rc = MG_ERROR;
     }
     r->lua_waiting = 0;
-    luaL_unref(L, LUA_REGISTRYINDEX, r->lua_co_ref);
+    co_release(r->lua_co_ref, co, reusable);
     r->lua_co_ref = 0;
     return rc;
 }
@@ -522,9 +548,17 @@ int mg_lua_run_yieldable(mg_req_t *r, int phase, int route)
 {
     lua_State *L = mg_lua->L;
     if (r->lua_id == 0) r->lua_id = ++next_request_id ? next_request_id : ++next_request_id;
-    lua_State *co = lua_newthread(L);
-    r->lua_co_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* keeps the coroutine alive */
-    lua_rawgeti(co, LUA_REGISTRYINDEX, mg_lua->run_ref);
+    lua_State *co;
+    if (co_pool_n == 0) {
+        co = lua_newthread(L);
+        r->lua_co_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* keeps the coroutine alive */
+        lua_rawgeti(co, LUA_REGISTRYINDEX, mg_lua->serve_ref);
+    } else {
+        r->lua_co_ref = co_pool[--co_pool_n];
+        lua_rawgeti(L, LUA_REGISTRYINDEX, r->lua_co_ref);
+        co = lua_tothread(L, -1);
+        lua_pop(L, 1);
+    }
     bool last = is_last_phase(r, phase, false);
     lua_pushstring(co, phase_name(phase));
     lua_pushnumber(co, route);

@@ -341,6 +341,17 @@ function _M.run_timer(id, once)
   cur = nil
 end
 
+--- The body of the coroutines rewrite and access run in: runs a phase, yields
+-- "moongate:done" with its outcome, and serves the next phase it is resumed with. A phase
+-- that waits (sleep, a socket) yields in between; one that exits never comes back here.
+function _M.serve(phase, route, id, last)
+  local yield, run = coroutine.yield, _M.run
+  while true do
+    local ok = run(phase, route, id, last)
+    phase, route, id, last = yield("moongate:done", ok)
+  end
+end
+
 --- Forgets a request's state (it ended without a log phase: aborted).
 function _M.forget(id)
   reqs[id] = nil
