@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 
 #include "mg_log.h"
+#include "mg_out.h"
 #include "mg_lua.h"
 #include "mg_request.h"
 
@@ -26,36 +27,14 @@ static int pump_body_filter(mg_req_t *r);
 static bool drain_filtered(mg_req_t *r);
 static void finish_upstream_failure(mg_req_t *r, unsigned status);
 
-/* A tiny bounded appender: every write checks room; overflow is reported once at the end. */
-typedef struct {
-    char *p, *end;
-    bool overflow;
-} out_t;
+/* the appender of mg_out.h, under short local names */
+typedef mg_out_t out_t;
+#define put mg_out_put
+#define put_cstr mg_out_cstr
+#define put_u64 mg_out_u64
+#define PUT_LIT MG_OUT_LIT
+#define PUT_STR MG_OUT_STR
 
-static void put(out_t *o, const char *s, size_t n)
-{
-    if (n == 0) return; /* s may be NULL for an empty string */
-    if ((size_t)(o->end - o->p) < n) {
-        o->overflow = true;
-        return;
-    }
-    memcpy(o->p, s, n);
-    o->p += n;
-}
-#define PUT_LIT(o, lit) put((o), (lit), sizeof(lit) - 1)
-#define PUT_STR(o, s) put((o), (s).data, (s).len)
-static void put_cstr(out_t *o, const char *s)
-{
-    put(o, s, strlen(s));
-}
-static void put_u64(out_t *o, uint64_t v)
-{
-    char tmp[24], *p = tmp + sizeof(tmp);
-    do
-        *--p = (char)('0' + v % 10);
-    while ((v /= 10) != 0);
-    put(o, p, (size_t)(tmp + sizeof(tmp) - p));
-}
 static void put_header(out_t *o, mg_str_t name, mg_str_t value)
 {
     PUT_STR(o, name);
