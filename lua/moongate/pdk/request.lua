@@ -3,6 +3,7 @@
 local ffi = require "ffi"
 local base = require "moongate.core.base"
 local phases = require "moongate.phases"
+local codec = require "moongate.codec"
 
 local C, OK = base.C, base.OK
 local str_out, len_out, str_out2, len_out2 = base.str_out, base.len_out, base.str_out2,
@@ -83,37 +84,12 @@ function _M.get_headers(max)
   return t
 end
 
-local function unescape(s)
-  s = gsub(s, "+", " ")
-  return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
-end
 
 --- The query string decoded into a table (repeated keys map to lists; a key without "="
 -- maps to true). @phases rewrite … log
 function _M.get_query(max)
   check(REQUEST, "moongate.request.get_query")
-  local q = _M.get_raw_query() or ""
-  local t, n = {}, 0
-  for pair in gmatch(q, "[^&]+") do
-    n = n + 1
-    if max and n > max then break end
-    local eq = find(pair, "=", 1, true)
-    local k, v
-    if eq then
-      k, v = unescape(sub(pair, 1, eq - 1)), unescape(sub(pair, eq + 1))
-    else
-      k, v = unescape(pair), true
-    end
-    local prev = t[k]
-    if prev == nil then
-      t[k] = v
-    elseif type(prev) == "table" then
-      prev[#prev + 1] = v
-    else
-      t[k] = { prev, v }
-    end
-  end
-  return t
+  return codec.decode_args(_M.get_raw_query() or "", max)
 end
 
 --- One query argument (the first when repeated), or nil. @phases rewrite … log
@@ -160,17 +136,7 @@ function _M.get_body()
     if jerr or type(t) ~= "table" then return nil, "invalid JSON body", mime end
     return t, nil, mime
   elseif mime == "application/x-www-form-urlencoded" then
-    local t = {}
-    for pair in gmatch(raw, "[^&]+") do
-      local eq = find(pair, "=", 1, true)
-      local k = unescape(eq and sub(pair, 1, eq - 1) or pair)
-      local v = eq and unescape(sub(pair, eq + 1)) or true
-      local prev = t[k]
-      if prev == nil then t[k] = v
-      elseif type(prev) == "table" then prev[#prev + 1] = v
-      else t[k] = { prev, v } end
-    end
-    return t, nil, mime
+    return codec.decode_args(raw), nil, mime
   end
   return nil, "unsupported content type \"" .. mime .. "\"", mime
 end

@@ -4,6 +4,7 @@
 local ffi = require "ffi"
 local base = require "moongate.core.base"
 local phases = require "moongate.phases"
+local codec = require "moongate.codec"
 
 local C, OK = base.C, base.OK
 local str_out, len_out = base.str_out, base.len_out
@@ -70,27 +71,13 @@ function request.set_raw_query(query)
   C.mg_ffi_upstream_set_query(query, #query)
 end
 
-local function escape(s)
-  return (gsub(tostring(s), "[^%w%-%._~]", function(c) return format("%%%02X", byte(c)) end))
-end
 
 --- Replaces the upstream query string with the encoded table (keys sorted; a list value
 -- repeats its key; `true` gives a bare key). @phases rewrite, access
 function request.set_query(args)
   check(BEFORE_PROXY, "moongate.service.request.set_query")
   if type(args) ~= "table" then error("args must be a table", 2) end
-  local keys = {}
-  for k in pairs(args) do keys[#keys + 1] = tostring(k) end
-  sort(keys)
-  local parts = {}
-  for _, k in ipairs(keys) do
-    local v = args[k]
-    local vs = type(v) == "table" and v or { v }
-    for _, one in ipairs(vs) do
-      parts[#parts + 1] = one == true and escape(k) or escape(k) .. "=" .. escape(one)
-    end
-  end
-  local q = concat(parts, "&")
+  local q = codec.encode_args(args)
   C.mg_ffi_upstream_set_query(q, #q)
 end
 
@@ -127,15 +114,7 @@ function request.set_body(args, mimetype)
     body = require("cjson.safe").encode(args)
     if not body then error("args cannot be encoded as JSON", 2) end
   elseif mimetype == "application/x-www-form-urlencoded" then
-    local keys = {}
-    for k in pairs(args) do keys[#keys + 1] = tostring(k) end
-    sort(keys)
-    local parts = {}
-    for _, k in ipairs(keys) do
-      local vs = type(args[k]) == "table" and args[k] or { args[k] }
-      for _, one in ipairs(vs) do parts[#parts + 1] = escape(k) .. "=" .. escape(one) end
-    end
-    body = concat(parts, "&")
+    body = codec.encode_args(args)
   else
     error("mimetype must be application/json or application/x-www-form-urlencoded", 2)
   end

@@ -28,6 +28,7 @@
 -- the headers the gateway adds to responses (Server, Date, Content-Length, Via).
 local bit = require "bit"
 local phases = require "moongate.phases"
+local codec = require "moongate.codec"
 local schema = require "moongate.schema"
 local cjson = require "cjson.safe"
 
@@ -71,16 +72,7 @@ end
 -- Headers are kept as name → value, names lower-cased, a repeated header as a list of its
 -- values in order (what moongate.request.get_headers returns).
 
-local function add_value(map, k, v)
-  local prev = map[k]
-  if prev == nil then
-    map[k] = v
-  elseif type(prev) == "table" then
-    prev[#prev + 1] = v
-  else
-    map[k] = { prev, v }
-  end
-end
+local add_value = codec.add_value
 
 local function copy_headers(map)
   local t = {}
@@ -231,28 +223,10 @@ function request.get_headers(max)
   return t
 end
 
-local function unescape(s)
-  s = gsub(s, "+", " ")
-  return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
-end
 
 function request.get_query(max)
   check(REQUEST, "moongate.request.get_query")
-  local q = request.get_raw_query() or ""
-  local t, n = {}, 0
-  for pair in gmatch(q, "[^&]+") do
-    n = n + 1
-    if max and n > max then break end
-    local eq = find(pair, "=", 1, true)
-    local k, v
-    if eq then
-      k, v = unescape(sub(pair, 1, eq - 1)), unescape(sub(pair, eq + 1))
-    else
-      k, v = unescape(pair), true
-    end
-    add_value(t, k, v)
-  end
-  return t
+  return codec.decode_args(request.get_raw_query() or "", max)
 end
 
 function request.get_query_arg(name)
@@ -281,14 +255,7 @@ function request.get_body()
     if jerr or type(t) ~= "table" then return nil, "invalid JSON body", mime end
     return t, nil, mime
   elseif mime == "application/x-www-form-urlencoded" then
-    local t = {}
-    for pair in gmatch(raw, "[^&]+") do
-      local eq = find(pair, "=", 1, true)
-      local k = unescape(eq and sub(pair, 1, eq - 1) or pair)
-      local v = eq and unescape(sub(pair, eq + 1)) or true
-      add_value(t, k, v)
-    end
-    return t, nil, mime
+    return codec.decode_args(raw), nil, mime
   end
   return nil, "unsupported content type \"" .. mime .. "\"", mime
 end
@@ -340,24 +307,8 @@ function srequest.set_raw_query(query)
   current().upstream_request.query = query
 end
 
-local function escape(s)
-  return (gsub(tostring(s), "[^%w%-%._~]", function(c) return format("%%%02X", byte(c)) end))
-end
 
-local function encode_query(args)
-  local keys = {}
-  for k in pairs(args) do keys[#keys + 1] = tostring(k) end
-  sort(keys)
-  local parts = {}
-  for _, k in ipairs(keys) do
-    local v = args[k]
-    local vs = type(v) == "table" and v or { v }
-    for _, one in ipairs(vs) do
-      parts[#parts + 1] = one == true and escape(k) or escape(k) .. "=" .. escape(one)
-    end
-  end
-  return concat(parts, "&")
-end
+local encode_query = codec.encode_args
 
 function srequest.set_query(args)
   check(BEFORE_PROXY, "moongate.service.request.set_query")
@@ -391,15 +342,7 @@ function srequest.set_body(args, mimetype)
     body = cjson.encode(args)
     if not body then error("args cannot be encoded as JSON", 2) end
   elseif mimetype == "application/x-www-form-urlencoded" then
-    local keys = {}
-    for k in pairs(args) do keys[#keys + 1] = tostring(k) end
-    sort(keys)
-    local parts = {}
-    for _, k in ipairs(keys) do
-      local vs = type(args[k]) == "table" and args[k] or { args[k] }
-      for _, one in ipairs(vs) do parts[#parts + 1] = escape(k) .. "=" .. escape(one) end
-    end
-    body = concat(parts, "&")
+    body = codec.encode_args(args)
   else
     error("mimetype must be application/json or application/x-www-form-urlencoded", 2)
   end
