@@ -152,7 +152,7 @@ void mg_conn_update(mg_conn_t *c)
             deadline = c->s.last_io + lim->send_timeout * ms;
         else if (r->tunnel)
             deadline = c->s.last_io + r->service->read_timeout * ms;
-        else if (want_read && !r->req_body_done)
+        else if (want_read && !r->req_body_done && (!r->lua_waiting || r->body_reading))
             deadline = c->s.last_io + lim->client_body_timeout * ms;
         break;
     }
@@ -289,7 +289,8 @@ static void conn_watch_while_waiting(mg_conn_t *c)
     }
     if (r->body_reading) { /* the plugin waits for the body: feed what arrived */
         int rc = mg_conn_read_body(r);
-        if (rc == MG_OK) {
+        if (rc == MG_OK || rc == MG_DECLINED) { /* the plugin learns which on resuming */
+            r->body_reading = 0;
             mg_lua_resume(r);
             return;
         }
@@ -305,6 +306,7 @@ int mg_conn_read_body(mg_req_t *r)
 {
     mg_conn_t *c = r->c;
     if (r->body_buffered) return MG_OK;
+    if (r->body_failed) return MG_DECLINED;
     size_t cap = mg_worker.cfg->limits.client_body_buffer_size;
     if (r->msg.body_kind == MG_BODY_LENGTH && r->msg.content_length > cap) return MG_DECLINED;
     if (r->body_buf == NULL) {
@@ -316,7 +318,10 @@ int mg_conn_read_body(mg_req_t *r)
         if (r->msg.body_kind == MG_BODY_NONE || r->msg.body_done) break;
         if (mg_buf_free(r->body_buf) < 64) { /* chunked: grow, up to the cap */
             size_t size = r->body_buf->size * 2;
-            if (r->body_buf->size >= cap) return MG_DECLINED;
+            if (r->body_buf->size >= cap) {
+                r->body_failed = 1; /* part of it is consumed: it cannot be proxied either */
+                return MG_DECLINED;
+            }
             mg_buf_t *big = mg_buf_get_size(MG_MIN(size, cap + 64));
             if (big == NULL) return 500;
             mg_buf_append(big, mg_buf_pos(r->body_buf), mg_buf_len(r->body_buf));
@@ -328,12 +333,21 @@ int mg_conn_read_body(mg_req_t *r)
                                                        mg_buf_len(c->in), r->body_buf, &used)
                                    : MG_OK;
         c->in->start += used;
+        if (mg_buf_len(r->body_buf) > cap) {
+            r->body_failed = 1;
+            return MG_DECLINED;
+        }
         if (rc == MG_DONE) break;
         if (rc >= 400) return rc;
-        if (mg_buf_len(r->body_buf) > cap) return MG_DECLINED;
         if (used == 0) { /* everything buffered is consumed: read, or wait for more */
             if (c->s.rready && !c->s.eof && mg_sock_read(&c->s, c->in) > 0) continue;
             if (c->s.eof) return 400;
+            if (r->msg.expect_continue) { /* the client waits for our go-ahead */
+                static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+                ssize_t w = write(c->s.fd, cont, sizeof(cont) - 1);
+                (void)w; /* a client that cannot take 25 bytes now will time out */
+                r->msg.expect_continue = 0;
+            }
             r->body_reading = 1;
             return MG_AGAIN;
         }

@@ -300,6 +300,7 @@ int mg_ffi_sleep(double seconds)
 {
     if (mg_lua_current_timer) return mg_lua_timer_sleep(mg_lua_current_timer, seconds);
     CUR(r);
+    if (ev_is_active(&r->lua_timer) || r->lua_cancel) return MG_BUSY; /* one wait at a time */
     ev_timer_init(&r->lua_timer, sleep_done, seconds, 0.);
     ev_timer_start(mg_worker.loop, &r->lua_timer);
     r->lua_cancel = sleep_cancel;

@@ -35,6 +35,7 @@ struct mg_lua_s {
     int run_ref;          /* moongate.runtime.run */
     int forget_ref;       /* moongate.runtime.forget */
     int serve_ref;        /* moongate.runtime.serve: the coroutines' loop */
+    int run_timer_ref;    /* moongate.runtime.run_timer */
     unsigned *route_mask; /* by route index */
     size_t nroutes;
     unsigned global_mask;
@@ -122,6 +123,7 @@ static void *lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 static void after_phase(mg_lua_t *l)
 {
     mg_watchdog_leave();
+    lua_sethook(l->L, NULL, 0, 0); /* a late SIGUSR2's hook must not hit the next phase */
     if (l->oom) {
         l->oom = false;
         lua_gc(l->L, LUA_GCCOLLECT, 0);
@@ -375,6 +377,8 @@ mg_lua_t *mg_lua_load(const mg_config_t *cfg, mg_config_errors_t *errs)
     l->forget_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "serve");
     l->serve_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "run_timer");
+    l->run_timer_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "load");
     push_conf(L, cfg);
     if (lua_pcall(L, 1, 3, 0) != 0) {
@@ -529,6 +533,7 @@ static int after_resume(mg_req_t *r, lua_State *co, int status)
             rc = MG_DONE;
         } else {
             r->lua_waiting = 1; /* the coroutine stays referenced until resumed */
+            r->lua_live = 1;    /* if the request ends meanwhile, its end frees the state */
             lua_settop(co, 0);
             return MG_AGAIN;
         }
@@ -539,6 +544,12 @@ static int after_resume(mg_req_t *r, lua_State *co, int status)
         rc = MG_ERROR;
     }
     r->lua_waiting = 0;
+    if (r->lua_cancel) { /* a wait armed in a plugin's own coroutine: nobody will take it */
+        r->lua_cancel(r, r->lua_cancel_data);
+        r->lua_cancel = NULL;
+    }
+    /* an exit ends the phase before the runtime frees the request's Lua state */
+    if (rc == MG_DONE) r->lua_live = 1;
     co_release(r->lua_co_ref, co, reusable);
     r->lua_co_ref = 0;
     return rc;
@@ -575,6 +586,8 @@ int mg_lua_run_yieldable(mg_req_t *r, int phase, int route)
 
 void mg_lua_resume(mg_req_t *r)
 {
+    /* a wait armed by a coroutine the plugin made itself may fire after the phase ended */
+    if (!r->lua_waiting || r->lua_co_ref == 0) return;
     lua_State *L = mg_lua->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->lua_co_ref);
     lua_State *co = lua_tothread(L, -1);
@@ -681,11 +694,7 @@ static void timer_fired(struct ev_loop *loop, ev_timer *w, int revents)
     lua_State *L = mg_lua->L;
     lua_State *co = lua_newthread(L);
     t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_getglobal(co, "require");
-    lua_pushliteral(co, "moongate.runtime");
-    lua_call(co, 1, 1);
-    lua_getfield(co, -1, "run_timer");
-    lua_remove(co, -2);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, mg_lua->run_timer_ref);
     lua_pushnumber(co, t->id);
     lua_pushboolean(co, t->every == 0);
     timer_step(t, co, 2);
@@ -749,15 +758,19 @@ int mg_lua_body_filter(mg_req_t *r, const char *data, size_t len, bool eof, cons
 
 void mg_lua_request_end(mg_req_t *r)
 {
-    if (mg_lua == NULL || r->lua_id == 0) return;
-    if (r->lua_co_ref) { /* suspended (client left mid-wait): the coroutine is dropped */
-        if (r->lua_cancel) r->lua_cancel(r, r->lua_cancel_data);
+    if (mg_lua == NULL) return;
+    unsigned mask = r->route ? mg_lua_route_mask(mg_lua, r->route->index) : 0;
+    /* a route whose plugins only log has not entered Lua before this */
+    if (r->lua_id == 0 && !(mask & MG_PHASE_LOG)) return;
+    if (r->lua_cancel) { /* a pending wait (client left): stop it */
+        r->lua_cancel(r, r->lua_cancel_data);
         r->lua_cancel = NULL;
+    }
+    if (r->lua_co_ref) { /* suspended (client left mid-wait): the coroutine is dropped */
         luaL_unref(mg_lua->L, LUA_REGISTRYINDEX, r->lua_co_ref);
         r->lua_co_ref = 0;
         r->lua_waiting = 0;
     }
-    unsigned mask = r->route ? mg_lua_route_mask(mg_lua, r->route->index) : 0;
     if (mask & MG_PHASE_LOG) {
         call_phase(r, MG_PHASE_LOG, true); /* also frees the request's Lua state */
     } else if (r->lua_live) {

@@ -406,7 +406,11 @@ void mg_proxy_start(mg_req_t *r)
     r->keepalive = mg_conn_may_keepalive(r);
     if ((r->msg.body_kind == MG_BODY_NONE || r->msg.body_done) && !r->body_buffered)
         r->req_body_done = 1;
-    if (r->msg.expect_continue && !r->req_body_done) {
+    if (r->body_failed) { /* a plugin read part of a body too large to buffer: refuse */
+        mg_conn_respond_error(r, 413, NULL);
+        return;
+    }
+    if (r->msg.expect_continue && !r->req_body_done && !r->body_buffered) {
         if ((r->out = mg_buf_get()) == NULL) {
             mg_conn_abort(c);
             return;
@@ -451,6 +455,11 @@ void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout)
         if (!connecting && u) {
             mg_buf_put(u->out); /* rebuild the head for the fresh connection */
             u->out = NULL;
+            if (r->body_buffered) { /* and send a plugin's body again */
+                r->body_sent = 0;
+                r->req_body_done = 0;
+                r->req_sent = 0;
+            }
         }
         if (connect_upstream(r)) {
             mg_proxy_pump(r);
@@ -764,7 +773,9 @@ void mg_proxy_pump(mg_req_t *r)
                 }
             }
             if (u->s.eof && !r->resp_done && mg_buf_len(u->in) == 0) {
-                if (r->resp.body_kind == MG_BODY_EOF) {
+                if (r->body_filter && r->resp.body_kind == MG_BODY_EOF) {
+                    /* the filter's last call (eof) ends it, once its output has drained */
+                } else if (r->resp.body_kind == MG_BODY_EOF) {
                     r->resp_done = 1;
                     progress = true;
                 } else if (!r->tunnel) {
@@ -802,7 +813,8 @@ void mg_proxy_pump(mg_req_t *r)
                 mg_conn_request_done(r);
                 return;
             }
-        } else if (r->resp_done && !r->resp.out_chunked && mg_buf_len(r->out) == 0) {
+        } else if (r->resp_done && !r->resp.out_chunked && !r->filtered &&
+                   mg_buf_len(r->out) == 0) {
             if (!r->req_body_done) r->keepalive = 0; /* unread body: the connection must go */
             mg_conn_request_done(r);
             return;

@@ -138,6 +138,7 @@ struct mg_req_s {
     unsigned body_filter : 1;   /* the response body goes through the body_filter chain */
     unsigned body_buffered : 1; /* body_buf holds the whole (decoded) request body */
     unsigned body_reading : 1;  /* a plugin waits for the request body to arrive */
+    unsigned body_failed : 1;   /* reading it for a plugin failed midway (too large) */
     mg_buf_t *body_buf;         /* the request body read for plugins (get_raw_body), or the
                                    one they set (set_raw_body); sent upstream from here */
     size_t body_sent;           /* bytes of body_buf already queued for the upstream */

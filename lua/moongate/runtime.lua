@@ -351,6 +351,9 @@ function _M.serve(phase, route, id, last)
     phase, route, id, last = yield("moongate:done", ok)
   end
 end
+-- a loop around coroutine.yield cannot be compiled: left to the JIT it would stitch a new
+-- trace per pass forever (and eventually flush every trace); the plugins it calls still are
+jit.off(_M.serve)
 
 --- Forgets a request's state (it ended without a log phase: aborted).
 function _M.forget(id)

@@ -9,7 +9,7 @@ local cjson = require "cjson.safe"
 
 local PLUGIN_PATH = os.getenv("PWD") .. "/spec/fixtures/plugins/?.lua;;"
 local ALL = { "bundled", "headers", "terminator", "order-a", "order-b", "boom", "sleeper",
-              "misuse", "rewriter" }
+              "misuse", "rewriter", "ownco", "logonly" }
 
 local function settings(extra)
   local t = { lua_package_path = PLUGIN_PATH, plugins = ALL }
@@ -49,6 +49,10 @@ describe("plugins", function()
           routes = { { name = "sleep", paths = { "/sleep" } } } },
         { name = "misuse", url = up.url, plugins = { { name = "misuse" } },
           routes = { { name = "misuse", paths = { "/misuse" } } } },
+        { name = "ownco", url = up.url, plugins = { { name = "ownco" } },
+          routes = { { name = "ownco", paths = { "/ownco" } } } },
+        { name = "logonly", url = up.url, plugins = { { name = "logonly" } },
+          routes = { { name = "logonly", paths = { "/logonly" } } } },
       },
     })
     gw = helpers.start(conf)
@@ -170,6 +174,26 @@ describe("plugins", function()
       helpers.eventually(function()
         assert.matches("%[boom%] log phase failed", gw:error_log())
       end, 3)
+    end)
+  end)
+
+  describe("lifecycle", function()
+    it("runs the log phase of a route whose plugins only log", function()
+      assert.equal(200, assert(gw:get("/logonly/x")).status)
+      helpers.eventually(function()
+        assert.matches("logonly saw /logonly/x %-> 200", gw:error_log())
+      end, 3)
+    end)
+
+    it("cancels a wait armed in a plugin's own coroutine when the phase ends", function()
+      local pid = gw:worker_pids()[1]
+      local res = assert(gw:get("/ownco/x"))
+      assert.equal(200, res.status)
+      assert.equal("returned", res:json().headers["x-own-coroutine"])
+      helpers.sleep(0.4)                                  -- the abandoned sleep's due time
+      assert.equal(200, assert(gw:get("/plain")).status)
+      assert.same({ pid }, gw:worker_pids())              -- no crash, no respawn
+      assert.not_matches("respawning", gw:error_log())
     end)
   end)
 

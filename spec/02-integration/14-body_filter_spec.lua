@@ -68,6 +68,13 @@ describe("body_filter", function()
     assert.equal("]", res.body:sub(-1))
   end)
 
+  it("delivers a whole rewritten body to an HTTP/1.0 client", function()
+    local raw = helpers.raw(gw.port, "GET /wrap/ten HTTP/1.0\r\nX-Upstream-Mode: big:200000\r\n\r\n")
+    local body = raw:match("\r\n\r\n(.*)$")
+    assert.equal("[200000:", body:sub(1, 8))
+    assert.equal("]", body:sub(-1))
+  end)
+
   it("leaves a bodiless response alone (HEAD)", function()
     local res = assert(gw:request({ method = "HEAD", path = "/up/h" }))
     assert.equal(200, res.status)

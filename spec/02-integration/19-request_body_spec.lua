@@ -89,6 +89,33 @@ describe("request body in plugins", function()
     assert.matches("client_body_buffer_size", res:json().message)
   end)
 
+  it("answers 100 Continue when a plugin reads a body the client holds back for it", function()
+    local c = assert(helpers.connect(gw.port, { timeout = 5 }))
+    assert(c:send("POST /b/e HTTP/1.1\r\nHost: x\r\nX-Body-Action: report\r\n"
+                  .. "Content-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"))
+    assert.equal("HTTP/1.1 100 Continue", c:receive_line(3))
+    assert.equal("", c:receive_line(3))
+    assert(c:send("hello"))
+    local res = assert(c:read_response({ timeout = 3 }))
+    c:close()
+    assert.equal(200, res.status)
+    assert.same({ length = 5, head = "hello" }, cjson.decode(res.body))
+  end)
+
+  it("refuses with 413 a body too large to buffer that a plugin read partly and ignored",
+     function()
+    local before = up:count()
+    local chunk = ("C"):rep(20000)
+    local raw = helpers.raw(gw.port, "POST /b/ignore HTTP/1.1\r\nHost: x\r\nX-Body-Action: ignore\r\n"
+      .. "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+      .. string.format("%x", #chunk) .. "\r\n" .. chunk .. "\r\n"
+      .. string.format("%x", #chunk) .. "\r\n" .. chunk .. "\r\n"
+      .. string.format("%x", #chunk) .. "\r\n" .. chunk .. "\r\n"
+      .. string.format("%x", #chunk) .. "\r\n" .. chunk .. "\r\n0\r\n\r\n")
+    assert.matches("^HTTP/1.1 413 ", raw)
+    assert.equal(before, up:count())                      -- nothing half-read was proxied
+  end)
+
   it("answers 408 when the body stops arriving while a plugin waits for it", function()
     local c = assert(helpers.connect(gw.port, { timeout = 5 }))
     assert(c:send("POST /b/stall HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"))

@@ -94,6 +94,8 @@ function moongate.sleep(seconds)
     local saved = _M.save()
     yield()
     _M.restore(saved)
+  elseif rc == base.BUSY then
+    error("moongate.sleep: this request already waits (a sleep in another coroutine?)", 2)
   elseif rc ~= OK then
     error("moongate.sleep cannot run here", 2)
   end

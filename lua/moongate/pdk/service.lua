@@ -18,10 +18,16 @@ local find = string.find
 
 local request, response = {}, {}
 
+local known_names, nknown = {}, 0   -- header names already checked (bounded)
+
 local function header_op(op, name, value, fn_name)
   check(BEFORE_PROXY, fn_name)
-  if type(name) ~= "string" or name == "" or name:find("[%s:]") then
-    error("header name must be a non-empty token", 3)
+  if not known_names[name] then   -- a name is checked once: a pattern would stop the JIT
+    if type(name) ~= "string" or name == "" or name:find("[%s:]") then
+      error("header name must be a non-empty token", 3)
+    end
+    if nknown >= 1024 then known_names, nknown = {}, 0 end
+    known_names[name], nknown = true, nknown + 1
   end
   if op ~= 2 then
     if type(value) == "number" then value = tostring(value) end
