@@ -18,6 +18,7 @@ build = {
     ["moongate.spec.upstream"] = "lua/moongate/spec/upstream.lua",
     -- the in-process PDK kit for unit-testing handlers, and the two modules it reuses
     ["moongate.spec.pdk"] = "lua/moongate/spec/pdk.lua",
+    ["moongate.sha1"] = "lua/moongate/sha1.lua",
     ["moongate.codec"] = "lua/moongate/codec.lua",
     ["moongate.phases"] = "lua/moongate/phases.lua",
     ["moongate.schema"] = "lua/moongate/schema.lua",

@@ -48,7 +48,13 @@
 --   GET /_upstream/mode        {"mode": "..."} (null when none)
 --   PUT /_upstream/mode        the body becomes the default mode (empty body clears it)
 
+-- run standalone (`luajit lua/moongate/spec/upstream.lua`), find the rest of lua/ from here
+do
+  local dir = (debug.getinfo(1, "S").source:match("^@(.*)/moongate/spec/[^/]*$"))
+  if dir then package.path = dir .. "/?.lua;" .. package.path end
+end
 local socket = require "socket"
+local sha1 = require "moongate.sha1"
 local cjson = require "cjson.safe"
 local bit = require "bit"
 
@@ -94,48 +100,11 @@ local REASONS = {
 -- SHA-1, base64, WebSocket
 --------------------------------------------------------------------------------------------
 
---- SHA-1 digest (FIPS 180-4) in pure Lua over LuaJIT's bit library.
+--- SHA-1 digest (moongate.sha1).
 -- @tparam string msg message
 -- @treturn string the 20-byte binary digest
 function _M.sha1(msg)
-  local h0, h1, h2, h3, h4 =
-    tobit(0x67452301), tobit(0xEFCDAB89), tobit(0x98BADCFE), tobit(0x10325476),
-    tobit(0xC3D2E1F0)
-  local bits = #msg * 8
-  local hi, lo = floor(bits / 2^32), bits % 2^32
-  msg = msg .. "\128" .. rep("\0", (55 - #msg) % 64)
-    .. char(band(rshift(hi, 24), 255), band(rshift(hi, 16), 255), band(rshift(hi, 8), 255),
-            band(hi, 255), band(rshift(lo, 24), 255), band(rshift(lo, 16), 255),
-            band(rshift(lo, 8), 255), band(lo, 255))
-  local w = {}
-  for chunk = 1, #msg, 64 do
-    for i = 0, 15 do
-      local a, b, c, d = byte(msg, chunk + i * 4, chunk + i * 4 + 3)
-      w[i] = bor(lshift(a, 24), lshift(b, 16), lshift(c, 8), d)
-    end
-    for i = 16, 79 do
-      w[i] = rol(bxor(w[i - 3], w[i - 8], w[i - 14], w[i - 16]), 1)
-    end
-    local a, b, c, d, e = h0, h1, h2, h3, h4
-    for i = 0, 79 do
-      local f, k
-      if i < 20 then
-        f, k = bor(band(b, c), band(bnot(b), d)), 0x5A827999
-      elseif i < 40 then
-        f, k = bxor(b, c, d), 0x6ED9EBA1
-      elseif i < 60 then
-        f, k = bor(band(b, c), band(b, d), band(c, d)), 0x8F1BBCDC
-      else
-        f, k = bxor(b, c, d), 0xCA62C1D6
-      end
-      local t = tobit(rol(a, 5) + f + e + k + w[i])
-      e, d, c, b, a = d, c, rol(b, 30), a, t
-    end
-    h0, h1, h2, h3, h4 =
-      tobit(h0 + a), tobit(h1 + b), tobit(h2 + c), tobit(h3 + d), tobit(h4 + e)
-  end
-  local hex = tohex(h0) .. tohex(h1) .. tohex(h2) .. tohex(h3) .. tohex(h4)
-  return (gsub(hex, "%x%x", function(h) return char(tonumber(h, 16)) end))
+  return sha1.binary(msg)
 end
 
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
