@@ -1,5 +1,6 @@
---- moongate.codec: URL-encoded arguments (query strings and form bodies), shared by the PDK
--- and the in-process test kit so both decode and encode alike. Pure Lua, no FFI.
+--- moongate.codec: URL-encoded arguments (query strings and form bodies) and the data shape
+-- cosockets send, shared by the PDK and the in-process test kit so both behave alike. Pure
+-- Lua, no FFI.
 local gsub, gmatch, find, sub, char, byte, format = string.gsub, string.gmatch, string.find,
   string.sub, string.char, string.byte, string.format
 local type, tostring, tonumber, pairs, ipairs, sort, concat = type, tostring, tonumber, pairs,
@@ -62,6 +63,43 @@ function _M.encode_args(args)
     end
   end
   return concat(parts, "&")
+end
+
+
+local tostring_ = tostring
+
+local function flatten(t, out, depth)
+  if depth > 32 then
+    error("bad argument #1 to 'send' (table too deep)", 5)
+  end
+  for i = 1, #t do
+    local v = t[i]
+    local tv = type(v)
+    if tv == "string" then
+      out[#out + 1] = v
+    elseif tv == "number" then
+      out[#out + 1] = tostring_(v)
+    elseif tv == "table" then
+      flatten(v, out, depth + 1)
+    else
+      error("bad argument #1 to 'send' (bad data type " .. tv .. " in the array)", 5)
+    end
+  end
+  return out
+end
+
+--- What a cosocket's send() takes (a string, a number, or a nested array of them — OpenResty's
+-- shape) as one string. Misuse raises, blamed on the caller of send().
+function _M.send_data(data)
+  local t = type(data)
+  if t == "table" then
+    return concat(flatten(data, {}, 1))
+  elseif t == "number" then
+    return tostring_(data)
+  elseif t ~= "string" then
+    error("bad argument #1 to 'send' (string, number or array expected, got " .. t .. ")", 3)
+  end
+  return data
 end
 
 return _M

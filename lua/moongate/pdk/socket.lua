@@ -15,6 +15,7 @@
 local ffi = require "ffi"
 local base = require "moongate.core.base"
 local phases = require "moongate.phases"
+local codec = require "moongate.codec"
 
 local C, OK, AGAIN, DECLINED = base.C, base.OK, base.AGAIN, base.DECLINED
 local check, YIELDABLE = phases.check, phases.YIELDABLE
@@ -203,25 +204,6 @@ function methods.sslhandshake(self, reused_session, server_name, ssl_verify)
   return ffi_gc(session, C.mg_ffi_tcp_ssl_session_free)
 end
 
-local function flatten(t, out, depth)
-  if depth > 32 then
-    error("bad argument #1 to 'send' (table too deep)", 4)
-  end
-  for i = 1, #t do
-    local v = t[i]
-    local tv = type(v)
-    if tv == "string" then
-      out[#out + 1] = v
-    elseif tv == "number" then
-      out[#out + 1] = tostring(v)
-    elseif tv == "table" then
-      flatten(v, out, depth + 1)
-    else
-      error("bad argument #1 to 'send' (bad data type " .. tv .. " in the array)", 4)
-    end
-  end
-  return out
-end
 
 --- Sends all of data (a string, a number, or a nested array of them) or fails.
 -- @phases rewrite, access, timer
@@ -229,14 +211,7 @@ end
 function methods.send(self, data)
   check(YIELDABLE, "sock:send")
   local cs = sock_of(self, "send")
-  local t = type(data)
-  if t == "table" then
-    data = concat(flatten(data, {}, 1))
-  elseif t == "number" then
-    data = tostring(data)
-  elseif t ~= "string" then
-    error("bad argument #1 to 'send' (string, number or array expected, got " .. t .. ")", 2)
-  end
+  data = codec.send_data(data)
   if not cs then
     return nil, "closed"
   end

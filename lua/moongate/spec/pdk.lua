@@ -1014,37 +1014,11 @@ function smethods.sslhandshake(self, reused_session, server_name, ssl_verify)
   return conn.tls
 end
 
-local function flatten(t, out, depth)
-  if depth > 32 then
-    error("bad argument #1 to 'send' (table too deep)", 4)
-  end
-  for i = 1, #t do
-    local v = t[i]
-    local tv = type(v)
-    if tv == "string" then
-      out[#out + 1] = v
-    elseif tv == "number" then
-      out[#out + 1] = tostring(v)
-    elseif tv == "table" then
-      flatten(v, out, depth + 1)
-    else
-      error("bad argument #1 to 'send' (bad data type " .. tv .. " in the array)", 4)
-    end
-  end
-  return out
-end
 
 function smethods.send(self, data)
   check(YIELDABLE, "sock:send")
   local conn = sock_of(self, "send")
-  local t = type(data)
-  if t == "table" then
-    data = concat(flatten(data, {}, 1))
-  elseif t == "number" then
-    data = tostring(data)
-  elseif t ~= "string" then
-    error("bad argument #1 to 'send' (string, number or array expected, got " .. t .. ")", 2)
-  end
+  data = codec.send_data(data)
   if not conn then
     return nil, "closed"
   end
