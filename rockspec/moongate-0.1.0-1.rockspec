@@ -24,5 +24,10 @@ build = {
     ["moongate.schema"] = "lua/moongate/schema.lua",
     ["moongate.http"] = "lua/moongate/http.lua",
     ["moongate.redis"] = "lua/moongate/redis.lua",
+    -- what authentication plugins share (schema.lua compiles is_regex with moongate.re)
+    ["moongate.re"] = "lua/moongate/re.lua",
+    ["moongate.crypto"] = "lua/moongate/crypto.lua",
+    ["moongate.consumers"] = "lua/moongate/consumers.lua",
+    ["moongate.auth"] = "lua/moongate/auth.lua",
   },
 }

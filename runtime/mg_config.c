@@ -356,6 +356,7 @@ static const field_t service_fields[] = {
     }
 
 static const field_t consumer_fields[] = {
+    ONE("id", i_string, consumer_item_t, c.id),
     ONE("username", i_string, consumer_item_t, c.username),
     ONE("custom_id", i_string, consumer_item_t, c.custom_id),
     NESTED_PLUGINS(parse_consumer_plugin),
@@ -1186,41 +1187,9 @@ static bool i_listen(ctx_t *x, const char *s, void *out, const field_t *f)
     return true;
 }
 
-/* "a.b.c.d[/n]" or "ipv6[/n]"; an IPv4-mapped IPv6 CIDR is stored as the IPv4 one. */
-static bool cidr_parse(const char *s, mg_cidr_t *c)
-{
-    char buf[INET6_ADDRSTRLEN];
-    const char *slash = strchr(s, '/');
-    size_t alen = slash ? (size_t)(slash - s) : strlen(s);
-    if (alen == 0 || alen >= sizeof(buf)) return false;
-    memcpy(buf, s, alen);
-    buf[alen] = '\0';
-    memset(c, 0, sizeof(*c));
-    if (inet_pton(AF_INET, buf, c->addr) == 1)
-        c->family = AF_INET;
-    else if (inet_pton(AF_INET6, buf, c->addr) == 1)
-        c->family = AF_INET6;
-    else
-        return false;
-    int bits = c->family == AF_INET ? 32 : 128;
-    long long prefix = bits;
-    if (slash && (!parse_ll(slash + 1, &prefix) || prefix < 0 || prefix > bits)) return false;
-    c->prefix = (int)prefix;
-    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    if (c->family == AF_INET6 && c->prefix >= 96 && memcmp(c->addr, mapped, 12) == 0) {
-        memmove(c->addr, c->addr + 12, 4);
-        memset(c->addr + 4, 0, 12);
-        c->family = AF_INET;
-        c->prefix -= 96;
-    }
-    for (int i = c->prefix; i < bits; i++)
-        c->addr[i / 8] &= (uint8_t) ~(0x80 >> (i % 8));
-    return true;
-}
-
 static bool i_cidr(ctx_t *x, const char *s, void *out, const field_t *f)
 {
-    if (cidr_parse(s, out)) return true;
+    if (mg_cidr_parse(s, strlen(s), out)) return true;
     fail(x, "invalid IP or CIDR \"%s\"", s);
     return false;
 }
@@ -2304,34 +2273,4 @@ int mg_config_parse_size(const char *s, size_t *bytes)
     if (v > (SIZE_MAX >> shift)) return MG_ERROR;
     *bytes = (size_t)v << shift;
     return MG_OK;
-}
-
-bool mg_cidr_match(const mg_cidr_t *list, size_t n, const struct sockaddr *sa)
-{
-    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    uint8_t a[16];
-    int family = sa->sa_family;
-    if (family == AF_INET) {
-        struct sockaddr_in sin;
-        memcpy(&sin, sa, sizeof(sin));
-        memcpy(a, &sin.sin_addr, 4);
-    } else if (family == AF_INET6) {
-        struct sockaddr_in6 sin6;
-        memcpy(&sin6, sa, sizeof(sin6));
-        memcpy(a, &sin6.sin6_addr, 16);
-        if (memcmp(a, mapped, 12) == 0) { /* a dual-stack socket's IPv4 client */
-            memmove(a, a + 12, 4);
-            family = AF_INET;
-        }
-    } else {
-        return false;
-    }
-    for (size_t i = 0; i < n; i++) {
-        const mg_cidr_t *c = &list[i];
-        int full = c->prefix / 8, rest = c->prefix % 8;
-        if (c->family != family || memcmp(a, c->addr, (size_t)full) != 0) continue;
-        if (rest == 0 || ((a[full] ^ c->addr[full]) & (uint8_t)(0xff << (8 - rest))) == 0)
-            return true;
-    }
-    return false;
 }

@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 
 #include "mg_core.h"
+#include "mg_ip.h"
 #include "mg_pool.h"
 
 typedef struct {
@@ -22,12 +23,6 @@ typedef struct {
     bool ssl;    /* "ssl" flag; TLS itself lands with the TLS issue */
     int backlog; /* "backlog=N" flag, default 511 */
 } mg_listen_t;
-
-typedef struct { /* one CIDR from trusted_ips */
-    int family;  /* AF_INET or AF_INET6 */
-    uint8_t addr[16];
-    int prefix; /* bits */
-} mg_cidr_t;
 
 /* Limits on everything a client controls. Sizes in bytes, times in milliseconds. */
 typedef struct {
@@ -130,6 +125,7 @@ typedef struct {
 } mg_plugin_conf_t;
 
 typedef struct {
+    char *id;           /* NULL when absent (Lua derives a stable one) */
     char *username;     /* NULL when absent */
     char *custom_id;    /* NULL when absent */
     char *path;         /* "consumers[3]" */
@@ -220,7 +216,5 @@ void mg_config_errors_print(const mg_config_errors_t *errs, FILE *out);
 int mg_config_parse_duration(const char *s, unsigned *ms);
 /* Parses "8m", "16k", "1g" or a bare integer (bytes). */
 int mg_config_parse_size(const char *s, size_t *bytes);
-/* True when `ss` is inside one of the CIDRs. */
-bool mg_cidr_match(const mg_cidr_t *list, size_t n, const struct sockaddr *sa);
 
 #endif

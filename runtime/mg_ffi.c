@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "mg_base64.h"
 #include "mg_ffi.h"
+#include "mg_ip.h"
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_shdict.h"
@@ -424,4 +426,38 @@ size_t mg_ffi_shdict_capacity(void *zone)
 size_t mg_ffi_shdict_free_space(void *zone)
 {
     return mg_shdict_free_space(zone);
+}
+
+/* ---- pure helpers ------------------------------------------------------------------------ */
+
+size_t mg_ffi_base64_encode(const unsigned char *s, size_t len, char *out, int url, int pad)
+{
+    return mg_base64_encode(s, len, out, url != 0, pad != 0);
+}
+
+long mg_ffi_base64_decode(const char *s, size_t len, unsigned char *out, int url)
+{
+    return mg_base64_decode(s, len, out, url != 0);
+}
+
+void *mg_ffi_ipset_new(void)
+{
+    return mg_ipset_new();
+}
+void mg_ffi_ipset_free(void *set)
+{
+    mg_ipset_free(set);
+}
+int mg_ffi_ipset_add(void *set, const char *cidr, size_t len)
+{
+    return mg_ipset_add(set, cidr, len);
+}
+void mg_ffi_ipset_build(void *set)
+{
+    mg_ipset_build(set);
+}
+
+int mg_ffi_ipset_contains(const void *set, const char *ip, size_t len)
+{
+    return mg_ipset_contains(set, ip, len);
 }

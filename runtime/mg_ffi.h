@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MG_FFI_ABI 1
+#define MG_FFI_ABI 2
 
 int mg_ffi_abi(void);
 
@@ -143,5 +143,16 @@ int mg_ffi_tcp_receive(mg_cosock_t *cs, int mode, size_t arg, const char *pat, s
 /* MG_OK: the pool owns the connection now; MG_ERROR: it stays the caller's (maybe closed) */
 int mg_ffi_tcp_setkeepalive(mg_cosock_t *cs, const char *name, size_t nlen, int timeout_ms,
                             int pool_size, const char **err);
+
+/* ---- pure helpers: no request needed, usable in any phase and in the master ------------ */
+/* base64 (url: the URL-safe alphabet); decode is strict and returns -1 on invalid input */
+size_t mg_ffi_base64_encode(const unsigned char *s, size_t len, char *out, int url, int pad);
+long mg_ffi_base64_decode(const char *s, size_t len, unsigned char *out, int url);
+/* IP range sets (mg_ip.h): build once, then O(log n) lookups of a textual address */
+void *mg_ffi_ipset_new(void);
+void mg_ffi_ipset_free(void *set);
+int mg_ffi_ipset_add(void *set, const char *cidr, size_t len);
+void mg_ffi_ipset_build(void *set);
+int mg_ffi_ipset_contains(const void *set, const char *ip, size_t len);
 
 #endif

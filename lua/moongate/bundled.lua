@@ -1,3 +1,12 @@
 --- moongate.bundled: the plugins shipped in plugins/<name>/, enabled by `plugins: [bundled]`.
 -- Each is loaded as moongate.plugins.<name>.handler and .schema.
-return {}
+return {
+  "key-auth",
+  "basic-auth",
+  "jwt",
+  "hmac-auth",
+  "acl",
+  "ip-restriction",
+  "cors",
+  "bot-detection",
+}

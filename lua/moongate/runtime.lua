@@ -7,6 +7,7 @@
 local phases = require "moongate.phases"
 local pdk = require "moongate.pdk"
 local schema = require "moongate.schema"
+local consumers_mod = require "moongate.consumers"
 local response = require "moongate.pdk.response"
 local log = require "moongate.pdk.log"
 local base = require "moongate.core.base"
@@ -25,8 +26,7 @@ local installed = {}        -- name -> { handler, schema, priority }
 local chains = {}           -- route index (C's, 0-based) -> { [phase] = { entries } }
 local global_chain = {}     -- phase -> entries of global plugins (rewrite runs before routing)
 local consumer_chains = {}  -- route index -> consumer index -> chain (consumers with plugins)
-local consumers = {}        -- the configured consumers (entities), for load_consumer
-local consumer_index = {}   -- consumer table -> its index (weak keys)
+local consumer_index = {}   -- consumer table -> its C index
 local reqs = {}             -- request id -> per-request state
 local cur                   -- state of the request whose code is running
 
@@ -163,7 +163,10 @@ function _M.load(conf)
       end
     end
   end
+  -- consumers and their credentials: what authentication plugins look up
+  local loaded_consumers = consumers_mod.load(conf.consumers, errors)
   if #errors > 0 then return errors end
+  consumers_mod.activate(loaded_consumers)
 
   -- global plugins: rewrite runs before routing, for every request
   local globals = {}
@@ -172,15 +175,8 @@ function _M.load(conf)
   end
   global_chain = make_chains(globals, function(phase) return phase == "rewrite" end)
 
-  -- consumers: what authentication plugins find with moongate.client.load_consumer
-  consumers, consumer_index = {}, setmetatable({}, { __mode = "k" })
+  consumer_index = loaded_consumers.index_of
   local with_plugins = {}
-  for _, c in ipairs(conf.consumers or {}) do
-    local t = c.entity or {}
-    t.id = t.id or c.username or c.custom_id
-    consumers[#consumers + 1] = t
-    consumer_index[t] = c.index
-  end
   for _, e in ipairs(valid) do
     if e.consumer >= 0 then with_plugins[e.consumer] = true end
   end
@@ -321,17 +317,10 @@ function _M.run(phase, route, id, last)
   return true
 end
 
---- A configured consumer by username (by_username true) or by id / custom_id; nil when
+--- A configured consumer by id or custom_id, or (by_username true) by username; nil when
 -- there is none. The table is shared: treat it as read-only.
 function _M.load_consumer(key, by_username)
-  for _, c in ipairs(consumers) do
-    if by_username then
-      if c.username == key then return c end
-    elseif c.id == key or c.custom_id == key then
-      return c
-    end
-  end
-  return nil
+  return consumers_mod.get(key, by_username)
 end
 
 --- Runs a timer's function (C calls this in the timer's own coroutine).

@@ -394,9 +394,13 @@ local VALIDATORS = {
     return nil, MSG.UUID
   end,
 
-  -- Kong compiles the value with PCRE; the config loader has no PCRE, so this is accepted.
-  is_regex = function()
-    return true
+  -- compiled with PCRE2 as moongate.re will run it
+  is_regex = function(value)
+    local ok, err = require("moongate.re").valid(value)
+    if ok then
+      return true
+    end
+    return nil, "not a valid regex: " .. tostring(err)
   end,
 
   between = function(value, limits)

@@ -1577,7 +1577,7 @@ static bool match(const char *const *cidrs, const char *ip)
     mg_cidr_t list[8];
     size_t n = 0;
     for (; cidrs[n]; n++)
-        if (!cidr_parse(cidrs[n], &list[n])) return false;
+        if (!mg_cidr_parse(cidrs[n], strlen(cidrs[n]), &list[n])) return false;
     struct sockaddr_storage ss = {0};
     struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
@@ -1630,11 +1630,11 @@ TEST(cidrs_match_ipv4_ipv6_and_mapped_addresses)
     CHECK(!match(mapped_cidr, "1.2.4.9"));
 
     mg_cidr_t c;
-    CHECK(cidr_parse("1.2.3.4/24", &c));
+    CHECK(mg_cidr_parse("1.2.3.4/24", strlen("1.2.3.4/24"), &c));
     CHECK_INT(c.addr[3], 0); /* host bits cleared */
-    CHECK(!cidr_parse("1.2.3.4/", &c));
-    CHECK(!cidr_parse("/8", &c));
-    CHECK(!cidr_parse("1.2.3.4/-1", &c));
+    CHECK(!mg_cidr_parse("1.2.3.4/", strlen("1.2.3.4/"), &c));
+    CHECK(!mg_cidr_parse("/8", strlen("/8"), &c));
+    CHECK(!mg_cidr_parse("1.2.3.4/-1", strlen("1.2.3.4/-1"), &c));
     struct sockaddr unix_sa = {.sa_family = AF_UNIX};
     CHECK(!mg_cidr_match(&c, 1, &unix_sa));
 }

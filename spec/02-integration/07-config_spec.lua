@@ -198,8 +198,8 @@ services:
     end)
 
     it("reports a plugin configured on a service as not enabled", function()
-      assert_problem({ services = { service("a", { plugins = { { name = "key-auth" } } }) } },
-                     'services[0].plugins[0].name: plugin "key-auth" is not enabled')
+      assert_problem({ services = { service("a", { plugins = { { name = "acme-policy" } } }) } },
+                     'services[0].plugins[0].name: plugin "acme-policy" is not enabled')
     end)
 
     it("reports a top-level plugin that references a missing service, route or consumer",

@@ -79,9 +79,16 @@ int mg_ffi_tcp_receive(mg_cosock_t *cs, int mode, size_t arg, const char *pat, s
                        int timeout_ms, const char **data, size_t *len, const char **err);
 int mg_ffi_tcp_setkeepalive(mg_cosock_t *cs, const char *name, size_t nlen, int timeout_ms,
                             int pool_size, const char **err);
+size_t mg_ffi_base64_encode(const unsigned char *s, size_t len, char *out, int url, int pad);
+long mg_ffi_base64_decode(const char *s, size_t len, unsigned char *out, int url);
+void *mg_ffi_ipset_new(void);
+void mg_ffi_ipset_free(void *set);
+int mg_ffi_ipset_add(void *set, const char *cidr, size_t len);
+void mg_ffi_ipset_build(void *set);
+int mg_ffi_ipset_contains(const void *set, const char *ip, size_t len);
 ]]
 
-local ABI = 1
+local ABI = 2
 
 _M.C = ffi.C
 _M.OK, _M.ERROR, _M.AGAIN, _M.BUSY, _M.DONE, _M.DECLINED = 0, -1, -2, -3, -4, -5

@@ -1,0 +1,20 @@
+--- key-auth's configuration: Kong 3.x's fields and defaults.
+return {
+  name = "key-auth",
+  fields = {
+    { config = {
+        type = "record",
+        fields = {
+          { key_names = { type = "array", required = true, len_min = 1, default = { "apikey" },
+                          elements = { type = "string", match = "^[%w%-_]+$" } } },
+          { hide_credentials = { type = "boolean", required = true, default = false } },
+          { anonymous = { type = "string", len_min = 1 } },
+          { key_in_header = { type = "boolean", required = true, default = true } },
+          { key_in_query = { type = "boolean", required = true, default = true } },
+          { key_in_body = { type = "boolean", required = true, default = false } },
+          { run_on_preflight = { type = "boolean", required = true, default = true } },
+          { realm = { type = "string", len_min = 1 } },
+        },
+    } },
+  },
+}
