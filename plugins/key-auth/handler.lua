@@ -83,9 +83,10 @@ end
 
 function KeyAuth:access(conf)
   if auth.preflight_skipped(conf) or auth.skip(conf) then return end
-  local key, name, _, query, body = find_key(conf)
+  local key, name, where, query, body = find_key(conf)
   if key == false then return auth.reject(conf, 401, name, challenge(conf)) end
   if not key or key == "" then return auth.reject(conf, 401, NO_KEY, challenge(conf)) end
+  if where == "header" then moongate.log.redact_header(name) end
   if conf.hide_credentials then hide(conf, name, query, body) end
   local credential, consumer = consumers.find_credential("keyauth_credentials", key)
   if not credential then return auth.reject(conf, 401, BAD_KEY, challenge(conf)) end

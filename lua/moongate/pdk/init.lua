@@ -116,10 +116,11 @@ function moongate.log.serialize()
   check(phases.LOG, "moongate.log.serialize")
   local req = moongate.request
   local headers = req.get_headers()
-  for k in pairs(headers) do
-    if REDACT[k] then headers[k] = "REDACTED" end
-  end
   local state = _M.current()
+  local secret = state.secret_headers
+  for k in pairs(headers) do
+    if REDACT[k] or (secret and secret[k]) then headers[k] = "REDACTED" end
+  end
   local consumer = state.consumer
   return {
     request = { method = req.get_method(), path = req.get_path(), headers = headers,
@@ -132,6 +133,21 @@ function moongate.log.serialize()
     client_ip = moongate.client.get_forwarded_ip(),
     started_at = state.started_at,
   }
+end
+
+--- Marks a request header as a secret for this request: serialize() shows it as "REDACTED".
+-- Authentication plugins call it for the headers their credentials came in.
+-- @phases rewrite, access
+function moongate.log.redact_header(name)
+  check(phases.BEFORE_PROXY, "moongate.log.redact_header")
+  if type(name) ~= "string" then error("header name must be a string", 2) end
+  local state = _M.current()
+  local secret = state.secret_headers
+  if not secret then
+    secret = {}
+    state.secret_headers = secret
+  end
+  secret[name:lower()] = true
 end
 
 local str_out, len_out = base.str_out, base.len_out

@@ -601,13 +601,22 @@ log.error = log.err
 local REDACT = { authorization = true, ["proxy-authorization"] = true, cookie = true,
                  ["set-cookie"] = true, apikey = true }
 
+function log.redact_header(name)
+  check(phases.BEFORE_PROXY, "moongate.log.redact_header")
+  if type(name) ~= "string" then error("header name must be a string", 2) end
+  local kit = current()
+  kit.secret_headers = kit.secret_headers or {}
+  kit.secret_headers[name:lower()] = true
+end
+
 function log.serialize()
   check(phases.LOG, "moongate.log.serialize")
   local headers = request.get_headers()
-  for k in pairs(headers) do
-    if REDACT[k] then headers[k] = "REDACTED" end
-  end
   local kit = current()
+  local secret = kit.secret_headers
+  for k in pairs(headers) do
+    if REDACT[k] or (secret and secret[k]) then headers[k] = "REDACTED" end
+  end
   local consumer = kit.consumer
   return {
     request = { method = request.get_method(), path = request.get_path(), headers = headers,

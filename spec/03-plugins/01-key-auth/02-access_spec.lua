@@ -19,7 +19,7 @@ describe("key-auth", function()
     end
     gw = helpers.start({
       lua_package_path = PLUGIN_PATH,
-      plugins = { "bundled", "headers" },
+      plugins = { "bundled", "headers", "serializer" },
       services = {
         svc("default", nil),
         svc("hide", { hide_credentials = true, key_in_body = true }),
@@ -32,6 +32,9 @@ describe("key-auth", function()
         svc("anonid", { anonymous = "9d5b1f7e-6d1c-4f7e-8a1e-3c2b1a0f9e8d" }),
         svc("anonmissing", { anonymous = "nobody" }),
         svc("nopreflight", { run_on_preflight = false }),
+        { name = "logged", url = up.url, routes = { { name = "logged", paths = { "/logged" } } },
+          plugins = { { name = "key-auth", config = { key_names = { "x-api-key" } } },
+                      { name = "serializer" } } },
       },
       consumers = {
         { username = "alice", custom_id = "c-alice",
@@ -160,6 +163,14 @@ describe("key-auth", function()
       assert.not_matches("query%-secret%-456", logs)
       assert.not_matches("bob%-key", logs)
     end)
+  end)
+
+  it("has serialize() redact the header the key came in, whatever its name", function()
+    assert.equal(200, assert(gw:get("/logged", { headers = { ["X-API-Key"] = "bob-key" } })).status)
+    helpers.eventually(function()
+      assert.matches("x-api-key=REDACTED", gw:error_log(), 1, true)
+    end)
+    assert.not_matches("bob%-key", gw:error_log())
   end)
 
   describe("hide_credentials", function()
