@@ -2,7 +2,7 @@
 # bench/run.sh — moongate against nginx and nginx+lua, on this machine, in about four minutes.
 #
 #   bench/run.sh /abs/path/build/moongate        (what `make bench` runs)
-#   SCENARIOS=plugin,auth bench/run.sh …        (a subset; default: proxy,plugin,auth)
+#   SCENARIOS=plugin,auth bench/run.sh …        (a subset; default: proxy,plugin,auth,keyauth)
 #
 # One upstream for every scenario, all on 127.0.0.1 with free ports and everything in a temp dir:
 #   upstream   nginx, 1 worker, `return 200 "hello world\n"`, keep-alive
@@ -15,6 +15,9 @@
 #           per-consumer fixed-window counter in a shared dict) and its JSON access log to a file
 #           vs nginx+lua doing the same (bench/plugins/nginx/bench_auth.lua: lua_shared_dict,
 #           access_by_lua, log_by_lua with cjson and a buffered file); wrk rotates key-1..key-1000
+#   keyauth moongate's bundled key-auth + acl (1,000 consumers with keyauth_credentials and acls,
+#           allow: [users]) vs nginx+lua doing the same lookup, group check and upstream headers
+#           (bench/plugins/nginx/bench_keyauth.lua); wrk rotates key-1..key-1000
 # and measures, for each proxy of each scenario:
 #   1. throughput and latency: wrk -t1 -c50, ROUNDS interleaved rounds, medians; worker CPU time
 #      per request; upstream connections opened per request (the upstream's stub_status);
@@ -33,7 +36,7 @@
 set -euo pipefail
 
 MG_BIN=${1:?usage: bench/run.sh /abs/path/to/moongate}
-SCENARIOS=${SCENARIOS:-proxy,plugin,auth}
+SCENARIOS=${SCENARIOS:-proxy,plugin,auth,keyauth}
 BENCH_SECONDS=${BENCH_SECONDS:-5}
 ROUNDS=${ROUNDS:-5}
 WARMUP_SECONDS=${WARMUP_SECONDS:-2}
@@ -59,7 +62,7 @@ log() { printf '[%4ds] %s\n' $(($(date +%s) - T0)) "$*" >&2; }
 
 SCN_LIST=$(echo "$SCENARIOS" | tr ',' ' ')
 for scn in $SCN_LIST; do
-    case "$scn" in proxy | plugin | auth) ;; *) die "SCENARIOS: unknown scenario '$scn' (proxy, plugin, auth)" ;; esac
+    case "$scn" in proxy | plugin | auth | keyauth) ;; *) die "SCENARIOS: unknown scenario '$scn' (proxy, plugin, auth, keyauth)" ;; esac
 done
 [ -n "$SCN_LIST" ] || die "SCENARIOS is empty"
 
@@ -336,6 +339,10 @@ EOF
     init_worker_by_lua_block { ngx.timer.every(0.1, bench_auth.flush) }
 EOF
     fi
+    if [ "$mode" = keyauth ]; then
+        echo "    lua_package_path \"$BENCH_DIR/plugins/nginx/?.lua;;\";"
+        echo "    init_by_lua_block { bench_keyauth = require \"bench_keyauth\" }"
+    fi
     cat <<EOF
     upstream backend {
         server 127.0.0.1:$UP_PORT;
@@ -353,6 +360,7 @@ EOF
         echo "            access_by_lua_block { bench_auth.access() }"
         echo "            log_by_lua_block { bench_auth.log() }"
         ;;
+    keyauth) echo "            access_by_lua_block { bench_keyauth.access() }" ;;
     esac
     cat <<EOF
             proxy_pass http://backend;
@@ -402,6 +410,13 @@ services:
 EOF
     case "$scn" in
     plugin) echo "        plugins: [{ name: bench-header }]" ;;
+    keyauth)
+        echo "        plugins: [{ name: key-auth }, { name: acl, config: { allow: [users] } }]"
+        echo "consumers:"
+        for i in $(seq 1 1000); do
+            printf '  - { username: consumer-%d, keyauth_credentials: [{ key: key-%d }], acls: [{ group: users }] }\n' "$i" "$i"
+        done
+        ;;
     auth) echo "        plugins: [{ name: bench-auth, config: { consumers: 1000, dict: bench_counters } }]" ;;
     esac
 }
@@ -424,14 +439,14 @@ wrk_args() { # SCENARIO: what wrk sends
     case "$1" in
     proxy) ;;
     plugin) echo "-H X-In:hello" ;;
-    auth) echo "-s $TMP/auth.wrk.lua" ;;
+    auth | keyauth) echo "-s $TMP/auth.wrk.lua" ;;
     esac
 }
 
 mgclient_header() { # SCENARIO: mgclient reqs's HEADER and ROTATE
     case "$1" in
     plugin) echo "X-In: hello" ;;
-    auth) echo "apikey: key-%d" ;;
+    auth | keyauth) echo "apikey: key-%d" ;;
     *) echo "" ;;
     esac
 }
@@ -448,7 +463,7 @@ check_proxy() {
         body=$(curl -s --max-time 5 "http://127.0.0.1:$port/__bench_echo" || true)
         [ "$body" = none ] || die "$scn/$s: without X-In the upstream saw X-Bench '$body', not 'none'"
         ;;
-    auth)
+    auth | keyauth)
         for h in "X-Nothing: 1" "apikey: key-1001" "apikey: key-0"; do
             code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "$h" "http://127.0.0.1:$port/" || true)
             [ "$code" = 401 ] || die "$scn/$s: '$h' answered $code, not 401"
@@ -480,7 +495,7 @@ run_scenario() {
             ;;
         *)
             local mode=plain
-            [ "$s" = nginx+lua ] && case "$scn" in proxy) mode=host ;; plugin) mode=header ;; auth) mode=auth ;; esac
+            [ "$s" = nginx+lua ] && case "$scn" in proxy) mode=host ;; plugin) mode=header ;; auth) mode=auth ;; keyauth) mode=keyauth ;; esac
             nginx_proxy_conf "$scn" "$scn.$k" "${port_of[$s]}" on "$mode" >"$TMP/$scn.$k.conf"
             nginx_proxy_conf "$scn" "$scn.$k.cg" "${cgport_of[$s]}" off "$mode" >"$TMP/$scn.$k.cg.conf"
             "$NGINX" -t -q -c "$TMP/$scn.$k.conf" -p "$TMP" -e "$TMP/$scn.$k.error.log" 2>"$TMP/$scn.$k.t.out" ||
@@ -763,6 +778,11 @@ section() { # SCENARIO
         echo "## auth: key lookup among 1,000 consumers, a per-consumer counter, a JSON access log line"
         echo
         echo "moongate with \`bench-auth\` (apikey → consumer table, 401 otherwise; \`incr(consumer .. \":\" .. minute, 1, 0, 60)\` in a shared dict) and its built-in JSON access log to a file vs nginx+lua doing the same in \`access_by_lua\` (\`lua_shared_dict\`) and \`log_by_lua\` (cjson, buffered, appended every 128 lines and every 100 ms); requests rotate \`apikey: key-1\` … \`key-1000\`."
+        ;;
+    keyauth)
+        echo "## keyauth: bundled key-auth + acl, 1,000 consumers"
+        echo
+        echo "moongate with its bundled \`key-auth\` and \`acl\` (\`allow: [users]\`; 1,000 consumers, each with a keyauth credential and the group) vs nginx+lua doing the same in \`access_by_lua\` (bench/plugins/nginx/bench_keyauth.lua: key → consumer table, group check, the same four upstream headers set and two cleared); requests rotate \`apikey: key-1\` … \`key-1000\`."
         ;;
     esac
     echo

@@ -93,6 +93,17 @@ int mg_ffi_req_get_header(const char *name, size_t nlen, const char **s, size_t 
     return out_str(h->value, s, len);
 }
 
+int mg_ffi_req_header_count_of(const char *name, size_t nlen)
+{
+    mg_req_t *r = mg_lua_current;
+    if (!r) return 0;
+    int n = 0;
+    mg_str_t want = {nlen, name};
+    for (unsigned h = 0; h < r->msg.nheaders; h++)
+        n += mg_str_caseeq(r->msg.headers[h].name, want);
+    return n;
+}
+
 int mg_ffi_req_header_count(void)
 {
     mg_req_t *r = mg_lua_current;

@@ -27,6 +27,8 @@ int mg_ffi_req_get_port(void);
 double mg_ffi_req_get_http_version(void);
 /* first value of header `name` (any case): MG_OK, or MG_DECLINED when absent */
 int mg_ffi_req_get_header(const char *name, size_t nlen, const char **s, size_t *len);
+/* how many header lines are named `name` (any case): 0, 1, or more for a repeated header */
+int mg_ffi_req_header_count_of(const char *name, size_t nlen);
 /* number of request header lines, and the i-th (0-based) */
 int mg_ffi_req_header_count(void);
 int mg_ffi_req_header_at(int i, const char **name, size_t *nlen, const char **value, size_t *vlen);

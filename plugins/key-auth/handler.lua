@@ -32,14 +32,14 @@ end
 -- Finds the key: nil, or the key and where it came from; false, message on a duplicate.
 local function find_key(conf)
   local request = moongate.request
-  local headers, query, body
+  local query, body
   for _, name in ipairs(conf.key_names) do
     local v, where
     if conf.key_in_header then
       v = request.get_header(name)
       if v ~= nil then
-        headers = headers or request.get_headers()
-        v, where = headers[name:lower()], "header"
+        if request.get_header_count(name) > 1 then return false, DUPLICATE end
+        where = "header"
       end
     end
     if v == nil and conf.key_in_query then

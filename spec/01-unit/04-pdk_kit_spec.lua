@@ -137,6 +137,8 @@ local CASES = {
   { "request.get_id", function(m) return m.request.get_id() end },
   { "request.get_header", function(m) return m.request.get_header("x-a") end },
   { "request.get_header(1)", function(m) return m.request.get_header(1) end },
+  { "request.get_header_count", function(m) return m.request.get_header_count("x-a") end },
+  { "request.get_header_count(1)", function(m) return m.request.get_header_count(1) end },
   { "request.get_headers", function(m) return m.request.get_headers() end },
   { "request.get_headers(2)", function(m) return m.request.get_headers(2) end },
   { "request.get_query", function(m) return m.request.get_query() end },

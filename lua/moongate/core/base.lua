@@ -16,6 +16,7 @@ int mg_ffi_req_get_scheme(const char **s, size_t *len);
 int mg_ffi_req_get_port(void);
 double mg_ffi_req_get_http_version(void);
 int mg_ffi_req_get_header(const char *name, size_t nlen, const char **s, size_t *len);
+int mg_ffi_req_header_count_of(const char *name, size_t nlen);
 int mg_ffi_req_header_count(void);
 int mg_ffi_req_header_at(int i, const char **name, size_t *nlen, const char **value,
                          size_t *vlen);

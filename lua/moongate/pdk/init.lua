@@ -8,7 +8,7 @@ local phases = require "moongate.phases"
 
 local C, AGAIN, OK = base.C, base.AGAIN, base.OK
 local check = phases.check
-local type, error, yield, tostring = type, error, coroutine.yield, tostring
+local type, error, yield, tostring, lower = type, error, coroutine.yield, tostring, string.lower
 
 local moongate = {
   request = require "moongate.pdk.request",
@@ -117,9 +117,10 @@ function moongate.log.serialize()
   local req = moongate.request
   local headers = req.get_headers()
   local state = _M.current()
-  local secret = state.secret_headers
+  local secret = state.secret_headers   -- nil, one lower-case name, or a set of them
+  local many = type(secret) == "table"
   for k in pairs(headers) do
-    if REDACT[k] or (secret and secret[k]) then headers[k] = "REDACTED" end
+    if REDACT[k] or k == secret or (many and secret[k]) then headers[k] = "REDACTED" end
   end
   local consumer = state.consumer
   return {
@@ -142,12 +143,14 @@ function moongate.log.redact_header(name)
   check(phases.BEFORE_PROXY, "moongate.log.redact_header")
   if type(name) ~= "string" then error("header name must be a string", 2) end
   local state = _M.current()
-  local secret = state.secret_headers
-  if not secret then
-    secret = {}
-    state.secret_headers = secret
+  local secret, lname = state.secret_headers, lower(name)
+  if secret == nil or secret == lname then
+    state.secret_headers = lname          -- the usual case: one header, no table
+  elseif type(secret) == "string" then
+    state.secret_headers = { [secret] = true, [lname] = true }
+  else
+    secret[lname] = true
   end
-  secret[name:lower()] = true
 end
 
 local str_out, len_out = base.str_out, base.len_out

@@ -60,6 +60,17 @@ function _M.get_header(name)
   return ffi_string(str_out[0], len_out[0])
 end
 
+--- How many times header `name` was sent (0 when absent). Authentication plugins refuse a
+-- credential header sent twice: the gateway and the upstream might read different copies.
+-- @phases rewrite … log
+function _M.get_header_count(name)
+  check(REQUEST, "moongate.request.get_header_count")
+  if type(name) ~= "string" then
+    error("header name must be a string", 2)
+  end
+  return C.mg_ffi_req_header_count_of(name, #name)
+end
+
 --- All request headers: lower-cased names; a header sent several times maps to a list.
 -- @param max at most this many header lines (default 100)
 -- @phases rewrite, access, header_filter, body_filter, log

@@ -213,6 +213,18 @@ function request.get_header(name)
   return nil
 end
 
+function request.get_header_count(name)
+  check(REQUEST, "moongate.request.get_header_count")
+  if type(name) ~= "string" then
+    error("header name must be a string", 2)
+  end
+  local want, n = lower(name), 0
+  for _, l in ipairs(current().request.headers) do
+    if lower(l.name) == want then n = n + 1 end
+  end
+  return n
+end
+
 function request.get_headers(max)
   check(REQUEST, "moongate.request.get_headers")
   local lines = current().request.headers
