@@ -1,0 +1,29 @@
+--- basic-auth's configuration: Kong 3.x's fields and defaults (anonymous, hide_credentials,
+-- realm = "service"). Kong's basic-auth has no run_on_preflight, so it is an unknown field
+-- here as there. One addition: a realm with a control character is refused, since it would
+-- have to go into a WWW-Authenticate header (Kong takes it and emits a broken header).
+local null = require("cjson.safe").null
+
+return {
+  name = "basic-auth",
+  fields = {
+    -- Kong's typedefs.no_consumer: basic-auth is what identifies the consumer, so it cannot
+    -- be configured on one (moongate does not enforce entity fields besides config yet)
+    { consumer = { type = "foreign", reference = "consumers", eq = null } },
+    { config = {
+        type = "record",
+        fields = {
+          { anonymous = { type = "string", len_min = 1,
+              description = "The id or username of the consumer a request proceeds as when "
+                            .. "authentication fails; unset, a failure is answered 401." } },
+          { hide_credentials = { type = "boolean", required = true, default = false,
+              description = "Remove the Authorization / Proxy-Authorization header the "
+                            .. "credentials were read from before proxying." } },
+          { realm = { type = "string", required = true, default = "service", len_min = 1,
+                      not_match = "%c",
+              description = "The realm of the WWW-Authenticate challenge sent with every "
+                            .. "401 (Basic realm=\"<realm>\")." } },
+        },
+    } },
+  },
+}

@@ -1,0 +1,35 @@
+--- hmac-auth's configuration: Kong 3.x's fields, defaults and checks, so a Kong user's
+-- kong.yml for the plugin loads unchanged.
+local ALGORITHMS = { "hmac-sha1", "hmac-sha256", "hmac-sha384", "hmac-sha512" }
+
+return {
+  name = "hmac-auth",
+  fields = {
+    { config = {
+        type = "record",
+        fields = {
+          { hide_credentials = { type = "boolean", required = true, default = false,
+              description = "Remove the Authorization (or Proxy-Authorization) header the "
+                            .. "signature came in before proxying." } },
+          { clock_skew = { type = "number", required = true, default = 300, gt = 0,
+              description = "How far (seconds) the Date / X-Date header may be from the "
+                            .. "gateway's clock, in either direction." } },
+          { anonymous = { type = "string", len_min = 1,
+              description = "Consumer id or username to proxy as when authentication fails; "
+                            .. "also makes this plugin one branch of a logical OR." } },
+          { validate_request_body = { type = "boolean", required = true, default = false,
+              description = "Check the Digest header (SHA-256=<base64 sha256 of the body>) "
+                            .. "against the body." } },
+          { enforce_headers = { type = "array", required = true, default = {},
+              elements = { type = "string" },
+              description = "Headers (or request-line, @request-target) every signature "
+                            .. "must cover." } },
+          { algorithms = { type = "array", required = true, default = ALGORITHMS,
+              elements = { type = "string", one_of = ALGORITHMS },
+              description = "The HMAC algorithms clients may sign with." } },
+          { realm = { type = "string", len_min = 1,
+              description = "Realm of the WWW-Authenticate challenge on 401 answers." } },
+        },
+    } },
+  },
+}
