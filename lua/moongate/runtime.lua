@@ -13,9 +13,10 @@ local log = require "moongate.pdk.log"
 local base = require "moongate.core.base"
 
 local C = base.C
-local traceback, xpcall, pcall, require = debug.traceback, xpcall, pcall, require
-local type, pairs, ipairs, tostring, sort, concat, format = type, pairs, ipairs, tostring,
-  table.sort, table.concat, string.format
+local traceback, xpcall, pcall, require, loadstring, unpack = debug.traceback, xpcall, pcall,
+  require, loadstring, unpack
+local type, pairs, ipairs, tostring, sort, concat, format, setmetatable = type, pairs, ipairs,
+  tostring, table.sort, table.concat, string.format, setmetatable
 local bor, band = require("bit").bor, require("bit").band
 
 local _M = {}
@@ -96,6 +97,42 @@ local function by_priority(a, b)
   return a.name < b.name
 end
 
+-- ---- runners ----------------------------------------------------------------------------
+-- A phase's chain runs through a runner: straight-line code generated once per chain length,
+-- closed over the chain's entries. No loop means LuaJIT can compile the whole of run() as one
+-- trace from its entry to its return to C; a loop over the entries would end every trace at
+-- the loop exit (a trace cannot return into the C frame that called run) and leave the FFI
+-- calls around each handler to the interpreter, where each costs a thousand instructions or
+-- more. A runner returns true, false (a handler raised), or the index of the entry after
+-- which the request's consumer changed: run() then goes on in the consumer's chain.
+local invoke   -- set below: runs one entry (plugin_enter, xpcall, report)
+-- consumer table -> true for consumers with plugins of their own (filled in place by load(),
+-- so runners can close over it)
+local has_own_chain = setmetatable({}, { __mode = "k" })
+
+local runner_makers = {}
+local function runner_maker(n)
+  local make = runner_makers[n]
+  if make then return make end
+  local src = { "local invoke, own", "" }
+  for i = 1, n do src[2] = src[2] .. ", E" .. i end
+  src[1] = src[1] .. src[2] .. " = ...\nreturn function(state, phase, bit)\n"
+  src[2] = "  local before = state.consumer\n"
+  for i = 1, n do
+    src[#src + 1] = ("  if not invoke(E%d, state, phase, bit) then return false end\n"
+                     .. "  if state.consumer ~= before and own[state.consumer] then return %d end\n")
+                    :format(i, i)
+  end
+  src[#src + 1] = "  return true\nend\n"
+  make = assert(loadstring(concat(src), "=moongate.runtime(runner " .. n .. ")"))
+  runner_makers[n] = make
+  return make
+end
+
+local function make_runner(list)
+  return runner_maker(#list)(function(...) return invoke(...) end, has_own_chain, unpack(list))
+end
+
 local function make_chains(entries, filter)
   local out = {}
   for _, phase in ipairs(phases.ORDER) do
@@ -108,7 +145,10 @@ local function make_chains(entries, filter)
       end
     end
     sort(list, by_priority)
-    if #list > 0 then out[phase] = list end
+    if #list > 0 then
+      list.run = make_runner(list)
+      out[phase] = list
+    end
   end
   return out
 end
@@ -179,6 +219,10 @@ function _M.load(conf)
   local with_plugins = {}
   for _, e in ipairs(valid) do
     if e.consumer >= 0 then with_plugins[e.consumer] = true end
+  end
+  for k in pairs(has_own_chain) do has_own_chain[k] = nil end
+  for consumer, index in pairs(consumer_index) do
+    if with_plugins[index] then has_own_chain[consumer] = true end
   end
 
   local function chain_for(route, consumer)
@@ -276,45 +320,55 @@ local function position_after(list, done)
   return #list + 1
 end
 
+invoke = function(e, state, phase, bit)
+  log.plugin_name = e.name   -- also tells moongate.ctx.plugin whose table to give
+  C.mg_ffi_plugin_enter(e.name, #e.name)
+  local ok, err = xpcall(e.fn, traceback, e.handler, e.conf)
+  cur, phases.current = state, bit   -- a yield may have changed them
+  if not ok then
+    report(phase, e.name, err)
+    return false
+  end
+  return true
+end
+
+-- After entry `done` authenticated a consumer with plugins of its own, the rest of the phase
+-- follows that consumer's chain; plugins that already ran are not run again. (A loop, so not
+-- compiled along with run(): only requests of such consumers come here.)
+local function run_after_switch(state, route, phase, bit, done)
+  while true do
+    local chain = chain_of(state, route)
+    local list = chain and chain[phase]
+    if not list then return true end
+    local before = state.consumer
+    local i = position_after(list, done)
+    while i <= #list do
+      if not invoke(list[i], state, phase, bit) then return false end
+      if state.consumer ~= before then break end
+      i = i + 1
+    end
+    if i > #list then return true end
+    done = list[i]
+  end
+end
+
 function _M.run(phase, route, id, last)
   local state = state_for(id)
   local chain = route < 0 and global_chain or chain_of(state, route)
   local list = chain and chain[phase]
+  local bit = phases.BY_NAME[phase]
   cur = state
-  phases.current = phases.BY_NAME[phase]
+  phases.current = bit
+  local ok = true
   if list then
-    local i = 1
-    while i <= #list do
-      local e = list[i]
-      log.plugin_name = e.name   -- also tells moongate.ctx.plugin whose table to give
-      C.mg_ffi_plugin_enter(e.name, #e.name)
-      local before = state.consumer
-      local ok, err = xpcall(e.fn, traceback, e.handler, e.conf)
-      if not ok then
-        report(phase, e.name, err)
-        log.plugin_name, cur, phases.current = nil, nil, 0
-        if last then reqs[id] = nil end
-        return false
-      end
-      cur, phases.current = state, phases.BY_NAME[phase]   -- a yield may have changed them
-      if state.consumer ~= before and route >= 0 then
-        -- authenticated: the rest of the phase follows the consumer's configuration
-        local next_chain = chain_of(state, route)
-        local next_list = next_chain and next_chain[phase]
-        if next_list and next_list ~= list then
-          list = next_list
-          i = position_after(list, e)
-        else
-          i = i + 1
-        end
-      else
-        i = i + 1
-      end
+    ok = list.run(state, phase, bit)
+    if ok ~= true and ok ~= false then   -- the consumer changed after entry `ok`
+      ok = route < 0 or run_after_switch(state, route, phase, bit, list[ok])
     end
   end
   log.plugin_name, cur, phases.current = nil, nil, 0
-  if last then reqs[id] = nil end   -- no Lua phase follows for this request
-  return true
+  if last or not ok then reqs[id] = nil end   -- no Lua phase follows for this request
+  return ok
 end
 
 --- A configured consumer by id or custom_id, or (by_username true) by username; nil when

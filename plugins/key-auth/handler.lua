@@ -29,32 +29,46 @@ local function body_args()
   return type(body) == "table" and body or nil
 end
 
--- Finds the key: nil, or the key and where it came from; false, message on a duplicate.
-local function find_key(conf)
+-- Looks for the key under one name: the value (a table when repeated) and where it was.
+local function look(conf, name, query, body)
   local request = moongate.request
-  local query, body
-  for _, name in ipairs(conf.key_names) do
-    local v, where
-    if conf.key_in_header then
-      v = request.get_header(name)
-      if v ~= nil then
-        if request.get_header_count(name) > 1 then return false, DUPLICATE end
-        where = "header"
-      end
+  if conf.key_in_header then
+    local v = request.get_header(name)
+    if v ~= nil then
+      if request.get_header_count(name) > 1 then return {}, "header", query, body end
+      return v, "header", query, body
     end
-    if v == nil and conf.key_in_query then
-      query = query or request.get_query()
-      v, where = query[name], "query"
-    end
-    if v == nil and conf.key_in_body then
-      body = body or body_args() or {}
-      v, where = body[name], "body"
-    end
-    if type(v) == "string" then
-      return v, name, where, query, body
-    elseif type(v) == "table" then
-      return false, DUPLICATE
-    end
+  end
+  if conf.key_in_query then
+    query = query or request.get_query()
+    local v = query[name]
+    if v ~= nil then return v, "query", query, body end
+  end
+  if conf.key_in_body then
+    body = body or body_args() or {}
+    local v = body[name]
+    if v ~= nil then return v, "body", query, body end
+  end
+  return nil, nil, query, body
+end
+
+-- Finds the key: nil, or the key, its name, where it came from (and the parsed query and
+-- body, if they were read); false, message when the key was sent more than once.
+-- The usual single key name takes no loop, so the access phase compiles as one trace.
+local function find_key(conf)
+  local names = conf.key_names
+  local name = names[1]
+  local v, where, query, body = look(conf, name)
+  local i = 1
+  while v == nil and i < #names do
+    i = i + 1
+    name = names[i]
+    v, where, query, body = look(conf, name, query, body)
+  end
+  if type(v) == "string" then
+    return v, name, where, query, body
+  elseif type(v) == "table" then
+    return false, DUPLICATE
   end
   return nil
 end
