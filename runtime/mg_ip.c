@@ -1,8 +1,10 @@
 /*
- * mg_ip.c — IP address and CIDR parsing, and the range set behind ip-restriction. Every
- * address is kept as 16 bytes in network order, IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d), so
- * one byte-wise comparison orders both families and a v4 client on a dual-stack socket matches
- * a v4 block. A set is a sorted array of disjoint [lo, hi] ranges; a lookup is a binary search.
+ * mg_ip.c — IP address and CIDR parsing, and the range set behind ip-restriction. In a set,
+ * every address is a 17-byte key: the family (4 or 6) then the address in network order (IPv4
+ * as IPv4-mapped IPv6), so one byte-wise comparison orders both families, a v4 client on a
+ * dual-stack socket matches a v4 block, and an IPv6 block never covers IPv4 clients (`::/0`
+ * means every IPv6 address, as in Kong). A set is a sorted array of disjoint [lo, hi] ranges;
+ * a lookup is a binary search.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -93,8 +95,10 @@ bool mg_cidr_match(const mg_cidr_t *list, size_t n, const struct sockaddr *sa)
 
 /* ---- range sets ---------------------------------------------------------------------- */
 
+#define KEY_LEN 17 /* family byte + 16 address bytes */
+
 typedef struct {
-    uint8_t lo[16], hi[16];
+    uint8_t lo[KEY_LEN], hi[KEY_LEN];
 } ip_range_t;
 
 struct mg_ipset_s {
@@ -102,20 +106,22 @@ struct mg_ipset_s {
     size_t n, cap;
 };
 
-/* A block as the range of 16-byte (v4-mapped) addresses it covers. */
+/* A block as the range of keys it covers. */
 static void cidr_range(const mg_cidr_t *c, ip_range_t *r)
 {
     int prefix = c->prefix;
     if (c->family == AF_INET) {
-        memcpy(r->lo, v4_mapped, 12);
-        memcpy(r->lo + 12, c->addr, 4);
+        r->lo[0] = 4;
+        memcpy(r->lo + 1, v4_mapped, 12);
+        memcpy(r->lo + 13, c->addr, 4);
         prefix += 96;
     } else {
-        memcpy(r->lo, c->addr, 16);
+        r->lo[0] = 6;
+        memcpy(r->lo + 1, c->addr, 16);
     }
-    memcpy(r->hi, r->lo, 16);
+    memcpy(r->hi, r->lo, KEY_LEN);
     for (int i = prefix; i < 128; i++)
-        r->hi[i / 8] |= (uint8_t)(0x80 >> (i % 8));
+        r->hi[1 + i / 8] |= (uint8_t)(0x80 >> (i % 8));
 }
 
 mg_ipset_t *mg_ipset_new(void)
@@ -147,17 +153,18 @@ int mg_ipset_add(mg_ipset_t *set, const char *s, size_t len)
 
 static int range_cmp(const void *a, const void *b)
 {
-    return memcmp(((const ip_range_t *)a)->lo, ((const ip_range_t *)b)->lo, 16);
+    return memcmp(((const ip_range_t *)a)->lo, ((const ip_range_t *)b)->lo, KEY_LEN);
 }
 
-/* a + 1 == b, as 128-bit big-endian numbers (adjacent ranges merge too) */
-static bool next_to(const uint8_t a[16], const uint8_t b[16])
+/* a + 1 == b, as big-endian numbers (adjacent ranges merge too; the family byte keeps the
+ * families apart: the last v4 key plus one is a family-5 key, which no range has) */
+static bool next_to(const uint8_t a[KEY_LEN], const uint8_t b[KEY_LEN])
 {
-    uint8_t t[16];
-    memcpy(t, a, 16);
-    for (int i = 15; i >= 0; i--)
+    uint8_t t[KEY_LEN];
+    memcpy(t, a, KEY_LEN);
+    for (int i = KEY_LEN - 1; i >= 0; i--)
         if (++t[i] != 0) break;
-    return memcmp(t, b, 16) == 0;
+    return memcmp(t, b, KEY_LEN) == 0;
 }
 
 void mg_ipset_build(mg_ipset_t *set)
@@ -167,8 +174,8 @@ void mg_ipset_build(mg_ipset_t *set)
     size_t out = 0;
     for (size_t i = 1; i < set->n; i++) {
         ip_range_t *last = &set->ranges[out], *r = &set->ranges[i];
-        if (memcmp(r->lo, last->hi, 16) <= 0 || next_to(last->hi, r->lo)) {
-            if (memcmp(r->hi, last->hi, 16) > 0) memcpy(last->hi, r->hi, 16);
+        if (memcmp(r->lo, last->hi, KEY_LEN) <= 0 || next_to(last->hi, r->lo)) {
+            if (memcmp(r->hi, last->hi, KEY_LEN) > 0) memcpy(last->hi, r->hi, KEY_LEN);
         } else {
             set->ranges[++out] = *r;
         }
@@ -176,17 +183,17 @@ void mg_ipset_build(mg_ipset_t *set)
     set->n = out + 1;
 }
 
-static bool contains16(const mg_ipset_t *set, const uint8_t a[16])
+static bool contains_key(const mg_ipset_t *set, const uint8_t a[KEY_LEN])
 {
     size_t lo = 0, hi = set->n; /* the first range whose lo > a is at `lo` when done */
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (memcmp(set->ranges[mid].lo, a, 16) <= 0)
+        if (memcmp(set->ranges[mid].lo, a, KEY_LEN) <= 0)
             lo = mid + 1;
         else
             hi = mid;
     }
-    return lo > 0 && memcmp(a, set->ranges[lo - 1].hi, 16) <= 0;
+    return lo > 0 && memcmp(a, set->ranges[lo - 1].hi, KEY_LEN) <= 0;
 }
 
 int mg_ipset_contains(const mg_ipset_t *set, const char *ip, size_t len)
@@ -195,7 +202,7 @@ int mg_ipset_contains(const mg_ipset_t *set, const char *ip, size_t len)
     if (memchr(ip, '/', len) || !mg_cidr_parse(ip, len, &c)) return -1;
     ip_range_t r;
     cidr_range(&c, &r);
-    return contains16(set, r.lo);
+    return contains_key(set, r.lo);
 }
 
 bool mg_ipset_contains_sa(const mg_ipset_t *set, const struct sockaddr *sa)
@@ -206,7 +213,7 @@ bool mg_ipset_contains_sa(const mg_ipset_t *set, const struct sockaddr *sa)
     c.prefix = c.family == AF_INET ? 32 : 128;
     ip_range_t r;
     cidr_range(&c, &r);
-    return contains16(set, r.lo);
+    return contains_key(set, r.lo);
 }
 
 size_t mg_ipset_size(const mg_ipset_t *set)

@@ -13,15 +13,9 @@
 -- asked to refuse, and the User-Agent is the client's to craft); the built-in list keeps
 -- Kong's reading, no match, because its last rule gives up on long runs of letters that
 -- real clients send.
-local ffi = require "ffi"
-local base = require "moongate.core.base"
 local re = require "moongate.re"
 local rules = require "moongate.plugins.bot-detection.rules"
 
-local C = base.C
-local str_out, len_out, str_out2, len_out2 = base.str_out, base.len_out, base.str_out2,
-  base.len_out2
-local ffi_string = ffi.string
 local re_find = re.find
 local byte, sub, find, lower = string.byte, string.sub, string.find, string.lower
 local error, ipairs = error, ipairs
@@ -120,24 +114,10 @@ local function strip(s)
   return s
 end
 
--- How many User-Agent headers the request has. The PDK's get_header gives the first only
--- and get_headers builds a table of all of them per request, so the header list is walked
--- here, allocating only for the (few) ten-character names.
-local function count_user_agents()
-  local n, count = C.mg_ffi_req_header_count(), 0
-  for i = 0, n - 1 do
-    C.mg_ffi_req_header_at(i, str_out, len_out, str_out2, len_out2)
-    if len_out[0] == 10 and lower(ffi_string(str_out[0], 10)) == "user-agent" then
-      count = count + 1
-    end
-  end
-  return count
-end
-
 function BotDetection:access(conf)
   local ua = moongate.request.get_header("User-Agent")
   if ua == nil then return end
-  if count_user_agents() > 1 then return moongate.response.exit(400, DUPLICATE) end
+  if moongate.request.get_header_count("User-Agent") > 1 then return moongate.response.exit(400, DUPLICATE) end
   ua = strip(ua)
   local c = cache_for(conf)
   local verdict = recall(c, ua)

@@ -96,7 +96,30 @@ TEST(empty_set_and_whole_space)
     s = set_of(all);
     CHECK_INT(has(s, "255.255.255.255"), 1);
     CHECK_INT(has(s, "ffff::1"), 1);
-    CHECK_INT(mg_ipset_size(s), 1);
+    CHECK_INT(mg_ipset_size(s), 2); /* one range per family: they never merge */
+    mg_ipset_free(s);
+}
+
+/* an IPv6 block covers IPv6 clients only, even one spanning ::ffff:0:0/96 (as in Kong) */
+TEST(ipv6_blocks_never_cover_ipv4_clients)
+{
+    const char *v6all[] = {"::/0", NULL};
+    mg_ipset_t *s = set_of(v6all);
+    CHECK_INT(has(s, "10.1.2.3"), 0);
+    CHECK_INT(has(s, "::ffff:10.1.2.3"), 0); /* folded to IPv4 first */
+    CHECK_INT(has(s, "2001:db8::1"), 1);
+    CHECK_INT(has(s, "::"), 1);
+    mg_ipset_free(s);
+    const char *v4all[] = {"0.0.0.0/0", NULL};
+    s = set_of(v4all);
+    CHECK_INT(has(s, "::ffff:0.0.0.1"), 1);
+    CHECK_INT(has(s, "::1"), 0);
+    CHECK_INT(has(s, "::ffff:0:1"), 1); /* the same address as ::ffff:0.0.0.1 */
+    mg_ipset_free(s);
+    /* the last v4 address and the first v6 one are not adjacent */
+    const char *edges[] = {"255.255.255.255", "::", NULL};
+    s = set_of(edges);
+    CHECK_INT(mg_ipset_size(s), 2);
     mg_ipset_free(s);
 }
 

