@@ -131,6 +131,18 @@ function _M.verify_password(cred, password)
   return ok
 end
 
+-- what an unknown username is checked against: the same PBKDF2 work as a real credential
+local UNKNOWN = { username = "", _hash = { rounds = PBKDF2_ROUNDS, salt = crypto.random_bytes(16),
+                                           dk = crypto.random_bytes(32) } }
+
+--- Spends on a password what verify_password spends on a wrong one, and returns false: a
+-- plugin calls it for an unknown username so that timing does not tell which usernames exist.
+function _M.verify_unknown(password)
+  local h = UNKNOWN._hash
+  crypto.pbkdf2("sha256", type(password) == "string" and password or "", h.salt, h.rounds, 32)
+  return false
+end
+
 -- ---- loading -----------------------------------------------------------------------------
 
 local consumers = {}     -- array of consumer tables, config order
@@ -148,7 +160,11 @@ local MIN_RSA_BITS = 2048
 -- Kind-specific checks and preparation; returns an error message (about `field`) or nil.
 local PREPARE = {
   basicauth_credentials = function(cred)
+    -- RFC 7617 forbids control characters; and PBKDF2 pads its HMAC key with zeros, so "pw"
+    -- and "pw\0" would otherwise be the same password
+    if cred.username:find("[%c]") then return "username", "must not contain control characters" end
     local stored = cred.password
+    if stored:find("[%c]") then return "password", "must not contain control characters" end
     local h = parse_hash(stored)
     if not h then
       if stored:sub(1, #HASH_PREFIX) == HASH_PREFIX then

@@ -170,7 +170,12 @@ function _M.encode_base64(s, url, pad)
 end
 
 local function lua_decode(s, url)
-  if url then s = s:gsub("[-_]", { ["-"] = "+", ["_"] = "/" }) end
+  if url then
+    if s:find("[+/]") then return nil end   -- the other alphabet: refused, as in C
+    s = s:gsub("[-_]", { ["-"] = "+", ["_"] = "/" })
+  elseif s:find("[-_]") then
+    return nil
+  end
   local body, padding = s:match("^([A-Za-z0-9+/]*)(=*)$")
   if not body or #padding > 2 or (#padding > 0 and #s % 4 ~= 0) or #body % 4 == 1 then
     return nil

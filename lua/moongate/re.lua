@@ -91,9 +91,7 @@ function _M.compile(regex, options)
 end
 
 -- rc > 0: matched with rc pairs; nil, err on errors
-local function exec(subject, regex, options, init)
-  local c, err = _M.compile(regex, options)
-  if not c then return nil, err end
+local function exec_compiled(c, subject, init)
   if type(subject) ~= "string" then subject = tostring(subject) end
   init = init and init - 1 or 0
   if init < 0 or init > #subject then return nil, "init out of range" end
@@ -104,11 +102,13 @@ local function exec(subject, regex, options, init)
   return rc, c
 end
 
---- The first match: { [0] = whole, [1] = capture 1, ... } (false for unset captures), or
--- nil when there is none; nil, err on a bad pattern or when the match limit was hit.
-function _M.match(subject, regex, options, init)
-  local rc, c = exec(subject, regex, options, init)
-  if not rc then return nil, c end
+local function exec(subject, regex, options, init)
+  local c, err = _M.compile(regex, options)
+  if not c then return nil, err end
+  return exec_compiled(c, subject, init)
+end
+
+local function captures(rc, c, subject)
   if rc == 0 then return nil end
   local ov = c.ovector
   local caps = {}
@@ -123,13 +123,41 @@ function _M.match(subject, regex, options, init)
   return caps
 end
 
+local function position(rc, c)
+  if rc == 0 then return nil end
+  local ov = c.ovector
+  return tonumber(ov[0]) + 1, tonumber(ov[1])
+end
+
+--- The first match: { [0] = whole, [1] = capture 1, ... } (captures past the last one that
+-- matched are absent), or nil when there is none; nil, err on a bad pattern or when the
+-- match limit was hit.
+function _M.match(subject, regex, options, init)
+  local rc, c = exec(subject, regex, options, init)
+  if not rc then return nil, c end
+  return captures(rc, c, subject)
+end
+
 --- Where the first match is: from, to (1-based, inclusive), or nil; nil, err on errors.
 function _M.find(subject, regex, options, init)
   local rc, c = exec(subject, regex, options, init)
   if not rc then return nil, c end
-  if rc == 0 then return nil end
-  local ov = c.ovector
-  return tonumber(ov[0]) + 1, tonumber(ov[1])
+  return position(rc, c)
+end
+
+--- re.find with a pattern compiled once by re.compile (no cache lookup per call: what a
+-- plugin uses for patterns from its config).
+function _M.find_compiled(c, subject, init)
+  local rc, err = exec_compiled(c, subject, init)
+  if not rc then return nil, err end
+  return position(rc, c)
+end
+
+--- re.match with a pattern compiled by re.compile.
+function _M.match_compiled(c, subject, init)
+  local rc, err = exec_compiled(c, subject, init)
+  if not rc then return nil, err end
+  return captures(rc, c, subject)
 end
 
 --- True when the pattern compiles (for schema validators); else false, "reason".

@@ -8,6 +8,7 @@ local phases = require "moongate.phases"
 local pdk = require "moongate.pdk"
 local schema = require "moongate.schema"
 local consumers_mod = require "moongate.consumers"
+local cjson_null = require("cjson.safe").null
 local response = require "moongate.pdk.response"
 local log = require "moongate.pdk.log"
 local base = require "moongate.core.base"
@@ -120,8 +121,8 @@ local function runner_maker(n)
   src[2] = "  local before = state.consumer\n"
   for i = 1, n do
     src[#src + 1] = ("  if not invoke(E%d, state, phase, bit) then return false end\n"
-                     .. "  if state.consumer ~= before and own[state.consumer] then return %d end\n")
-                    :format(i, i)
+                     .. "  if state.consumer ~= before and own[state.consumer] then\n"
+                     .. "    return %d\n  end\n"):format(i, i)
   end
   src[#src + 1] = "  return true\nend\n"
   make = assert(loadstring(concat(src), "=moongate.runtime(runner " .. n .. ")"))
@@ -159,6 +160,15 @@ local function mask_of(chain)
   return m
 end
 
+-- Kong's typedefs.no_consumer: a top-level `consumer` field that must be null.
+local function consumer_allowed(sch)
+  for _, f in ipairs(sch.fields) do
+    local def = f.consumer
+    if def ~= nil then return not (type(def) == "table" and def.eq == cjson_null) end
+  end
+  return true
+end
+
 --- Validates the plugin entities of a config and builds the chains.
 -- @param conf { plugin_names, plugins = { {name, path, service, route, consumer, enabled,
 --   config} }, routes = { {index, service, name} }, node_id }
@@ -194,7 +204,10 @@ function _M.load(conf)
         fail("%s.name: plugin \"%s\" cannot be loaded: %s", path, e.name, first_line(err))
       else
         local config, errs = schema.validate_plugin_config(p.schema, e.config, path .. ".config")
-        if not config then
+        if e.consumer >= 0 and not consumer_allowed(p.schema) then
+          fail("%s: plugin \"%s\" cannot be configured on a consumer (it runs before a "
+               .. "consumer is known, or identifies one)", path, e.name)
+        elseif not config then
           for _, m in ipairs(errs) do errors[#errors + 1] = m end
         elseif e.enabled ~= false then
           valid[#valid + 1] = { plugin = p, config = config, route = e.route,

@@ -26,15 +26,6 @@ local AUTHORIZATION = "Authorization"
 -- else (the runtime already strips the header value's surrounding whitespace).
 local BASIC = "^[Bb][Aa][Ss][Ii][Cc] +([%w+/]+=?=?)$"
 
--- Stands in for the credential of an unknown username, so that the answer to it costs one
--- PBKDF2 run like a wrong password does: same rounds as a password hashed at load.
-local DUMMY
-do
-  local rounds = tonumber(match(consumers.hash_password("x"), "^%$pbkdf2%-sha256%$(%d+)%$"))
-  DUMMY = { username = "", _hash = { rounds = rounds, salt = crypto.random_bytes(16),
-                                     dk = crypto.random_bytes(32) } }
-end
-
 local challenge_of = setmetatable({}, { __mode = "k" })   -- conf -> { WWW-Authenticate }
 local function challenge(conf)
   local c = challenge_of[conf]
@@ -92,7 +83,7 @@ function BasicAuth:access(conf)
 
   if not credential then
     -- same work and same answer as a wrong password: the username's existence stays secret
-    consumers.verify_password(DUMMY, password or "")
+    consumers.verify_unknown(password)
     return auth.reject(conf, 401, UNAUTHORIZED, challenge(conf))
   end
   if not consumers.verify_password(credential, password) then

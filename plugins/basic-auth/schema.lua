@@ -8,7 +8,7 @@ return {
   name = "basic-auth",
   fields = {
     -- Kong's typedefs.no_consumer: basic-auth is what identifies the consumer, so it cannot
-    -- be configured on one (moongate does not enforce entity fields besides config yet)
+    -- be configured on one (runtime.load refuses it with the path of the entity)
     { consumer = { type = "foreign", reference = "consumers", eq = null } },
     { config = {
         type = "record",

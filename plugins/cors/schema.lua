@@ -28,6 +28,8 @@ end
 return {
   name = "cors",
   fields = {
+    -- Kong's typedefs.no_consumer: not configurable on a consumer
+    { consumer = { type = "foreign", reference = "consumers", eq = require("cjson.safe").null } },
     { config = {
         type = "record",
         fields = {

@@ -5,6 +5,8 @@ local ALGORITHMS = { "hmac-sha1", "hmac-sha256", "hmac-sha384", "hmac-sha512" }
 return {
   name = "hmac-auth",
   fields = {
+    -- Kong's typedefs.no_consumer: not configurable on a consumer
+    { consumer = { type = "foreign", reference = "consumers", eq = require("cjson.safe").null } },
     { config = {
         type = "record",
         fields = {

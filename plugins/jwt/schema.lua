@@ -3,6 +3,8 @@
 return {
   name = "jwt",
   fields = {
+    -- Kong's typedefs.no_consumer: not configurable on a consumer
+    { consumer = { type = "foreign", reference = "consumers", eq = require("cjson.safe").null } },
     { config = {
         type = "record",
         fields = {

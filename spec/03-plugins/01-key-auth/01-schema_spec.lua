@@ -42,6 +42,18 @@ describe("key-auth schema", function()
                    table.concat(out, "\n"))
   end)
 
+  it("cannot be configured on a consumer (Kong's no_consumer), nested or by reference", function()
+    local rc, out = helpers.check({
+      services = { { name = "s", url = "http://127.0.0.1:9", routes = { { paths = { "/" } } } } },
+      consumers = { { username = "a", plugins = { { name = "key-auth" } } } },
+      plugins = { { name = "key-auth", consumer = "a" } } })
+    local text = table.concat(out, "\n")
+    assert.equal(1, rc)
+    assert.matches('consumers%[0%]%.plugins%[0%]: plugin "key%-auth" cannot be configured on a '
+                   .. "consumer", text)
+    assert.matches('plugins%[0%]: plugin "key%-auth" cannot be configured on a consumer', text)
+  end)
+
   it("validates the credentials: required key, unique keys, no secret in the error", function()
     local rc, out = helpers.check({
       services = { { name = "s", url = "http://127.0.0.1:9", routes = { { paths = { "/" } } } } },

@@ -151,5 +151,20 @@ describe("basic-auth schema", function()
       end
       assert.not_matches(salt_b64:gsub("%p", "%%%0"), text)
     end)
+
+    it("refuse control characters in usernames and passwords (RFC 7617)", function()
+      local rc, out = helpers.check({
+        services = { service() },
+        consumers = { { username = "a", basicauth_credentials = {
+          { username = "ann", password = "tab\there" },
+          { username = "b\1b", password = "fine" } } } } })
+      local text = table.concat(out, "\n")
+      assert.equal(1, rc)
+      assert.matches("consumers%[0%]%.basicauth_credentials%[0%]%.password: must not contain "
+                     .. "control characters", text)
+      assert.matches("consumers%[0%]%.basicauth_credentials%[1%]%.username: must not contain "
+                     .. "control characters", text)
+      assert.not_matches("tab", text)
+    end)
   end)
 end)

@@ -470,6 +470,7 @@ describe("basic-auth handler (PDK kit)", function()
   local handler = dofile(PWD .. "/plugins/basic-auth/handler.lua")
   local plugin_schema = dofile(PWD .. "/plugins/basic-auth/schema.lua")
   local verify = consumers.verify_password
+  local verify_unknown = consumers.verify_unknown
   local calls
 
   lazy_setup(function()
@@ -486,10 +487,23 @@ describe("basic-auth handler (PDK kit)", function()
                             password = password }
       return verify(cred, password)
     end
+    -- an unknown username: what PBKDF2 work it costs
+    consumers.verify_unknown = function(password)
+      local real = crypto.pbkdf2
+      crypto.pbkdf2 = function(alg, pw, salt, rounds, len)
+        calls[#calls + 1] = { username = "", rounds = rounds, password = pw }
+        return real(alg, pw, salt, rounds, len)
+      end
+      local ok, r = pcall(verify_unknown, password)
+      crypto.pbkdf2 = real
+      assert(ok, r)
+      return r
+    end
   end)
 
   lazy_teardown(function()
     consumers.verify_password = verify
+    consumers.verify_unknown = verify_unknown
     consumers.activate(consumers.load({}, {}))
   end)
 
