@@ -117,7 +117,9 @@ end
 function BotDetection:access(conf)
   local ua = moongate.request.get_header("User-Agent")
   if ua == nil then return end
-  if moongate.request.get_header_count("User-Agent") > 1 then return moongate.response.exit(400, DUPLICATE) end
+  if moongate.request.get_header_count("User-Agent") > 1 then
+    return moongate.response.exit(400, DUPLICATE)
+  end
   ua = strip(ua)
   local c = cache_for(conf)
   local verdict = recall(c, ua)

@@ -61,7 +61,8 @@ function _M.clear_header(name)
   header_op(2, C.mg_ffi_resp_header, name)
 end
 
---- The status sent to the client (the upstream's, or exit's). @phases header_filter, body_filter, log
+--- The status sent to the client (the upstream's, or exit's).
+-- @phases header_filter, body_filter, log
 function _M.get_status()
   check(phases.AFTER_HEAD, "moongate.response.get_status")
   return C.mg_ffi_resp_get_status()
@@ -155,7 +156,9 @@ function _M.exit(status, body, headers)
   if headers then
     for k, v in pairs(headers) do
       if type(v) == "table" then
-        for i, one in ipairs(v) do header_op(i == 1 and 0 or 1, C.mg_ffi_resp_header, k, tostring(one)) end
+        for i, one in ipairs(v) do
+          header_op(i == 1 and 0 or 1, C.mg_ffi_resp_header, k, tostring(one))
+        end
       else
         header_op(0, C.mg_ffi_resp_header, k, tostring(v))
       end

@@ -553,7 +553,8 @@ function client.load_consumer(key, by_username)
   if type(key) ~= "string" then error("key must be a string", 2) end
   for _, c in ipairs(current().consumers or {}) do
     local id = c.id or c.username or c.custom_id
-    if (by_username and c.username == key) or (not by_username and (id == key or c.custom_id == key)) then
+    if (by_username and c.username == key)
+       or (not by_username and (id == key or c.custom_id == key)) then
       return c
     end
   end

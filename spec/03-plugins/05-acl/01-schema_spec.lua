@@ -29,8 +29,8 @@ describe("acl schema", function()
   it("refuses wrong types", function()
     local _, errs = schema.validate_plugin_config(plugin_schema,
       { allow = "admins", hide_groups_header = 1 }, "config")
-    assert.same({ "config.allow: expected an array", "config.hide_groups_header: expected a boolean" },
-                errs)
+    assert.same({ "config.allow: expected an array",
+                  "config.hide_groups_header: expected a boolean" }, errs)
   end)
 
   it("is checked by `moongate check`", function()
