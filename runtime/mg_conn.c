@@ -559,8 +559,11 @@ void mg_conn_lua_continue(mg_req_t *r, int rc)
         mg_proxy_start(r);
 }
 
-int mg_conn_stage_response(mg_req_t *r, unsigned status, const char *body, size_t blen,
-                           const char *headers, size_t hlen)
+/* Writes a local response into a new r->out: status, the standard headers, `headers` (whole
+ * lines), then what plugins set with moongate.response.set_header/add_header, then the body.
+ * r->keepalive decides Connection: close. */
+static int write_local_response(mg_req_t *r, unsigned status, const char *body, size_t blen,
+                                const char *headers, size_t hlen)
 {
     size_t ops = 0;
     for (mg_hdr_op_t *o = r->resp_ops; o; o = o->next)
@@ -571,8 +574,6 @@ int mg_conn_stage_response(mg_req_t *r, unsigned status, const char *body, size_
     r->status = status;
     r->local_response = 1;
     r->head_sent = 1;
-    bool body_read = r->msg.body_kind == MG_BODY_NONE || r->msg.body_done || r->req_body_done;
-    r->keepalive = body_read && mg_conn_may_keepalive(r);
     const char *rid_name = mg_worker.cfg->request_id_header;
     char head[512];
     int n =
@@ -602,6 +603,14 @@ int mg_conn_stage_response(mg_req_t *r, unsigned status, const char *body, size_
     return MG_OK;
 }
 
+int mg_conn_stage_response(mg_req_t *r, unsigned status, const char *body, size_t blen,
+                           const char *headers, size_t hlen)
+{
+    bool body_read = r->msg.body_kind == MG_BODY_NONE || r->msg.body_done || r->req_body_done;
+    r->keepalive = body_read && mg_conn_may_keepalive(r);
+    return write_local_response(r, status, body, blen, headers, hlen);
+}
+
 void mg_conn_respond_error(mg_req_t *r, unsigned status, const char *message)
 {
     mg_conn_t *c = r->c;
@@ -621,6 +630,19 @@ void mg_conn_respond_error(mg_req_t *r, unsigned status, const char *message)
                      (r->msg.body_kind == MG_BODY_NONE || r->msg.body_done || r->req_body_done);
     r->keepalive =
         body_read && status < 500 && status != 408 && status != 400 && mg_conn_may_keepalive(r);
+    if (r->resp_ops) {
+        /* plugins already set response headers (CORS, say): the error page carries them, as
+         * an exit would, so a browser can read a 502 as well as a 200 */
+        static const char ctype[] = "Content-Type: application/json; charset=utf-8\r\n";
+        char body[MG_HTTP_ERROR_BODY_MAX];
+        size_t blen = mg_http_error_body(body, status, message);
+        if (write_local_response(r, status, body, blen, ctype, sizeof(ctype) - 1) != MG_OK) {
+            conn_close(c);
+            return;
+        }
+        conn_write_plain(c);
+        return;
+    }
     if (r->out == NULL && (r->out = mg_buf_get()) == NULL) {
         conn_close(c);
         return;

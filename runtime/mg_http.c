@@ -838,16 +838,20 @@ const char *mg_http_date(void)
     return date;
 }
 
+size_t mg_http_error_body(char body[MG_HTTP_ERROR_BODY_MAX], unsigned status, const char *message)
+{
+    const char *text = message ? message : mg_http_error_message(status);
+    memcpy(body, "{\"message\":\"", 12);
+    size_t blen = 12 + mg_json_escape(body + 12, MG_HTTP_ERROR_BODY_MAX - 16, text, strlen(text));
+    memcpy(body + blen, "\"}\n", 3);
+    return blen + 3;
+}
+
 int mg_http_write_error(mg_buf_t *out, unsigned status, const char *message,
                         const char *request_id_header, mg_str_t request_id, bool close)
 {
-    char body[512];
-    size_t blen = 0;
-    const char *text = message ? message : mg_http_error_message(status);
-    memcpy(body, "{\"message\":\"", 12);
-    blen = 12 + mg_json_escape(body + 12, sizeof(body) - 16, text, strlen(text));
-    memcpy(body + blen, "\"}\n", 3);
-    blen += 3;
+    char body[MG_HTTP_ERROR_BODY_MAX];
+    size_t blen = mg_http_error_body(body, status, message);
     bool rid = request_id_header && request_id.len;
     mg_buf_compact(out);
     char *p = mg_buf_last(out);

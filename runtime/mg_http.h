@@ -120,6 +120,11 @@ const char *mg_http_error_message(unsigned status);
 /* The current time as an HTTP date ("Sun, 06 Nov 1994 08:49:37 GMT"), cached per second. */
 const char *mg_http_date(void);
 
+/* The JSON body of an error response, {"message":"..."} (the status's standard message when
+ * `message` is NULL), into body; returns its length. */
+#define MG_HTTP_ERROR_BODY_MAX 512
+size_t mg_http_error_body(char body[MG_HTTP_ERROR_BODY_MAX], unsigned status, const char *message);
+
 /*
  * Writes a complete error response (JSON body, Content-Length, Server without version, Date,
  * `request_id_header: request_id` when both are given, Connection: close when `close`) into out.

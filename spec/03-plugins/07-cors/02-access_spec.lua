@@ -504,9 +504,8 @@ describe("cors", function()
     end)
 
     it("get the headers on the gateway's own 502 when the upstream is down", function()
-      -- Kong's header_filter runs for its error pages; moongate's runtime applies neither
-      -- header ops nor header_filter to the responses it makes itself (see the report)
-      pending("needs the runtime to apply plugins' response header ops to its error pages")
+      -- cors sets its headers in access; the runtime's own error pages carry the response
+      -- headers plugins set, as exits do
       local res = assert(gw:get("/down", { headers = { Origin = "http://example.test" } }))
       assert.equal(502, res.status)
       assert.same({ ["access-control-allow-origin"] = "example.test",
