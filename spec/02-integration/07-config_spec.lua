@@ -75,6 +75,12 @@ services:
       assert.matches("is valid", lines[#lines])
     end)
 
+    it("accepts the demo config `make run` uses (conf/moongate.yaml)", function()
+      local demo = helpers.read_file(os.getenv("PWD") .. "/conf/moongate.yaml")
+      local code, lines = helpers.check(demo)
+      assert.equal(0, code, table.concat(lines, "\n"))
+    end)
+
     it("accepts a JSON config with exit 0", function()
       local code, lines = helpers.check({ proxy_listen = { "127.0.0.1:8000" },
                                           services = { service("a"), service("b") } })
