@@ -24,6 +24,7 @@ int pcre2_match_8(const pcre2_code_8 *code, const unsigned char *subject, size_t
 size_t *pcre2_get_ovector_pointer_8(pcre2_match_data_8 *match_data);
 int pcre2_get_error_message_8(int errorcode, unsigned char *buffer, size_t bufflen);
 pcre2_match_context_8 *pcre2_match_context_create_8(void *gcontext);
+void pcre2_match_context_free_8(pcre2_match_context_8 *mcontext);
 int pcre2_set_match_limit_8(pcre2_match_context_8 *mcontext, uint32_t value);
 int pcre2_set_depth_limit_8(pcre2_match_context_8 *mcontext, uint32_t value);
 ]]
@@ -47,7 +48,7 @@ local MATCH_LIMIT, DEPTH_LIMIT = 100000, 10000
 
 local _M = {}
 
-local mctx = ffi_gc(lib.pcre2_match_context_create_8(nil), nil)
+local mctx = ffi_gc(lib.pcre2_match_context_create_8(nil), lib.pcre2_match_context_free_8)
 lib.pcre2_set_match_limit_8(mctx, MATCH_LIMIT)
 lib.pcre2_set_depth_limit_8(mctx, DEPTH_LIMIT)
 
