@@ -38,7 +38,7 @@ typedef struct {
     int requests;  /* responses completed on this connection */
     int connected; /* the non-blocking connect() finished */
     int reqlen;    /* length of the request being sent */
-    char req[512];
+    char req[1536]; /* room for a long header: an RS256 JWT is ~600 bytes */
     char buf[4096];
 } cl_t;
 
@@ -55,7 +55,7 @@ static cl_t *cls;
 /* The next request into c->req: the same bytes every time unless the extra header rotates. */
 static void next_request(cl_t *c)
 {
-    char line[256] = "";
+    char line[1024] = "";
     if (extra_hdr != NULL) {
         snprintf(line, sizeof(line), extra_hdr, (int)(seq % rotate) + 1);
         seq++;
@@ -170,8 +170,8 @@ int main(int argc, char **argv)
     snprintf(host_hdr, sizeof(host_hdr), "%s:%s", argv[2], argv[3]);
     if (!idle && argc > 6 && argv[6][0] != '\0') {
         const char *pct = strchr(argv[6], '%');
-        if (strlen(argv[6]) > 200 || (pct != NULL && (pct[1] != 'd' || strchr(pct + 1, '%')))) {
-            fprintf(stderr, "HEADER: at most 200 bytes and one %%d\n");
+        if (strlen(argv[6]) > 1000 || (pct != NULL && (pct[1] != 'd' || strchr(pct + 1, '%')))) {
+            fprintf(stderr, "HEADER: at most 1000 bytes and one %%d\n");
             return 2;
         }
         extra_hdr = argv[6];

@@ -2,7 +2,7 @@
 # bench/run.sh — moongate against nginx and nginx+lua, on this machine, in about four minutes.
 #
 #   bench/run.sh /abs/path/build/moongate        (what `make bench` runs)
-#   SCENARIOS=plugin,auth bench/run.sh …        (a subset; default: proxy,plugin,auth,keyauth)
+#   SCENARIOS=plugin,auth bench/run.sh …        (a subset; default: proxy,plugin,auth,keyauth,jwt)
 #
 # One upstream for every scenario, all on 127.0.0.1 with free ports and everything in a temp dir:
 #   upstream   nginx, 1 worker, `return 200 "hello world\n"`, keep-alive
@@ -18,6 +18,10 @@
 #   keyauth moongate's bundled key-auth + acl (1,000 consumers with keyauth_credentials and acls,
 #           allow: [users]) vs nginx+lua doing the same lookup, group check and upstream headers
 #           (bench/plugins/nginx/bench_keyauth.lua); wrk rotates key-1..key-1000
+#   jwt     moongate's bundled jwt with RS256 credentials (100 consumers, one RSA 2048 key made
+#           with openssl at start) vs nginx+lua decoding, looking up and verifying the same
+#           tokens with OpenSSL through the FFI (bench/plugins/nginx/bench_jwt.lua); wrk rotates
+#           100 tokens signed by openssl
 # and measures, for each proxy of each scenario:
 #   1. throughput and latency: wrk -t1 -c50, ROUNDS interleaved rounds, medians; worker CPU time
 #      per request; upstream connections opened per request (the upstream's stub_status);
@@ -36,7 +40,7 @@
 set -euo pipefail
 
 MG_BIN=${1:?usage: bench/run.sh /abs/path/to/moongate}
-SCENARIOS=${SCENARIOS:-proxy,plugin,auth,keyauth}
+SCENARIOS=${SCENARIOS:-proxy,plugin,auth,keyauth,jwt}
 BENCH_SECONDS=${BENCH_SECONDS:-5}
 ROUNDS=${ROUNDS:-5}
 WARMUP_SECONDS=${WARMUP_SECONDS:-2}
@@ -62,7 +66,7 @@ log() { printf '[%4ds] %s\n' $(($(date +%s) - T0)) "$*" >&2; }
 
 SCN_LIST=$(echo "$SCENARIOS" | tr ',' ' ')
 for scn in $SCN_LIST; do
-    case "$scn" in proxy | plugin | auth | keyauth) ;; *) die "SCENARIOS: unknown scenario '$scn' (proxy, plugin, auth, keyauth)" ;; esac
+    case "$scn" in proxy | plugin | auth | keyauth | jwt) ;; *) die "SCENARIOS: unknown scenario '$scn' (proxy, plugin, auth, keyauth, jwt)" ;; esac
 done
 [ -n "$SCN_LIST" ] || die "SCENARIOS is empty"
 
@@ -273,6 +277,35 @@ function request()
 end
 EOF
 
+# "jwt": an RSA key, and 100 RS256 tokens (iss-1 .. iss-100) signed by openssl; wrk rotates them.
+b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+if [[ " $SCN_LIST " == *" jwt "* ]]; then
+    log "making the jwt scenario's key and tokens"
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/jwt.key" 2>/dev/null ||
+        die "openssl genpkey failed"
+    openssl pkey -in "$TMP/jwt.key" -pubout -out "$TMP/jwt.pub" 2>/dev/null || die "openssl pkey failed"
+    JWT_HEAD=$(printf '{"alg":"RS256","typ":"JWT"}' | b64url)
+    : >"$TMP/jwt.tokens"
+    for i in $(seq 1 100); do
+        input="$JWT_HEAD.$(printf '{"iss":"iss-%d","sub":"bench"}' "$i" | b64url)"
+        sig=$(printf '%s' "$input" | openssl dgst -sha256 -sign "$TMP/jwt.key" | b64url)
+        echo "$input.$sig" >>"$TMP/jwt.tokens"
+    done
+    JWT_FIRST=$(head -1 "$TMP/jwt.tokens")
+    cat >"$TMP/jwt.wrk.lua" <<EOF
+local reqs, i = {}, 0
+function init(args)
+  for t in io.lines("$TMP/jwt.tokens") do
+    reqs[#reqs + 1] = wrk.format("GET", "/", { Authorization = "Bearer " .. t })
+  end
+end
+function request()
+  i = i % #reqs + 1
+  return reqs[i]
+end
+EOF
+fi
+
 # start NAME CPU-PREFIX PORT CMD...: start in the background, record the pid, wait for the port.
 declare -A MASTER WORKER
 start() {
@@ -343,6 +376,10 @@ EOF
         echo "    lua_package_path \"$BENCH_DIR/plugins/nginx/?.lua;;\";"
         echo "    init_by_lua_block { bench_keyauth = require \"bench_keyauth\" }"
     fi
+    if [ "$mode" = jwt ]; then
+        echo "    lua_package_path \"$BENCH_DIR/plugins/nginx/?.lua;;\";"
+        echo "    init_by_lua_block { bench_jwt = require \"bench_jwt\"; bench_jwt.init(\"$TMP/jwt.pub\") }"
+    fi
     cat <<EOF
     upstream backend {
         server 127.0.0.1:$UP_PORT;
@@ -361,6 +398,7 @@ EOF
         echo "            log_by_lua_block { bench_auth.log() }"
         ;;
     keyauth) echo "            access_by_lua_block { bench_keyauth.access() }" ;;
+    jwt) echo "            access_by_lua_block { bench_jwt.access() }" ;;
     esac
     cat <<EOF
             proxy_pass http://backend;
@@ -417,6 +455,15 @@ EOF
             printf '  - { username: consumer-%d, keyauth_credentials: [{ key: key-%d }], acls: [{ group: users }] }\n' "$i" "$i"
         done
         ;;
+    jwt)
+        echo "        plugins: [{ name: jwt }]"
+        echo "consumers:"
+        local pem
+        pem=$(awk '{printf "%s\\n", $0}' "$TMP/jwt.pub")
+        for i in $(seq 1 100); do
+            printf '  - { username: consumer-%d, jwt_secrets: [{ key: iss-%d, algorithm: RS256, rsa_public_key: "%s" }] }\n' "$i" "$i" "$pem"
+        done
+        ;;
     auth) echo "        plugins: [{ name: bench-auth, config: { consumers: 1000, dict: bench_counters } }]" ;;
     esac
 }
@@ -440,6 +487,7 @@ wrk_args() { # SCENARIO: what wrk sends
     proxy) ;;
     plugin) echo "-H X-In:hello" ;;
     auth | keyauth) echo "-s $TMP/auth.wrk.lua" ;;
+    jwt) echo "-s $TMP/jwt.wrk.lua" ;;
     esac
 }
 
@@ -447,6 +495,7 @@ mgclient_header() { # SCENARIO: mgclient reqs's HEADER and ROTATE
     case "$1" in
     plugin) echo "X-In: hello" ;;
     auth | keyauth) echo "apikey: key-%d" ;;
+    jwt) echo "Authorization: Bearer $JWT_FIRST" ;;
     *) echo "" ;;
     esac
 }
@@ -454,7 +503,9 @@ mgclient_header() { # SCENARIO: mgclient reqs's HEADER and ROTATE
 # check SCENARIO SERVER PORT: does the proxy do its job? Dies if not.
 check_proxy() {
     local scn=$1 s=$2 port=$3 body code
-    body=$(curl -s --max-time 5 "http://127.0.0.1:$port/" -H "apikey: key-1000" || true)
+    local ok_hdr="apikey: key-1000"
+    [ "$scn" = jwt ] && ok_hdr="Authorization: Bearer $JWT_FIRST"
+    body=$(curl -s --max-time 5 "http://127.0.0.1:$port/" -H "$ok_hdr" || true)
     [ "$body" = "hello world" ] || die "$scn/$s: GET / answered '$body', not 'hello world'"
     case "$scn" in
     plugin)
@@ -462,6 +513,12 @@ check_proxy() {
         [ "$body" = hello ] || die "$scn/$s: the upstream saw X-Bench '$body', not 'hello'"
         body=$(curl -s --max-time 5 "http://127.0.0.1:$port/__bench_echo" || true)
         [ "$body" = none ] || die "$scn/$s: without X-In the upstream saw X-Bench '$body', not 'none'"
+        ;;
+    jwt)
+        for h in "X-Nothing: 1" "Authorization: Bearer ${JWT_FIRST%?}A" "Authorization: Bearer x.y.z"; do
+            code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "$h" "http://127.0.0.1:$port/" || true)
+            [ "$code" = 401 ] || die "$scn/$s: '${h:0:40}…' answered $code, not 401"
+        done
         ;;
     auth | keyauth)
         for h in "X-Nothing: 1" "apikey: key-1001" "apikey: key-0"; do
@@ -495,7 +552,7 @@ run_scenario() {
             ;;
         *)
             local mode=plain
-            [ "$s" = nginx+lua ] && case "$scn" in proxy) mode=host ;; plugin) mode=header ;; auth) mode=auth ;; keyauth) mode=keyauth ;; esac
+            [ "$s" = nginx+lua ] && case "$scn" in proxy) mode=host ;; plugin) mode=header ;; auth) mode=auth ;; keyauth) mode=keyauth ;; jwt) mode=jwt ;; esac
             nginx_proxy_conf "$scn" "$scn.$k" "${port_of[$s]}" on "$mode" >"$TMP/$scn.$k.conf"
             nginx_proxy_conf "$scn" "$scn.$k.cg" "${cgport_of[$s]}" off "$mode" >"$TMP/$scn.$k.cg.conf"
             "$NGINX" -t -q -c "$TMP/$scn.$k.conf" -p "$TMP" -e "$TMP/$scn.$k.error.log" 2>"$TMP/$scn.$k.t.out" ||
@@ -784,6 +841,11 @@ section() { # SCENARIO
         echo
         echo "moongate with its bundled \`key-auth\` and \`acl\` (\`allow: [users]\`; 1,000 consumers, each with a keyauth credential and the group) vs nginx+lua doing the same in \`access_by_lua\` (bench/plugins/nginx/bench_keyauth.lua: key → consumer table, group check, the same four upstream headers set and two cleared); requests rotate \`apikey: key-1\` … \`key-1000\`."
         ;;
+    jwt)
+        echo "## jwt: bundled jwt, RS256 signature verified on every request"
+        echo
+        echo "moongate with its bundled \`jwt\` (100 consumers with RS256 \`jwt_secrets\` sharing one RSA 2048 key) vs nginx+lua doing the same in \`access_by_lua\` (bench/plugins/nginx/bench_jwt.lua: split, base64url-decode, cjson, lookup by \`iss\`, \`alg\` check, \`EVP_DigestVerify\` through the FFI, the same upstream headers); requests rotate 100 tokens signed by openssl. Not a target in the issue: reported for both."
+        ;;
     esac
     echo
     echo "- noise: ${SCN_LOAD[$scn]}; other processes took ${SCN_FOREIGN[$scn]}% of one CPU during the rounds"
@@ -824,7 +886,7 @@ section() { # SCENARIO
     printf '%s' "${SCN_NOTES[$scn]}"
     if [ "$scn" = proxy ]; then
         echo "Ratios: above 1 is better for requests/s, below 1 is better for everything else (see bench/README.md)."
-    else
+    elif [ "$scn" != jwt ]; then
         targets "$scn"
     fi
     echo

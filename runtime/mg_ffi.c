@@ -118,6 +118,18 @@ int mg_ffi_req_header_at(int i, const char **name, size_t *nlen, const char **va
     return out_str(r->msg.headers[i].value, value, vlen);
 }
 
+int mg_ffi_req_limit_body(uint64_t limit, const char *msg, size_t mlen)
+{
+    CUR(r);
+    mg_http_msg_t *m = &r->msg;
+    if (m->body_kind == MG_BODY_LENGTH && m->content_length > limit) return MG_DECLINED;
+    if (m->body_seen > limit) return MG_DECLINED;
+    if (limit == 0) return MG_ERROR; /* 0 means unlimited to the parser: never a lower limit */
+    if (m->body_limit == 0 || limit < m->body_limit) m->body_limit = limit;
+    r->body_limit_message = mg_pool_strndup(r->pool, msg, mlen);
+    return MG_OK;
+}
+
 int mg_ffi_req_read_body(const char **s, size_t *len)
 {
     CUR(r);

@@ -32,6 +32,11 @@ int mg_ffi_req_header_count_of(const char *name, size_t nlen);
 /* number of request header lines, and the i-th (0-based) */
 int mg_ffi_req_header_count(void);
 int mg_ffi_req_header_at(int i, const char **name, size_t *nlen, const char **value, size_t *vlen);
+/* Lowers this request's body limit to `limit` bytes (never raises it): a body that turns
+ * out larger is answered 413 with `msg` (mid-stream for chunked bodies). MG_DECLINED when the
+ * body is already known to be larger (its Content-Length, or what was read): the caller
+ * answers itself. */
+int mg_ffi_req_limit_body(uint64_t limit, const char *msg, size_t mlen); /* limit >= 1 */
 /* the request id (generated or the client's) */
 int mg_ffi_req_get_id(const char **s, size_t *len);
 /* route and service names ("" when unnamed) */

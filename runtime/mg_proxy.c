@@ -642,7 +642,7 @@ void mg_proxy_pump(mg_req_t *r)
             if (r->head_sent)
                 mg_conn_abort(c);
             else
-                mg_conn_respond_error(r, err, NULL);
+                mg_conn_respond_error(r, err, err == 413 ? r->body_limit_message : NULL);
             return;
         }
         /* u->out -> upstream */

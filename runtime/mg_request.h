@@ -118,7 +118,8 @@ struct mg_req_s {
     unsigned client_aborted : 1;
     char request_id[33];
     mg_str_t rid;
-    const char *upstream_addr; /* "ip:port" of the service, for the log; "" before */
+    const char *upstream_addr;      /* "ip:port" of the service, for the log; "" before */
+    const char *body_limit_message; /* the 413's message when a plugin lowered the limit */
 
     /* Lua: only requests whose route (or a global rewrite) has plugins ever set these */
     unsigned lua_id;          /* the request's id on the Lua side; 0 = never entered Lua */

@@ -144,6 +144,9 @@ local CASES = {
   { "request.get_query", function(m) return m.request.get_query() end },
   { "request.get_query_arg", function(m) return m.request.get_query_arg("a") end },
   { "request.get_raw_body", function(m) return m.request.get_raw_body() end },
+  { "request.limit_body", function(m) return m.request.limit_body(1000, "too big") end },
+  { "request.limit_body(0)", function(m) return m.request.limit_body(0) end },
+  { "request.limit_body(s)", function(m) return m.request.limit_body(10, 5) end },
   { "request.get_body", function(m) return m.request.get_body() end },
 
   { "service.request.set_header", function(m) m.service.request.set_header("X-A", "1") end },

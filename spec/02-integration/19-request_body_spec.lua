@@ -15,11 +15,13 @@ describe("request body in plugins", function()
     up = helpers.upstream()
     gw = helpers.start({
       lua_package_path = PLUGIN_PATH,
-      plugins = { "bundled", "bodyreader" },
+      plugins = { "bundled", "bodyreader", "bodylimit" },
       limits = { client_body_buffer_size = "64k", client_body_timeout = "2s" },
       services = { { name = "s", url = up.url, routes = {
         { name = "b", paths = { "/b" }, plugins = { { name = "bodyreader" } } },
         { name = "plain", paths = { "/plain" } },
+        { name = "limited", paths = { "/limited" },
+          plugins = { { name = "bodylimit", config = { bytes = 1000, message = "over 1000" } } } },
       } } },
     })
   end)
@@ -122,5 +124,36 @@ describe("request body in plugins", function()
     local res = assert(c:read_response({ timeout = 5 }))
     c:close()
     assert.equal(408, res.status)
+  end)
+
+  describe("moongate.request.limit_body", function()
+    it("lets a body within the lowered limit through", function()
+      local res = assert(gw:post("/limited", ("x"):rep(1000)))
+      assert.equal(200, res.status)
+      assert.equal(1000, #res:json().body)
+    end)
+
+    it("tells the plugin when Content-Length is already over it", function()
+      local before = up:count()
+      local res = assert(gw:post("/limited", ("x"):rep(1001)))
+      assert.equal(413, res.status)
+      assert.same({ message = "known too large: over 1000" }, res:json())
+      assert.equal(before, up:count())
+    end)
+
+    it("answers 413 with the plugin's message mid-stream for a chunked body", function()
+      local pieces = { ("y"):rep(600), ("y"):rep(600), ("y"):rep(600) }
+      local i = 0
+      local res = assert(gw:post("/limited", function()
+        i = i + 1
+        return pieces[i]
+      end))
+      assert.equal(413, res.status)
+      assert.same({ message = "over 1000" }, res:json())
+    end)
+
+    it("never raises the configured limit: other routes keep theirs", function()
+      assert.equal(200, assert(gw:post("/plain", ("z"):rep(5000))).status)
+    end)
   end)
 end)

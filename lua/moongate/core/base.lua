@@ -21,6 +21,7 @@ int mg_ffi_req_header_count(void);
 int mg_ffi_req_header_at(int i, const char **name, size_t *nlen, const char **value,
                          size_t *vlen);
 int mg_ffi_req_read_body(const char **s, size_t *len);
+int mg_ffi_req_limit_body(uint64_t limit, const char *msg, size_t mlen);
 int mg_ffi_req_get_id(const char **s, size_t *len);
 int mg_ffi_req_get_route_name(const char **s, size_t *len);
 int mg_ffi_req_get_service_name(const char **s, size_t *len);

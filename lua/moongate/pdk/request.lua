@@ -152,6 +152,24 @@ function _M.get_body()
   return nil, "unsupported content type \"" .. mime .. "\"", mime
 end
 
+--- Lowers this request's body limit (never raises it above limits.client_max_body_size): a
+-- body found larger is answered 413 {"message": message} — before a byte of it is read when
+-- Content-Length says so, mid-stream for a chunked body. Returns true, or false when the body
+-- is already known to be larger (then the caller answers, typically with exit(413)).
+-- @phases rewrite, access
+function _M.limit_body(bytes, message)
+  check(phases.BEFORE_PROXY, "moongate.request.limit_body")
+  if type(bytes) ~= "number" or bytes < 1 or bytes % 1 ~= 0 then
+    error("bytes must be a positive integer", 2)
+  end
+  if message ~= nil and type(message) ~= "string" then error("message must be a string", 2) end
+  message = message or "Request Entity Too Large"
+  local rc = C.mg_ffi_req_limit_body(bytes, message, #message)
+  if rc == OK then return true end
+  if rc == DECLINED then return false end
+  error("no request", 2)
+end
+
 --- The request id (X-Request-ID unless configured otherwise). @phases rewrite … log
 _M.get_id = getter(C.mg_ffi_req_get_id, "moongate.request.get_id")
 

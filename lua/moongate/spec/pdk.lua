@@ -256,6 +256,20 @@ function request.get_raw_body()
   return req.body
 end
 
+-- The kit holds the whole body: a body over the limit is "already known to be larger" (false,
+-- as when the real gateway saw its Content-Length); kit.body_limit records what was asked.
+function request.limit_body(bytes, message)
+  check(BEFORE_PROXY, "moongate.request.limit_body")
+  if type(bytes) ~= "number" or bytes < 1 or bytes % 1 ~= 0 then
+    error("bytes must be a positive integer", 2)
+  end
+  if message ~= nil and type(message) ~= "string" then error("message must be a string", 2) end
+  local kit = current()
+  if #kit.request.body > bytes then return false end
+  kit.body_limit = { bytes = bytes, message = message or "Request Entity Too Large" }
+  return true
+end
+
 function request.get_body()
   check(BEFORE_PROXY, "moongate.request.get_body")
   local ctype = lower(request.get_header("Content-Type") or "")
