@@ -11,6 +11,7 @@ local consumers_mod = require "moongate.consumers"
 local cjson_null = require("cjson.safe").null
 local response = require "moongate.pdk.response"
 local log = require "moongate.pdk.log"
+local socket = require "moongate.pdk.socket"
 local base = require "moongate.core.base"
 
 local C = base.C
@@ -38,6 +39,7 @@ pdk.current = function()
   if not cur then error("no request is running", 3) end
   return cur
 end
+pdk.request_state = function() return cur end   -- nil in timers and outside requests
 pdk.save = function() return { cur, log.plugin_name, phases.current } end
 pdk.restore = function(s) cur, log.plugin_name, phases.current = s[1], s[2], s[3] end
 
@@ -380,7 +382,10 @@ function _M.run(phase, route, id, last)
     end
   end
   log.plugin_name, cur, phases.current = nil, nil, 0
-  if last or not ok then reqs[id] = nil end   -- no Lua phase follows for this request
+  if last or not ok then   -- no Lua phase follows for this request
+    if state.sockets then socket.close_all(state) end
+    reqs[id] = nil
+  end
   return ok
 end
 
@@ -413,6 +418,8 @@ jit.off(_M.serve)
 
 --- Forgets a request's state (it ended without a log phase: aborted).
 function _M.forget(id)
+  local state = reqs[id]
+  if state and state.sockets then socket.close_all(state) end
   reqs[id] = nil
 end
 

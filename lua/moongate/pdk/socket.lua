@@ -22,7 +22,8 @@ local check, YIELDABLE = phases.check, phases.YIELDABLE
 local ffi_string, ffi_gc, ffi_new = ffi.string, ffi.gc, ffi.new
 local type, tostring, tonumber, error, setmetatable, getmetatable = type, tostring, tonumber,
   error, setmetatable, getmetatable
-local concat, floor, ceil, yield = table.concat, math.floor, math.ceil, coroutine.yield
+local concat, floor, ceil, yield, pairs = table.concat, math.floor, math.ceil, coroutine.yield,
+  pairs
 
 local _M = {}
 
@@ -76,9 +77,47 @@ local function timeout_arg(v, fn, i)
   return v > MAX_MS and MAX_MS or ceil(v)
 end
 
+-- A connection made during a request belongs to it: what the plugin leaves open is closed
+-- when the request ends (runtime.close_sockets), as OpenResty does, not whenever the garbage
+-- collector gets to it. Connections made in timers are the timer code's to close.
+local function adopt(self)
+  local state = require("moongate.pdk").request_state()
+  if state then
+    local open = state.sockets
+    if not open then
+      open = {}
+      state.sockets = open
+    end
+    open[self] = true
+    self.owner = state
+  end
+end
+
 local function release(self, cs)
   ffi_gc(cs, nil)
   self[CS] = nil
+  local owner = self.owner
+  if owner then
+    owner.sockets[self] = nil
+    self.owner = nil
+  end
+end
+
+--- Closes what a request left open (called by the runtime when the request ends).
+function _M.close_all(state)
+  local open = state.sockets
+  if not open then return 0 end
+  local n = 0
+  for sock in pairs(open) do
+    local cs = sock[CS]
+    if cs then
+      C.mg_ffi_tcp_close(cs, err_out)
+      release(sock, cs)
+      n = n + 1
+    end
+  end
+  state.sockets = nil
+  return n
 end
 
 --- Creates a TCP cosocket object (not connected). @phases rewrite, access, timer
@@ -145,6 +184,7 @@ function methods.connect(self, host, port, opts)
   local cs = C.mg_ffi_tcp_pool_get(pool, #pool)
   if cs ~= nil then
     self[CS] = ffi_gc(cs, C.mg_ffi_tcp_free)
+    adopt(self)
     return 1
   end
   cs = C.mg_ffi_tcp_new()
@@ -153,6 +193,7 @@ function methods.connect(self, host, port, opts)
   end
   cs = ffi_gc(cs, C.mg_ffi_tcp_free)
   self[CS] = cs
+  adopt(self)
   local rc = C.mg_ffi_tcp_connect(cs, host, #host, p, self.ct, err_out)
   if rc == AGAIN then
     wait()
