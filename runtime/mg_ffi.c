@@ -348,7 +348,7 @@ void mg_ffi_plugin_enter(const char *name, size_t len)
 int mg_ffi_body_get_chunk(const char **s, size_t *len, int *eof)
 {
     CUR(r);
-    if (!r->body_filter) return MG_DECLINED;
+    if (mg_lua_chunk == NULL) return MG_DECLINED; /* not inside a body_filter call */
     if (r->filter_chunk) { /* an earlier plugin replaced it: the next one sees that */
         *s = r->filter_chunk;
         *len = r->filter_chunk_len;
@@ -364,7 +364,7 @@ int mg_ffi_body_get_chunk(const char **s, size_t *len, int *eof)
 int mg_ffi_body_set_chunk(const char *s, size_t len)
 {
     CUR(r);
-    if (!r->body_filter) return MG_DECLINED;
+    if (mg_lua_chunk == NULL) return MG_DECLINED; /* not inside a body_filter call */
     char *copy = malloc(len ? len : 1);
     if (copy == NULL) return MG_ERROR;
     memcpy(copy, s, len);

@@ -334,15 +334,20 @@ static int write_response_head(mg_req_t *r)
         keep = false;
     } else {
         bool has_body = u->body_kind != MG_BODY_NONE;
-        /* a body_filter may change the body's length: such responses are re-framed */
-        if (has_body && (mg_lua_route_mask(mg_lua, r->route->index) & MG_PHASE_BODY_FILTER))
+        bool body_allowed = u->status >= 200 && u->status != 204 && u->status != 304 &&
+                            m->parser.method != HTTP_HEAD;
+        /* a body_filter may change the body's length (or give an empty one content): such
+         * responses are re-framed */
+        if ((has_body || body_allowed) &&
+            (mg_lua_route_mask(mg_lua, r->route->index) & MG_PHASE_BODY_FILTER))
             r->body_filter = 1;
         if ((u->body_kind == MG_BODY_LENGTH && !r->body_filter) ||
-            (!has_body && u->has_content_length && u->status != 204 && u->status >= 200)) {
+            (!has_body && !r->body_filter && u->has_content_length && u->status != 204 &&
+             u->status >= 200)) {
             PUT_LIT(&o, "Content-Length: ");
             put_u64(&o, u->content_length);
             PUT_LIT(&o, "\r\n");
-        } else if (has_body) {
+        } else if (has_body || r->body_filter) {
             if (client10) {
                 keep = false; /* an HTTP/1.0 client learns the end from the close */
             } else {
@@ -549,6 +554,30 @@ static bool drain_filtered(mg_req_t *r)
     return n > 0;
 }
 
+/* A response that ends with its head (no body, or an empty one) still gets one body_filter
+ * call, an empty chunk with eof, as nginx's filters see the last buffer: plugins count on it
+ * to finish what they started. Its output is sent when the response was re-framed as chunked
+ * (an empty 200: a filter may give it a body); a response that cannot have one (HEAD, 204,
+ * 304) drops it. */
+static int filter_empty_body(mg_req_t *r)
+{
+    const char *out;
+    size_t outlen;
+    if (mg_lua_body_filter(r, "", 0, true, &out, &outlen) != MG_OK) {
+        mg_conn_abort(r->c); /* the head is out: a failed filter cuts the response */
+        return MG_ERROR;
+    }
+    if (!r->body_filter) {
+        if (outlen) mg_log_debug("body_filter output for a response without a body dropped");
+        return MG_OK;
+    }
+    if (queue_filtered(r, out, outlen) != MG_OK) {
+        mg_conn_abort(r->c);
+        return MG_ERROR;
+    }
+    return MG_OK;
+}
+
 /* Decodes a piece of the upstream body, runs the body_filter chain on it (and once more at
  * the end with eof set) and queues the result. Input is taken only while the previous output
  * is drained, so a slow client still stalls the upstream. Returns MG_OK on progress,
@@ -739,6 +768,7 @@ void mg_proxy_pump(mg_req_t *r)
                     r->resp_done = 0;
                 } else if (r->resp.body_kind == MG_BODY_NONE || r->resp.body_done) {
                     r->resp_done = 1;
+                    if ((mask & MG_PHASE_BODY_FILTER) && filter_empty_body(r) != MG_OK) return;
                 }
                 progress = true;
             }

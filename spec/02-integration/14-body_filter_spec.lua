@@ -81,6 +81,28 @@ describe("body_filter", function()
     assert.equal("", res.body or "")
   end)
 
+  it("calls body_filter once (empty chunk, eof) for responses without a body", function()
+    local function once_count()
+      local _, n = gw:error_log():gsub("upcase saw 1 pieces", "")
+      return n
+    end
+    local before = once_count()
+    -- HEAD and 204: the filter runs (plugins finish what they started), its output is dropped
+    local res = assert(gw:request({ method = "HEAD", path = "/trailer/h" }))
+    assert.equal(200, res.status)
+    assert.equal("", res.body or "")
+    res = assert(gw:get("/trailer/n", { headers = { ["X-Upstream-Mode"] = "status:204" } }))
+    assert.equal(204, res.status)
+    assert.equal("", res.body or "")
+    helpers.eventually(function() assert.equal(before + 2, once_count()) end, 3)
+  end)
+
+  it("lets body_filter give an empty 200 a body", function()
+    local res = assert(gw:get("/trailer/e", { headers = { ["X-Upstream-Mode"] = "big:0" } }))
+    assert.equal(200, res.status)
+    assert.equal("!END", res.body)
+  end)
+
   it("cuts the response when a body_filter fails after the head was sent", function()
     local res, err = gw:get("/fail/x")
     assert.is_nil(res and res.status == 200 and res.body:match("}$") and res)
