@@ -9,4 +9,6 @@ return {
   "ip-restriction",
   "cors",
   "bot-detection",
+  "request-size-limiting",
+  "request-termination",
 }

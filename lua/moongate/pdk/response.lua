@@ -130,8 +130,9 @@ end
 -- @phases rewrite, access
 function _M.exit(status, body, headers)
   check(phases.BEFORE_PROXY, "moongate.response.exit")
-  if type(status) ~= "number" or status < 100 or status > 599 or status % 1 ~= 0 then
-    error("status must be an integer between 100 and 599", 2)
+  -- a 1xx is interim: a client would keep reading for the final answer that never comes
+  if type(status) ~= "number" or status < 200 or status > 599 or status % 1 ~= 0 then
+    error("status must be an integer between 200 and 599", 2)
   end
   local ctype = false
   if headers ~= nil then

@@ -451,8 +451,8 @@ end
 
 function response.exit(status, body, headers)
   check(BEFORE_PROXY, "moongate.response.exit")
-  if type(status) ~= "number" or status < 100 or status > 599 or status % 1 ~= 0 then
-    error("status must be an integer between 100 and 599", 2)
+  if type(status) ~= "number" or status < 200 or status > 599 or status % 1 ~= 0 then
+    error("status must be an integer between 200 and 599", 2)
   end
   local lines, ctype = {}, nil
   if headers ~= nil then
