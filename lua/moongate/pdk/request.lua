@@ -123,6 +123,7 @@ function _M.get_raw_body()
     local rc = C.mg_ffi_req_read_body(str_out, len_out)
     if rc == OK then return ffi_string(str_out[0], len_out[0]) end
     if rc == DECLINED then return nil, "request body larger than client_body_buffer_size" end
+    if rc == 413 then return nil, "request body too large" end   -- over the body limit
     if rc ~= AGAIN then return nil, "invalid request body" end
     local pdk = require "moongate.pdk"
     local saved = pdk.save()
