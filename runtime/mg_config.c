@@ -36,6 +36,8 @@
 #define MAX_VALUE_DEPTH 64         /* nesting of a value tree (an alias cycle hits this) */
 #define MAX_ALIAS_VALUES 100000    /* values aliases may add beyond the documents' own nodes */
 #define MIN_SHDICT_SIZE (32 << 10) /* mg_shdict_create's minimum */
+#define MIN_GUARD_ZONE (64 << 10)  /* guards.zone_size */
+#define MAX_GUARD_ZONE (1 << 30)
 #define MSG_MAIN_ONLY "only allowed in the main configuration file"
 #define MSG_NOT_WITH_DECL "not allowed together with declarative_config"
 
@@ -194,6 +196,7 @@ static bool i_request_id(ctx_t *x, const char *s, void *out, const field_t *f);
 static bool i_declarative(ctx_t *x, const char *s, void *out, const field_t *f);
 static bool i_listen(ctx_t *x, const char *s, void *out, const field_t *f);
 static bool i_cidr(ctx_t *x, const char *s, void *out, const field_t *f);
+static bool i_rate(ctx_t *x, const char *s, void *out, const field_t *f);
 static bool i_protocol(ctx_t *x, const char *s, void *out, const field_t *f);
 static bool i_host(ctx_t *x, const char *s, void *out, const field_t *f);
 static bool i_url(ctx_t *x, const char *s, void *out, const field_t *f);
@@ -224,6 +227,7 @@ static void resolve(ctx_t *x, svc_item_t *it);
 static bool load_doc(ctx_t *x, int slot, const char *file, const char *label, yaml_node_t **root);
 static void apply_env(ctx_t *x, const field_t *t, size_t nt, const char *prefix, void *obj);
 static void finish(ctx_t *x);
+static void check_guards(ctx_t *x);
 
 /* ---- field tables ------------------------------------------------------------------------ */
 
@@ -274,6 +278,19 @@ static const field_t limits_fields[] = {
     LIMIT(i_int, upstream_keepalive_pool_size, 0),
     LIMIT(i_int, upstream_keepalive_max_requests, 1),
     LIMIT(i_duration, upstream_keepalive_idle_timeout, 1),
+};
+
+#define GUARD(it, m, lo, hi) ONE(#m, it, mg_guards_t, m, .min = (lo), .max = (hi), .flags = F_ENV)
+#define MAX_RATE 1000000 /* events per period: beyond, the interval is under a microsecond */
+
+static const field_t guards_fields[] = {
+    GUARD(i_int, per_ip_connections, 0, INT_MAX),
+    GUARD(i_rate, per_ip_connection_rate, 0, MAX_RATE),
+    GUARD(i_rate, per_ip_request_rate, 0, MAX_RATE),
+    GUARD(i_int, per_ip_request_burst, 1, MAX_RATE),
+    LIST("exempt_ips", i_cidr, mg_guards_t, exempt_ips, nexempt_ips, .flags = F_ENV | F_LIST),
+    GUARD(i_int, ipv6_prefix, 1, 128),
+    GUARD(i_size, zone_size, MIN_GUARD_ZONE, 0),
 };
 
 /* A plugin's `service:`, `route:` and `consumer:` references in their mapping form. */
@@ -393,6 +410,12 @@ static const field_t top_fields[] = {
      .off = offsetof(mg_config_t, limits),
      .sub = limits_fields,
      .nsub = MG_ARRAY_SIZE(limits_fields),
+     .flags = F_SETTING},
+    {.name = "guards",
+     .parse = p_sub,
+     .off = offsetof(mg_config_t, guards),
+     .sub = guards_fields,
+     .nsub = MG_ARRAY_SIZE(guards_fields),
      .flags = F_SETTING},
     /* plugin names (a setting) and global plugin entities share the key: p_plugins sorts */
     {.name = "plugins", .parse = p_plugins, .flags = F_ENV | F_LIST},
@@ -602,6 +625,8 @@ static void type_error(ctx_t *x, const field_t *f)
         fail(x, "expected a size such as \"8m\"");
     } else if (f->item == i_workers) {
         fail(x, "expected \"auto\" or an integer");
+    } else if (f->item == i_rate) {
+        fail(x, "expected a rate such as \"10/s\" or \"600/m\"");
     } else {
         fail(x, "expected a string");
     }
@@ -1192,6 +1217,40 @@ static bool i_cidr(ctx_t *x, const char *s, void *out, const field_t *f)
     if (mg_cidr_parse(s, strlen(s), out)) return true;
     fail(x, "invalid IP or CIDR \"%s\"", s);
     return false;
+}
+
+/* "N", "N/s", "Nr/s" (per second) or "N/m", "Nr/m" (per minute) into an mg_rate_t; 0 is
+ * off whatever the unit. */
+static bool i_rate(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    char num[24];
+    size_t len = strspn(s, "0123456789");
+    const char *unit = s + len;
+    mg_rate_t r = {0, 1000};
+    long long n;
+    if (len == 0 || len >= sizeof(num)) {
+        type_error(x, f);
+        return false;
+    }
+    memcpy(num, s, len);
+    num[len] = '\0';
+    if (strcmp(unit, "r/m") == 0 || strcmp(unit, "/m") == 0)
+        r.per_ms = 60000;
+    else if (*unit && strcmp(unit, "r/s") != 0 && strcmp(unit, "/s") != 0) {
+        type_error(x, f);
+        return false;
+    }
+    if (!parse_ll(num, &n)) {
+        type_error(x, f);
+        return false;
+    }
+    if (n > f->max) {
+        range_error(x, f, n);
+        return false;
+    }
+    r.n = (unsigned)n;
+    memcpy(out, &r, sizeof(r));
+    return true;
 }
 
 static bool i_protocol(ctx_t *x, const char *s, void *out, const field_t *f)
@@ -1856,6 +1915,7 @@ static void add_name(named_t *v, size_t *n, const char *name, const char *path, 
 static void finish(ctx_t *x)
 {
     mg_config_t *cfg = x->cfg;
+    check_guards(x);
     route_item_t *lists[2] = {x->nested, x->top};
     size_t nsvcs = 0, nroutes = 0, nconsumers = 0, nplugins = 0, nenabled = 0;
     size_t nsvc_names = 0, nroute_names = 0, nusernames = 0, ncustom_ids = 0;
@@ -1956,6 +2016,15 @@ static void finish(ctx_t *x)
 }
 
 /* ---- files and the environment ----------------------------------------------------------- */
+
+/* Rules between the guards' settings, once the file and the environment are read. */
+static void check_guards(ctx_t *x)
+{
+    const mg_guards_t *g = &x->cfg->guards;
+    if (g->per_ip_request_burst && g->per_ip_request_rate.n == 0)
+        fail_at(x, "guards.per_ip_request_burst", "needs guards.per_ip_request_rate");
+    if (g->zone_size > MAX_GUARD_ZONE) fail_at(x, "guards.zone_size", "must be at most 1g");
+}
 
 /*
  * Loads one YAML document into x->docs[slot]. An empty file is an empty mapping. Problems are
@@ -2130,6 +2199,10 @@ static void set_defaults(ctx_t *x, mg_config_t *cfg)
         .upstream_keepalive_pool_size = 512,      /* Kong's default */
         .upstream_keepalive_max_requests = 10000, /* Kong's default */
         .upstream_keepalive_idle_timeout = 60000,
+    };
+    cfg->guards = (mg_guards_t){
+        .ipv6_prefix = 64,
+        .zone_size = 4 << 20,
     };
 }
 

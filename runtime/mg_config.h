@@ -44,6 +44,27 @@ typedef struct {
     unsigned upstream_keepalive_idle_timeout; /* default 60s */
 } mg_limits_t;
 
+/* A rate: `n` events per `per_ms` milliseconds; n == 0 means off. Written 20, "20/s",
+ * "20r/s" (per second) or "600/m", "600r/m" (per minute), nginx's limit_req notation. */
+typedef struct {
+    unsigned n;
+    unsigned per_ms;
+} mg_rate_t;
+
+/* Per-client-address guards (mg_guard.c), checked before routing and before any Lua. The
+ * address is the TCP peer's: they run before the head is read, so X-Forwarded-For and
+ * real_ip_header play no part. Every guard is off (0) by default. */
+typedef struct {
+    unsigned per_ip_connections;      /* concurrent connections, node-wide; beyond: closed */
+    mg_rate_t per_ip_connection_rate; /* new connections; beyond: closed at accept */
+    mg_rate_t per_ip_request_rate;    /* requests (token bucket); beyond: 429 */
+    unsigned per_ip_request_burst;    /* bucket size; 0 = one second's worth, at least 1 */
+    mg_cidr_t *exempt_ips;            /* CIDRs no guard applies to (health checkers) */
+    size_t nexempt_ips;
+    unsigned ipv6_prefix; /* IPv6 clients are counted per prefix of this length, default 64 */
+    size_t zone_size;     /* the shared table of tracked addresses, default 4m */
+} mg_guards_t;
+
 typedef struct mg_service_s {
     char *name;     /* may be NULL for unnamed services */
     char *protocol; /* "http" (https arrives with the TLS issue) */
@@ -166,6 +187,7 @@ typedef struct mg_config_s {
     char *real_ip_header;    /* default "X-Real-IP" (Kong's default) */
     char *request_id_header; /* default "X-Request-ID"; "off" disables -> NULL */
     mg_limits_t limits;
+    mg_guards_t guards;
 
     char **plugin_names; /* the `plugins:` setting as written ("bundled" included);
                             default ["bundled"] */

@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
+#include "mg_guard.h"
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_out.h"
@@ -52,15 +53,23 @@ static void pool_put(mg_pool_t *p)
     }
 }
 
-void mg_conn_accept(mg_listener_t *ls, int fd, const struct sockaddr *sa)
+void mg_conn_accept(mg_listener_t *ls, int fd, const struct sockaddr *sa, uint32_t guard_slot)
 {
     mg_conn_t *c = calloc(1, sizeof(*c));
     if (c == NULL) {
+        if (guard_slot != MG_GUARD_NONE) {
+            const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+            const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+            mg_guard_release(guard_slot, sa->sa_family,
+                             sa->sa_family == AF_INET ? (const uint8_t *)&in->sin_addr
+                                                      : (const uint8_t *)&in6->sin6_addr);
+        }
         close(fd);
         return;
     }
     c->s.fd = fd;
     c->ls = ls;
+    c->guard_slot = guard_slot;
     c->peer_family = (uint8_t)sa->sa_family;
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
@@ -205,6 +214,8 @@ static void conn_close(mg_conn_t *c)
     ev_io_stop(mg_worker.loop, &c->s.io);
     ev_timer_stop(mg_worker.loop, &c->s.timer);
     close(c->s.fd);
+    if (c->guard_slot != MG_GUARD_NONE)
+        mg_guard_release(c->guard_slot, c->peer_family, c->peer_addr);
     mg_buf_put(c->in);
     if (c->prev)
         c->prev->next = c->next;
@@ -295,7 +306,7 @@ static void conn_watch_while_waiting(mg_conn_t *c)
             return;
         }
         if (rc >= 400) {
-            mg_conn_respond_error(r, (unsigned)rc, NULL);
+            mg_conn_respond_error(r, (unsigned)rc, rc == 413 ? r->body_limit_message : NULL);
             return;
         }
     }
@@ -472,9 +483,33 @@ static size_t router_get_header(void *ud, mg_str_t name, mg_str_t *out, size_t m
 static void stage_route(mg_req_t *r);
 static void stage_access(mg_req_t *r);
 
+/* 429 from the per-address request guard: the gateway's JSON error, with Retry-After. */
+static void respond_too_many(mg_req_t *r, unsigned retry_after)
+{
+    char body[MG_HTTP_ERROR_BODY_MAX], headers[128];
+    size_t blen = mg_http_error_body(body, 429, "Too Many Requests");
+    int hlen = snprintf(headers, sizeof(headers),
+                        "Content-Type: application/json; charset=utf-8\r\nRetry-After: %u\r\n",
+                        retry_after);
+    if (mg_conn_stage_response(r, 429, body, blen, headers, (size_t)hlen) != MG_OK) {
+        conn_close(r->c);
+        return;
+    }
+    conn_write_plain(r->c);
+}
+
 static void conn_dispatch(mg_req_t *r)
 {
+    mg_conn_t *c = r->c;
     make_request_id(r);
+    if (MG_UNLIKELY(mg_guard.requests) && c->guard_slot != MG_GUARD_NONE) {
+        /* before routing and before any Lua: a flood costs a table lookup and an answer */
+        unsigned retry_after;
+        if (mg_guard_request(c->guard_slot, c->peer_family, c->peer_addr, &retry_after) != MG_OK) {
+            respond_too_many(r, retry_after);
+            return;
+        }
+    }
     if (mg_lua_global_mask(mg_lua) & MG_PHASE_REWRITE) {
         r->lua_stage = MG_LUA_STAGE_REWRITE;
         int rc = mg_lua_run_yieldable(r, MG_PHASE_REWRITE, -1);
@@ -575,12 +610,15 @@ static int write_local_response(mg_req_t *r, unsigned status, const char *body, 
     r->local_response = 1;
     r->head_sent = 1;
     const char *rid_name = mg_worker.cfg->request_id_header;
+    /* 204 and 304 have no body, and a 204 must not even say Content-Length (RFC 9110 8.6) */
+    bool no_body = status == 204 || status == 304;
+    char clen[48] = "";
+    if (!no_body) snprintf(clen, sizeof(clen), "Content-Length: %zu\r\n", blen);
     char head[512];
     int n =
         snprintf(head, sizeof(head),
-                 "HTTP/1.1 %u %s\r\nContent-Length: %zu\r\nServer: " MG_SERVER_NAME
-                 "\r\nDate: %s\r\n%s%s%.*s%s%s",
-                 status, mg_http_reason(status), blen, mg_http_date(),
+                 "HTTP/1.1 %u %s\r\n%sServer: " MG_SERVER_NAME "\r\nDate: %s\r\n%s%s%.*s%s%s",
+                 status, mg_http_reason(status), clen, mg_http_date(),
                  rid_name && r->rid.len ? rid_name : "", rid_name && r->rid.len ? ": " : "",
                  rid_name ? (int)r->rid.len : 0, r->rid.data ? r->rid.data : "",
                  rid_name && r->rid.len ? "\r\n" : "", r->keepalive ? "" : "Connection: close\r\n");
@@ -599,7 +637,7 @@ static int write_local_response(mg_req_t *r, unsigned status, const char *body, 
         mg_buf_append(r->out, "\r\n", 2);
     }
     mg_buf_append(r->out, "\r\n", 2);
-    if (r->msg.parser.method != HTTP_HEAD) mg_buf_append(r->out, body, blen);
+    if (r->msg.parser.method != HTTP_HEAD && !no_body) mg_buf_append(r->out, body, blen);
     return MG_OK;
 }
 

@@ -140,6 +140,11 @@ int mg_ipset_add(mg_ipset_t *set, const char *s, size_t len)
 {
     mg_cidr_t c;
     if (!mg_cidr_parse(s, len, &c)) return MG_ERROR;
+    return mg_ipset_add_cidr(set, &c);
+}
+
+int mg_ipset_add_cidr(mg_ipset_t *set, const mg_cidr_t *c)
+{
     if (set->n == set->cap) {
         size_t cap = set->cap ? set->cap * 2 : 8;
         ip_range_t *r = realloc(set->ranges, cap * sizeof(*r));
@@ -147,7 +152,7 @@ int mg_ipset_add(mg_ipset_t *set, const char *s, size_t len)
         set->ranges = r;
         set->cap = cap;
     }
-    cidr_range(&c, &set->ranges[set->n++]);
+    cidr_range(c, &set->ranges[set->n++]);
     return MG_OK;
 }
 

@@ -30,6 +30,8 @@ mg_ipset_t *mg_ipset_new(void);
 void mg_ipset_free(mg_ipset_t *set);
 /* Adds a block: MG_OK, MG_ERROR when `s` is not an address or CIDR (or memory ran out). */
 int mg_ipset_add(mg_ipset_t *set, const char *s, size_t len);
+/* The same for a block already parsed (settings keep mg_cidr_t lists). */
+int mg_ipset_add_cidr(mg_ipset_t *set, const mg_cidr_t *c);
 /* Sorts and merges what was added; call once after the adds, before lookups. */
 void mg_ipset_build(mg_ipset_t *set);
 /* 1 when the address (text) is in the set, 0 when not, -1 when it is not an address. */

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "mg_guard.h"
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_request.h"
@@ -307,6 +308,13 @@ static int master(mg_config_t *cfg)
                 continue;
             }
             unsigned n = (unsigned)MG_MIN(next->worker_processes, MAX_WORKERS);
+            char gerr[256];
+            if (mg_guard_sync(next, gerr, sizeof(gerr)) != MG_OK) {
+                mg_log_err("reload refused: %s", gerr);
+                mg_lua_close(next_lua);
+                mg_config_free(next);
+                continue;
+            }
             if (sync_listeners(next, n, true) != MG_OK) {
                 mg_log_err("reload refused: cannot open listeners");
                 mg_lua_close(next_lua);
@@ -356,6 +364,7 @@ static int master(mg_config_t *cfg)
                 procs[i] = procs[--nprocs];
                 bool current = dead.generation == generation;
                 bool crashed = !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+                if (crashed) mg_guard_worker_died(); /* its connections' counts are lost */
                 if (current && !stopping) {
                     mg_log_err("worker %d (slot %u) %s; respawning", (int)pid, dead.slot,
                                WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "exited");
@@ -421,6 +430,12 @@ static int cmd_run(bool daemonize)
         }
     }
     raise_nofile_limit(cfg);
+    char gerr[256];
+    if (mg_guard_sync(cfg, gerr, sizeof(gerr)) != MG_OK) {
+        fprintf(stderr, "moongate: %s\n", gerr);
+        mg_log_crit("%s", gerr);
+        return 1;
+    }
     return cfg->master_process ? master(cfg) : single_process(cfg);
 }
 

@@ -61,7 +61,8 @@ struct mg_conn_s {
     uint8_t peer_family;
     uint16_t peer_port;
     uint8_t peer_addr[16];
-    unsigned requests; /* served on this connection */
+    unsigned requests;   /* served on this connection */
+    uint32_t guard_slot; /* its entry in the guards' table, MG_GUARD_NONE when unguarded */
     const mg_listener_t *ls;
     mg_buf_t *in;           /* client bytes not yet consumed; NULL while idle */
     mg_req_t *r;            /* the current request, NULL while idle */
@@ -150,7 +151,9 @@ struct mg_req_s {
 };
 
 /* mg_conn.c */
-void mg_conn_accept(mg_listener_t *ls, int fd, const struct sockaddr *sa);
+/* Takes a connection just accepted on ls from sa; guard_slot is what mg_guard_accept gave
+ * (the connection gives it back when it closes, whatever happens). */
+void mg_conn_accept(mg_listener_t *ls, int fd, const struct sockaddr *sa, uint32_t guard_slot);
 /* True when the client connection may serve another request after r: the client asked for
  * keep-alive, and neither draining nor keepalive_timeout/keepalive_requests forbid it. */
 bool mg_conn_may_keepalive(const mg_req_t *r);

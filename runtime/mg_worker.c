@@ -12,6 +12,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 
+#include "mg_guard.h"
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_lua_socket.h"
@@ -42,9 +43,18 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             close(fd);
             continue;
         }
+        uint32_t slot = MG_GUARD_NONE;
+        if (MG_UNLIKELY(mg_guard.on) && mg_guard_accept((struct sockaddr *)&ss, &slot) != MG_OK) {
+            /* a reset, not a FIN: the refused socket leaves no TIME_WAIT behind on our side,
+             * which a flood would otherwise pile up */
+            struct linger lg = {1, 0};
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+            close(fd);
+            continue;
+        }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        mg_conn_accept(ls, fd, (struct sockaddr *)&ss);
+        mg_conn_accept(ls, fd, (struct sockaddr *)&ss, slot);
     }
 }
 
@@ -106,6 +116,7 @@ int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned
         return MG_ERROR;
     }
     if (mg_upstream_init(cfg) != MG_OK) return MG_ERROR;
+    if (mg_guard_init_worker(cfg) != MG_OK) return MG_ERROR;
     if (getrandom(&mg_worker.rid_seed, sizeof(mg_worker.rid_seed), 0) < 0)
         mg_worker.rid_seed = (uint64_t)getpid() * 0x9E3779B97F4A7C15ULL ^ (uint64_t)ev_time();
     mg_worker.listeners = calloc(nfds ? nfds : 1, sizeof(mg_listener_t));
@@ -152,6 +163,7 @@ int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned
     mg_upstream_pool_close_all();
     mg_lua_socket_pool_close_all();
     mg_router_free(mg_worker.router);
+    mg_guard_exit_worker();
     free(mg_worker.listeners);
     mg_buf_drain();
     ev_loop_destroy(mg_worker.loop);

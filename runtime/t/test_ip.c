@@ -168,4 +168,22 @@ TEST(random_set_agrees_with_linear_scan)
     mg_ipset_free(s);
 }
 
+TEST(ipset_add_cidr_takes_parsed_blocks)
+{
+    static const char *const blocks[] = {"10.0.0.0/8", "2001:db8::/32", "::ffff:192.0.2.1"};
+    mg_ipset_t *s = mg_ipset_new();
+    for (size_t i = 0; i < 3; i++) {
+        mg_cidr_t c;
+        CHECK(mg_cidr_parse(blocks[i], strlen(blocks[i]), &c));
+        CHECK_INT(mg_ipset_add_cidr(s, &c), MG_OK);
+    }
+    mg_ipset_build(s);
+    CHECK_INT(has(s, "10.255.0.1"), 1);
+    CHECK_INT(has(s, "11.0.0.1"), 0);
+    CHECK_INT(has(s, "2001:db8:ffff::1"), 1);
+    CHECK_INT(has(s, "192.0.2.1"), 1); /* the mapped block was folded to IPv4 */
+    CHECK_INT(has(s, "192.0.2.2"), 0);
+    mg_ipset_free(s);
+}
+
 TEST_MAIN()

@@ -124,6 +124,7 @@ describe("request-termination", function()
         local res = assert(c:read_response())
         assert.equal(status, res.status)
         assert.is_nil(res.headers["content-type"])
+        assert.is_nil(res.headers["content-length"])   -- RFC 9110 8.6: never on a 204
         -- nothing follows the head: the next response on the connection is read cleanly
         assert(c:send("GET /default HTTP/1.1\r\nHost: x\r\n\r\n"))
         res = assert(c:read_response())
