@@ -1912,10 +1912,40 @@ static void add_name(named_t *v, size_t *n, const char *name, const char *path, 
  * group in file order). Plugins of a disabled service or of its routes, or that reference
  * one, are left out with them.
  */
+/* Dictionaries the bundled plugins count on, declared unless the config declares them itself
+ * (Kong's nginx template always declares its counters the same way): rate-limiting's local
+ * policy keeps its counters in `rate_limit`. Shared memory is touched only as it is used. */
+static const mg_shdict_conf_t default_dicts[] = {{"rate_limit", 12u << 20}};
+
+static void add_default_dicts(ctx_t *x)
+{
+    mg_config_t *cfg = x->cfg;
+    size_t n = cfg->nshared_dicts, add = 0;
+    bool missing[MG_ARRAY_SIZE(default_dicts)];
+    for (size_t d = 0; d < MG_ARRAY_SIZE(default_dicts); d++) {
+        missing[d] = true;
+        for (size_t i = 0; i < n; i++)
+            if (strcmp(cfg->shared_dicts[i].name, default_dicts[d].name) == 0) missing[d] = false;
+        add += missing[d];
+    }
+    if (add == 0) return;
+    mg_shdict_conf_t *all = zalloc(x, cfg->pool, (n + add + 1) * sizeof(mg_shdict_conf_t));
+    if (n) memcpy(all, cfg->shared_dicts, n * sizeof(mg_shdict_conf_t));
+    for (size_t d = 0; d < MG_ARRAY_SIZE(default_dicts); d++) {
+        if (!missing[d]) continue;
+        all[n].name = sdup(x, default_dicts[d].name);
+        all[n].size = default_dicts[d].size;
+        n++;
+    }
+    cfg->shared_dicts = all;
+    cfg->nshared_dicts = n;
+}
+
 static void finish(ctx_t *x)
 {
     mg_config_t *cfg = x->cfg;
     check_guards(x);
+    add_default_dicts(x);
     route_item_t *lists[2] = {x->nested, x->top};
     size_t nsvcs = 0, nroutes = 0, nconsumers = 0, nplugins = 0, nenabled = 0;
     size_t nsvc_names = 0, nroute_names = 0, nusernames = 0, ncustom_ids = 0;

@@ -11,4 +11,5 @@ return {
   "bot-detection",
   "request-size-limiting",
   "request-termination",
+  "rate-limiting",
 }

@@ -159,7 +159,11 @@ TEST(defaults_apply_when_settings_are_absent)
     CHECK_INT(cfg->nplugin_names, 1);
     CHECK_STR(cfg->plugin_names[0], "bundled");
     CHECK(cfg->lua_package_path == NULL);
-    CHECK_INT(cfg->nshared_dicts, 0);
+    CHECK_INT(cfg->nshared_dicts, 1); /* rate-limiting's, declared by default */
+    if (cfg->nshared_dicts == 1) {
+        CHECK_STR(cfg->shared_dicts[0].name, "rate_limit");
+        CHECK_INT(cfg->shared_dicts[0].size, 12 << 20);
+    }
     CHECK_INT(cfg->nplugins, 0);
     CHECK_INT(cfg->nconsumers, 0);
 
@@ -1353,13 +1357,14 @@ TEST(shared_dicts_setting)
     mg_config_errors_t e;
     mg_config_t *cfg = LOAD_OK("shared_dicts: {_a1: 32k, Big: 1g, c: 40000}\n", &e);
     if (cfg) {
-        CHECK_INT(cfg->nshared_dicts, 3);
-        if (cfg->nshared_dicts == 3) {
+        CHECK_INT(cfg->nshared_dicts, 4); /* and rate-limiting's default one, last */
+        if (cfg->nshared_dicts == 4) {
             CHECK_STR(cfg->shared_dicts[0].name, "_a1");
             CHECK_INT(cfg->shared_dicts[0].size, 32768);
             CHECK_STR(cfg->shared_dicts[1].name, "Big");
             CHECK_INT(cfg->shared_dicts[1].size, 1 << 30);
             CHECK_INT(cfg->shared_dicts[2].size, 40000);
+            CHECK_STR(cfg->shared_dicts[3].name, "rate_limit");
         }
     }
     mg_config_free(cfg);

@@ -15,8 +15,6 @@ local fmt = string.format
 
 local PWD = os.getenv("PWD")
 local PLUGIN_PATH = PWD .. "/spec/fixtures/plugins/?.lua;;"
-local OWN_PID = tonumber((helpers.read_file("/proc/self/stat") or ""):match("^(%d+)"))
-local REDIS = os.getenv("MOONGATE_REDIS_SERVER") or "redis-server"
 local NIL = "<nil>"
 local PASSWORD = "s3cret pass"
 
@@ -43,39 +41,6 @@ local function rcmd(port, ...)
   return reply
 end
 
--- redis-server on a free port, in a child process with a watchdog that stops it once this
--- process is gone; nothing is written to disk.
-local function redis_server(extra)
-  local port = helpers.get_free_port()
-  local dir = helpers.run("mktemp -d /tmp/moongate-spec.redis.XXXXXX"):match("%S+")
-  local cmd = fmt("%s --port %d --bind 127.0.0.1 --save '' --appendonly no --dir %s %s",
-                  REDIS, port, helpers.shell_quote(dir), extra or "")
-  local out = helpers.run(fmt("%s >%s 2>&1 </dev/null & c=$!; echo \"pid=$c\"; "
-    .. "( while kill -0 $c; do kill -0 %d || { kill $c; exit 0; }; sleep 1; done ) "
-    .. ">/dev/null 2>&1 </dev/null &", cmd, helpers.shell_quote(dir .. "/redis.log"), OWN_PID))
-  local pid = assert(tonumber(out:match("pid=(%d+)")), "could not start " .. REDIS)
-  local srv = { pid = pid, port = port, dir = dir }
-  function srv.stop()
-    assert(pid > 1)
-    os.execute("kill " .. pid .. " 2>/dev/null")
-    helpers.eventually(function()
-      local stat = helpers.read_file("/proc/" .. pid .. "/stat")
-      assert(not stat or stat:match("^%d+ %b() [ZX]"), "redis-server still runs")
-    end, 5)
-    if dir:match("^/tmp/moongate%-spec%.redis%.") then os.execute("rm -rf " .. dir) end
-  end
-  helpers.eventually(function()
-    local c = assert(socket.connect("127.0.0.1", port))
-    c:settimeout(1)
-    c:send("PING\r\n")
-    local line = c:receive("*l")
-    c:close()
-    assert(line == "+PONG" or (line or ""):match("^%-NOAUTH"),
-           "redis did not start: " .. (helpers.read_file(dir .. "/redis.log") or ""))
-  end, 10)
-  return srv
-end
-
 local function settings(up)
   return {
     lua_package_path = PLUGIN_PATH,
@@ -100,8 +65,8 @@ describe("moongate.redis", function()
   end
 
   lazy_setup(function()
-    red = redis_server()
-    red_auth = redis_server("--requirepass " .. helpers.shell_quote(PASSWORD))
+    red = helpers.redis_server()
+    red_auth = helpers.redis_server({ args = "--requirepass " .. helpers.shell_quote(PASSWORD) })
     up = helpers.upstream()
     gw = helpers.start(settings(up))
   end)

@@ -1161,6 +1161,71 @@ function Upstream:set_mode(mode)
 end
 
 --------------------------------------------------------------------------------------------
+-- Redis
+--------------------------------------------------------------------------------------------
+
+--- Starts a real `redis-server` ($MOONGATE_REDIS_SERVER, default "redis-server") on a free
+-- 127.0.0.1 port, keeping nothing on disk (`--save "" --appendonly no`, its dir a prefix).
+-- Like every process started here it is stopped when this Lua process goes away.
+-- @tparam[opt] table opts `args` (more command-line arguments, one string, e.g.
+-- "--requirepass secret"), `port` (default: a free one)
+-- @return a server: `.port`, `.pid`, `.prefix`, `.stop()` (SIGTERM, then SIGKILL),
+-- `.kill()` (SIGKILL: an outage, no goodbye to clients), `.restart()` (a new, empty server
+-- on the same port with the same arguments). Raises if it does not answer PING within 10 s.
+function _M.redis_server(opts)
+  opts = opts or {}
+  local bin = os.getenv("MOONGATE_REDIS_SERVER") or "redis-server"
+  local srv = { port = opts.port or _M.get_free_port(), prefix = make_prefix("redis") }
+  tracked[#tracked + 1] = srv
+
+  local function answers()
+    local c = socket.tcp4()
+    c:settimeout(1)
+    if c:connect("127.0.0.1", srv.port) ~= 1 then
+      c:close()
+      return false
+    end
+    c:send("PING\r\n")
+    local line = c:receive("*l")
+    c:close()
+    return line == "+PONG" or (line or ""):match("^%-NOAUTH") ~= nil
+  end
+
+  local function start()
+    local cmd = fmt("exec %s --port %d --bind 127.0.0.1 --save '' --appendonly no --dir %s %s",
+                    shell_quote(bin), srv.port, shell_quote(srv.prefix), opts.args or "")
+    srv.proc = spawn(cmd, srv.prefix)
+    srv.pid = srv.proc.pid
+    local deadline = _M.now() + START_TIMEOUT
+    while _M.now() < deadline do
+      if answers() then return end
+      if not proc_running(srv.proc) then break end
+      _M.sleep(0.02)
+    end
+    terminate({ srv.proc }, nil, 2)
+    error(fmt("redis-server did not start on port %d: %s%s", srv.port,
+              read_file(srv.proc.out) or "", read_file(srv.proc.err) or ""), 3)
+  end
+
+  function srv.stop()
+    terminate({ srv.proc }, nil, 5)
+  end
+
+  function srv.kill()
+    signal_pid(srv.proc.pid, "KILL")
+    proc_wait(srv.proc, 5)
+  end
+
+  function srv.restart()
+    if proc_running(srv.proc) then srv.stop() end
+    start()
+  end
+
+  start()
+  return srv
+end
+
+--------------------------------------------------------------------------------------------
 -- Gateway
 --------------------------------------------------------------------------------------------
 
