@@ -2,7 +2,7 @@
 # bench/run.sh — moongate against nginx and nginx+lua, on this machine, in about four minutes.
 #
 #   bench/run.sh /abs/path/build/moongate        (what `make bench` runs)
-#   SCENARIOS=plugin,auth bench/run.sh …        (a subset; default: proxy,plugin,auth,keyauth,jwt)
+#   SCENARIOS=plugin,auth bench/run.sh …        (a subset; default: every scenario below)
 #
 # One upstream for every scenario, all on 127.0.0.1 with free ports and everything in a temp dir:
 #   upstream   nginx, 1 worker, `return 200 "hello world\n"`, keep-alive
@@ -22,6 +22,11 @@
 #           with openssl at start) vs nginx+lua decoding, looking up and verifying the same
 #           tokens with OpenSSL through the FFI (bench/plugins/nginx/bench_jwt.lua); wrk rotates
 #           100 tokens signed by openssl
+#   ratelimit        moongate's bundled rate-limiting (policy local, limit_by ip, a minute limit
+#                    never reached) vs nginx+lua with a lua_shared_dict fixed-window counter and
+#                    the same response headers (bench/plugins/nginx/bench_ratelimit.lua)
+#   ratelimit_redis  the same with policy redis vs nginx+lua doing one EVALSHA per request over
+#                    a keepalive cosocket; one redis-server started by the bench
 # and measures, for each proxy of each scenario:
 #   1. throughput and latency: wrk -t1 -c50, ROUNDS interleaved rounds, medians; worker CPU time
 #      per request; upstream connections opened per request (the upstream's stub_status);
@@ -40,7 +45,7 @@
 set -euo pipefail
 
 MG_BIN=${1:?usage: bench/run.sh /abs/path/to/moongate}
-SCENARIOS=${SCENARIOS:-proxy,plugin,auth,keyauth,jwt}
+SCENARIOS=${SCENARIOS:-proxy,plugin,auth,keyauth,jwt,ratelimit,ratelimit_redis}
 BENCH_SECONDS=${BENCH_SECONDS:-5}
 ROUNDS=${ROUNDS:-5}
 WARMUP_SECONDS=${WARMUP_SECONDS:-2}
@@ -66,7 +71,7 @@ log() { printf '[%4ds] %s\n' $(($(date +%s) - T0)) "$*" >&2; }
 
 SCN_LIST=$(echo "$SCENARIOS" | tr ',' ' ')
 for scn in $SCN_LIST; do
-    case "$scn" in proxy | plugin | auth | keyauth | jwt) ;; *) die "SCENARIOS: unknown scenario '$scn' (proxy, plugin, auth, keyauth, jwt)" ;; esac
+    case "$scn" in proxy | plugin | auth | keyauth | jwt | ratelimit | ratelimit_redis) ;; *) die "SCENARIOS: unknown scenario '$scn' (proxy, plugin, auth, keyauth, jwt, ratelimit, ratelimit_redis)" ;; esac
 done
 [ -n "$SCN_LIST" ] || die "SCENARIOS is empty"
 
@@ -306,6 +311,9 @@ end
 EOF
 fi
 
+# "ratelimit_redis": one redis-server, shared by both proxies (started below, once `start` exists)
+REDIS_PORT=0
+
 # start NAME CPU-PREFIX PORT CMD...: start in the background, record the pid, wait for the port.
 declare -A MASTER WORKER
 start() {
@@ -324,6 +332,15 @@ start() {
     }
     check_owner "$port" "$pid"
 }
+
+if [[ " $SCN_LIST " == *" ratelimit_redis "* ]]; then
+    command -v redis-server >/dev/null || die "redis-server not found (scripts/deps.sh test)"
+    free_port
+    REDIS_PORT=$PORT_OUT
+    log "starting redis-server (:$REDIS_PORT)"
+    start redis "$ON_LOAD" "$REDIS_PORT" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+        --save "" --appendonly no --dir "$TMP"
+fi
 
 log "starting the upstream (:$UP_PORT)"
 start upstream "$ON_LOAD" "$UP_PORT" "$NGINX" -c "$TMP/upstream.conf" -p "$TMP" -e "$TMP/upstream.error.log"
@@ -376,6 +393,11 @@ EOF
         echo "    lua_package_path \"$BENCH_DIR/plugins/nginx/?.lua;;\";"
         echo "    init_by_lua_block { bench_keyauth = require \"bench_keyauth\" }"
     fi
+    if [ "$mode" = ratelimit ] || [ "$mode" = ratelimit_redis ]; then
+        echo "    lua_package_path \"$BENCH_DIR/plugins/nginx/?.lua;;\";"
+        echo "    lua_shared_dict bench_counters 12m;"
+        echo "    init_by_lua_block { bench_ratelimit = require \"bench_ratelimit\"; bench_ratelimit.init(\"bench_counters\", $REDIS_PORT) }"
+    fi
     if [ "$mode" = jwt ]; then
         echo "    lua_package_path \"$BENCH_DIR/plugins/nginx/?.lua;;\";"
         echo "    init_by_lua_block { bench_jwt = require \"bench_jwt\"; bench_jwt.init(\"$TMP/jwt.pub\") }"
@@ -399,6 +421,8 @@ EOF
         ;;
     keyauth) echo "            access_by_lua_block { bench_keyauth.access() }" ;;
     jwt) echo "            access_by_lua_block { bench_jwt.access() }" ;;
+    ratelimit) echo "            access_by_lua_block { bench_ratelimit.access_local() }" ;;
+    ratelimit_redis) echo "            access_by_lua_block { bench_ratelimit.access_redis() }" ;;
     esac
     cat <<EOF
             proxy_pass http://backend;
@@ -455,6 +479,8 @@ EOF
             printf '  - { username: consumer-%d, keyauth_credentials: [{ key: key-%d }], acls: [{ group: users }] }\n' "$i" "$i"
         done
         ;;
+    ratelimit) echo "        plugins: [{ name: rate-limiting, config: { minute: 1000000000, limit_by: ip, policy: local } }]" ;;
+    ratelimit_redis) echo "        plugins: [{ name: rate-limiting, config: { minute: 1000000000, limit_by: ip, policy: redis, redis: { host: 127.0.0.1, port: $REDIS_PORT } } }]" ;;
     jwt)
         echo "        plugins: [{ name: jwt }]"
         echo "consumers:"
@@ -552,7 +578,7 @@ run_scenario() {
             ;;
         *)
             local mode=plain
-            [ "$s" = nginx+lua ] && case "$scn" in proxy) mode=host ;; plugin) mode=header ;; auth) mode=auth ;; keyauth) mode=keyauth ;; jwt) mode=jwt ;; esac
+            [ "$s" = nginx+lua ] && case "$scn" in proxy) mode=host ;; plugin) mode=header ;; auth) mode=auth ;; keyauth) mode=keyauth ;; jwt) mode=jwt ;; ratelimit) mode=ratelimit ;; ratelimit_redis) mode=ratelimit_redis ;; esac
             nginx_proxy_conf "$scn" "$scn.$k" "${port_of[$s]}" on "$mode" >"$TMP/$scn.$k.conf"
             nginx_proxy_conf "$scn" "$scn.$k.cg" "${cgport_of[$s]}" off "$mode" >"$TMP/$scn.$k.cg.conf"
             "$NGINX" -t -q -c "$TMP/$scn.$k.conf" -p "$TMP" -e "$TMP/$scn.$k.error.log" 2>"$TMP/$scn.$k.t.out" ||
@@ -846,6 +872,16 @@ section() { # SCENARIO
         echo
         echo "moongate with its bundled \`jwt\` (100 consumers with RS256 \`jwt_secrets\` sharing one RSA 2048 key) vs nginx+lua doing the same in \`access_by_lua\` (bench/plugins/nginx/bench_jwt.lua: split, base64url-decode, cjson, lookup by \`iss\`, \`alg\` check, \`EVP_DigestVerify\` through the FFI, the same upstream headers); requests rotate 100 tokens signed by openssl. Not a target in the issue: reported for both."
         ;;
+    ratelimit)
+        echo "## ratelimit: bundled rate-limiting, policy local"
+        echo
+        echo "moongate with its bundled \`rate-limiting\` (\`minute: 1e9, limit_by: ip, policy: local\`: one atomic incr in the shared dictionary per request, five response headers) vs nginx+lua doing the same with a \`lua_shared_dict\` fixed-window counter in \`access_by_lua\` (bench/plugins/nginx/bench_ratelimit.lua)."
+        ;;
+    ratelimit_redis)
+        echo "## ratelimit_redis: bundled rate-limiting, policy redis"
+        echo
+        echo "The same with \`policy: redis\` (one EVALSHA per request on a pooled connection) vs nginx+lua sending one EVALSHA per request over an \`ngx.socket.tcp\` keepalive connection; one redis-server on the same machine. Not a target in the issue: reported beside the local policy."
+        ;;
     esac
     echo
     echo "- noise: ${SCN_LOAD[$scn]}; other processes took ${SCN_FOREIGN[$scn]}% of one CPU during the rounds"
@@ -886,7 +922,7 @@ section() { # SCENARIO
     printf '%s' "${SCN_NOTES[$scn]}"
     if [ "$scn" = proxy ]; then
         echo "Ratios: above 1 is better for requests/s, below 1 is better for everything else (see bench/README.md)."
-    elif [ "$scn" != jwt ]; then
+    elif [ "$scn" != jwt ] && [ "$scn" != ratelimit_redis ]; then
         targets "$scn"
     fi
     echo

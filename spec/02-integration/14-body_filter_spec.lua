@@ -82,19 +82,18 @@ describe("body_filter", function()
   end)
 
   it("calls body_filter once (empty chunk, eof) for responses without a body", function()
-    local function once_count()
-      local _, n = gw:error_log():gsub("upcase saw 1 pieces", "")
-      return n
-    end
-    local before = once_count()
     -- HEAD and 204: the filter runs (plugins finish what they started), its output is dropped
-    local res = assert(gw:request({ method = "HEAD", path = "/trailer/h" }))
+    local res = assert(gw:request({ method = "HEAD", path = "/trailer/head-once" }))
     assert.equal(200, res.status)
     assert.equal("", res.body or "")
-    res = assert(gw:get("/trailer/n", { headers = { ["X-Upstream-Mode"] = "status:204" } }))
+    res = assert(gw:get("/trailer/nocontent-once",
+                        { headers = { ["X-Upstream-Mode"] = "status:204" } }))
     assert.equal(204, res.status)
     assert.equal("", res.body or "")
-    helpers.eventually(function() assert.equal(before + 2, once_count()) end, 3)
+    helpers.eventually(function()
+      assert.matches("upcase saw 1 pieces for /trailer/head%-once", gw:error_log())
+      assert.matches("upcase saw 1 pieces for /trailer/nocontent%-once", gw:error_log())
+    end, 3)
   end)
 
   it("lets body_filter give an empty 200 a body", function()
