@@ -29,6 +29,7 @@
 #include <pcre2.h>
 
 #include "mg_config.h"
+#include "mg_tls.h"
 
 #define NONE SIZE_MAX     /* field offset: validate the value, store it nowhere */
 #define BAD_LIST SIZE_MAX /* list_of(): the node is not a list */
@@ -79,6 +80,8 @@ typedef struct svc_item_s {
     mg_service_t s;
     bool enabled;
     char *path; /* "services[2]", for messages that come after the walk */
+    /* valid and enabled: finish() resolves its host unless it names an upstream */
+    bool to_resolve;
     mg_service_t *final;
     struct svc_item_s *next;
 } svc_item_t;
@@ -91,6 +94,22 @@ typedef struct route_item_s {
     int final; /* index in cfg->routes, -1 when left out (disabled service) */
     struct route_item_s *next;
 } route_item_t;
+
+typedef struct upstream_item_s {
+    mg_upstream_t u;
+    char *path; /* "upstreams[1]" */
+    size_t ntargets;
+    struct target_item_s *targets, **targets_tail;
+    struct upstream_item_s *next;
+} upstream_item_t;
+
+typedef struct target_item_s {
+    mg_target_t t;
+    char *path;
+    char *upstream_name; /* top-level targets: `upstream:` as written */
+    bool resolved;
+    struct target_item_s *next, *sibling; /* x->targets; the upstream's list */
+} target_item_t;
 
 typedef struct consumer_item_s {
     mg_consumer_t c;
@@ -140,6 +159,8 @@ struct ctx_s {
     svc_item_t *svcs, **svcs_tail;
     route_item_t *nested, **nested_tail, *top, **top_tail;
     consumer_item_t *consumers, **consumers_tail;
+    upstream_item_t *upstreams, **upstreams_tail;
+    target_item_t *targets, **targets_tail; /* nested and top-level, in file order */
     plugin_item_t *plugins[PS_COUNT], **plugins_tail[PS_COUNT];
     size_t entity_index; /* p_entities: the position of the entity being parsed */
     bool quiet;          /* parse_map: key problems were reported by the value conversion */
@@ -179,6 +200,7 @@ static void p_entities(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_mapping(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_records(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_unsupported(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
+static void p_value(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_plugins(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_plugin_ref(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_shared_dicts(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
@@ -206,6 +228,7 @@ static const char *check_name(ctx_t *x, char *s);
 static const char *check_plugin_name(ctx_t *x, char *s);
 static const char *check_tag(ctx_t *x, char *s);
 static const char *check_header_name(ctx_t *x, char *s);
+static const char *check_cookie(ctx_t *x, char *s);
 static const char *check_header_value(ctx_t *x, char *s);
 static const char *check_service_path(ctx_t *x, char *s);
 static const char *check_route_host(ctx_t *x, char *s);
@@ -220,6 +243,15 @@ static void parse_service_plugin(ctx_t *x, yaml_node_t *n, void *parent);
 static void parse_route_plugin(ctx_t *x, yaml_node_t *n, void *parent);
 static void parse_consumer_plugin(ctx_t *x, yaml_node_t *n, void *parent);
 static void parse_consumer(ctx_t *x, yaml_node_t *n, void *parent);
+static void parse_upstream(ctx_t *x, yaml_node_t *n, void *parent);
+static void parse_target(ctx_t *x, yaml_node_t *n, void *parent);
+static void p_target_upstream(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
+static bool i_target(ctx_t *x, const char *s, void *out, const field_t *f);
+static void finish_upstreams(ctx_t *x);
+static int named_cmp(const void *a, const void *b);
+static void unique(ctx_t *x, named_t *v, size_t n, const char *field, const char *what);
+static void *lookup(const named_t *v, size_t n, const char *name);
+static void add_name(named_t *v, size_t *n, const char *name, const char *path, void *item);
 static mg_value_t *value_of(ctx_t *x, yaml_node_t *n);
 static const mg_value_t *value_get(const mg_value_t *map, const char *key);
 static void resolve(ctx_t *x, svc_item_t *it);
@@ -278,6 +310,7 @@ static const field_t limits_fields[] = {
     LIMIT(i_int, upstream_keepalive_pool_size, 0),
     LIMIT(i_int, upstream_keepalive_max_requests, 1),
     LIMIT(i_duration, upstream_keepalive_idle_timeout, 1),
+    LIMIT(i_duration, tls_handshake_timeout, 1),
 };
 
 #define GUARD(it, m, lo, hi) ONE(#m, it, mg_guards_t, m, .min = (lo), .max = (hi), .flags = F_ENV)
@@ -340,7 +373,8 @@ static const field_t route_fields[] = {
     ONE("strip_path", i_bool, route_item_t, r.strip_path),
     ONE("preserve_host", i_bool, route_item_t, r.preserve_host),
     SKIP("path_handling", i_enum, .choices = path_handlings),
-    SKIP("https_redirect_status_code", i_enum, .choices = redirect_codes),
+    ONE("https_redirect_status_code", i_enum, route_item_t, r.https_redirect,
+        .choices = redirect_codes),
     SKIP("request_buffering", i_bool),
     SKIP("response_buffering", i_bool),
     NESTED_PLUGINS(parse_route_plugin),
@@ -382,6 +416,50 @@ static const field_t consumer_fields[] = {
     CREDENTIALS("jwt_secrets"),
     CREDENTIALS("hmacauth_credentials"),
     CREDENTIALS("acls"),
+    TAGS,
+};
+
+static const char *const lb_algorithms[] = {"round-robin", "least-connections",
+                                            "consistent-hashing", "latency", NULL};
+/* in MG_HASH_* order */
+static const char *const hash_inputs[] = {"none", "consumer",  "ip",          "header", "cookie",
+                                          "path", "query_arg", "uri_capture", NULL};
+
+static const field_t target_upstream_ref[] = {ONE("name", i_string, target_item_t, upstream_name)};
+
+static const field_t target_fields[] = {
+    {.name = "target", .parse = p_one, .item = i_target, .off = 0}, /* fills host and port */
+    ONE("weight", i_int, target_item_t, t.weight, .max = 65535),
+    {.name = "upstream", .parse = p_target_upstream, .sub = target_upstream_ref, .nsub = 1},
+    SKIP("id", i_string),
+    TAGS,
+};
+
+#define HASH_NAME(m) ONE(#m, i_string, upstream_item_t, u.m, .check = check_header_name)
+
+static const field_t upstream_fields[] = {
+    ONE("name", i_string, upstream_item_t, u.name, .check = check_name),
+    ONE("algorithm", i_enum, upstream_item_t, u.algorithm, .choices = lb_algorithms),
+    ONE("hash_on", i_enum, upstream_item_t, u.hash_on, .choices = hash_inputs),
+    ONE("hash_fallback", i_enum, upstream_item_t, u.hash_fallback, .choices = hash_inputs),
+    HASH_NAME(hash_on_header),
+    HASH_NAME(hash_fallback_header),
+    ONE("hash_on_cookie", i_string, upstream_item_t, u.hash_on_cookie, .check = check_cookie),
+    ONE("hash_on_cookie_path", i_string, upstream_item_t, u.hash_on_cookie_path,
+        .check = check_service_path),
+    ONE("hash_on_query_arg", i_string, upstream_item_t, u.hash_on_query_arg),
+    ONE("hash_fallback_query_arg", i_string, upstream_item_t, u.hash_fallback_query_arg),
+    SKIP("hash_on_uri_capture", i_string),
+    SKIP("hash_fallback_uri_capture", i_string),
+    ONE("slots", i_int, upstream_item_t, u.slots, .min = 10, .max = 65536),
+    ONE("host_header", i_host, upstream_item_t, u.host_header),
+    {.name = "targets", .parse = p_entities, .entity = parse_target},
+    /* Kong's exports always carry healthchecks: accepted as a mapping, acted on once health
+     * checks land (issue 6 item 2) */
+    {.name = "healthchecks", .parse = p_mapping},
+    {.name = "client_certificate", .parse = p_unsupported},
+    SKIP("use_srv_name", i_bool),
+    SKIP("id", i_string),
     TAGS,
 };
 
@@ -428,11 +506,14 @@ static const field_t top_fields[] = {
     {.name = "services", .parse = p_entities, .entity = parse_service, .flags = F_ENTITY},
     {.name = "routes", .parse = p_entities, .entity = parse_route, .flags = F_ENTITY},
     {.name = "consumers", .parse = p_entities, .entity = parse_consumer, .flags = F_ENTITY},
-    UNSUPPORTED("upstreams"),
-    UNSUPPORTED("targets"),
-    UNSUPPORTED("certificates"),
+    {.name = "upstreams", .parse = p_entities, .entity = parse_upstream, .flags = F_ENTITY},
+    {.name = "targets", .parse = p_entities, .entity = parse_target, .flags = F_ENTITY},
+    {.name = "certificates",
+     .parse = p_value,
+     .off = offsetof(mg_config_t, certificates),
+     .flags = F_ENTITY},
     UNSUPPORTED("ca_certificates"),
-    UNSUPPORTED("snis"),
+    {.name = "snis", .parse = p_value, .off = offsetof(mg_config_t, snis), .flags = F_ENTITY},
 };
 
 #define HAS(seen, table, name) has(seen, table, MG_ARRAY_SIZE(table), name)
@@ -790,6 +871,12 @@ static void p_records(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
 static void p_unsupported(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
 {
     fail(x, "not supported yet");
+}
+
+/* Kept as a value tree, validated by its owner (certificates and snis: mg_tls.c). */
+static void p_value(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
+{
+    *(mg_value_t **)((char *)obj + f->off) = value_of(x, n);
 }
 
 /*
@@ -1446,6 +1533,12 @@ static const char *check_header_name(ctx_t *x, char *s)
     return check_token(x, s, "header name");
 }
 
+/* A cookie name is a token (RFC 6265). */
+static const char *check_cookie(ctx_t *x, char *s)
+{
+    return check_token(x, s, "cookie name");
+}
+
 static const char *check_header_value(ctx_t *x, char *s)
 {
     return strncmp(s, "~*", 2) == 0 ? "regex header values are not supported yet" : NULL;
@@ -1532,38 +1625,46 @@ static void parse_service(ctx_t *x, yaml_node_t *n, void *parent)
     }
     if (s->protocol == NULL) s->protocol = sdup(x, "http");
     if (s->port == 0) s->port = 80;
-    if (x->nerrs == nerrs && it->enabled) resolve(x, it);
+    it->to_resolve = x->nerrs == nerrs && it->enabled; /* finish(): unless an upstream */
 
     *x->svcs_tail = it;
     x->svcs_tail = &it->next;
 }
 
-/* Resolves the host once, at load: numeric, /etc/hosts or DNS. */
-static void resolve(ctx_t *x, svc_item_t *it)
+/* Resolves `host` ("name", "1.2.3.4" or "[v6]") once, at load: numeric, /etc/hosts or DNS.
+ * A failure is reported at x->path's `key`. */
+static bool resolve_host(ctx_t *x, const char *name, uint16_t port, struct sockaddr_storage *addr,
+                         socklen_t *addrlen, const char *key)
 {
-    mg_service_t *s = &it->s;
     char host[256];
-    size_t len = strlen(s->host);
-    if (s->host[0] == '[')
-        snprintf(host, sizeof(host), "%.*s", (int)(len - 2), s->host + 1);
+    size_t len = strlen(name);
+    if (name[0] == '[')
+        snprintf(host, sizeof(host), "%.*s", (int)(len - 2), name + 1);
     else
-        snprintf(host, sizeof(host), "%s", s->host);
+        snprintf(host, sizeof(host), "%s", name);
 
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res;
     int rc = getaddrinfo(host, NULL, &hints, &res);
     if (rc != 0) {
-        size_t mark = path_key(x, "host");
-        fail(x, "cannot resolve \"%s\": %s", s->host, gai_strerror(rc));
+        size_t mark = path_key(x, key);
+        fail(x, "cannot resolve \"%s\": %s", name, gai_strerror(rc));
         path_set(x, mark);
-        return;
+        return false;
     }
-    memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
-    s->addrlen = res->ai_addrlen;
-    if (s->addr.ss_family == AF_INET)
-        ((struct sockaddr_in *)&s->addr)->sin_port = htons(s->port);
+    memcpy(addr, res->ai_addr, res->ai_addrlen);
+    *addrlen = res->ai_addrlen;
+    if (addr->ss_family == AF_INET)
+        ((struct sockaddr_in *)addr)->sin_port = htons(port);
     else
-        ((struct sockaddr_in6 *)&s->addr)->sin6_port = htons(s->port);
+        ((struct sockaddr_in6 *)addr)->sin6_port = htons(port);
     freeaddrinfo(res);
+    return true;
+}
+
+static void resolve(ctx_t *x, svc_item_t *it)
+{
+    mg_service_t *s = &it->s;
+    resolve_host(x, s->host, s->port, &s->addr, &s->addrlen, "host");
 }
 
 static void parse_route(ctx_t *x, yaml_node_t *n, void *parent)
@@ -1673,6 +1774,248 @@ static void parse_consumer(ctx_t *x, yaml_node_t *n, void *parent)
         fail(x, "must set one of 'username', 'custom_id'");
     *x->consumers_tail = it;
     x->consumers_tail = &it->next;
+}
+
+/* An upstream: its fields, nested targets, and the rules between its hash fields (checked
+ * in finish_upstreams, once top-level targets have joined). */
+static void parse_upstream(ctx_t *x, yaml_node_t *n, void *parent)
+{
+    upstream_item_t *it = zalloc(x, x->tmp, sizeof(*it));
+    it->path = tprintf(x, "%s", x->path);
+    it->u.slots = 10000;
+    it->targets_tail = &it->targets;
+    uint64_t seen = parse_map(x, n, it, upstream_fields, MG_ARRAY_SIZE(upstream_fields));
+    if (!HAS(seen, upstream_fields, "name")) {
+        size_t mark = path_key(x, "name");
+        fail(x, "required");
+        path_set(x, mark);
+    }
+    if (it->u.hash_on_cookie_path == NULL) it->u.hash_on_cookie_path = sdup(x, "/");
+    *x->upstreams_tail = it;
+    x->upstreams_tail = &it->next;
+}
+
+/* A target, nested under an upstream (parent) or top-level with `upstream:`. */
+static void parse_target(ctx_t *x, yaml_node_t *n, void *parent)
+{
+    upstream_item_t *up = parent;
+    target_item_t *it = zalloc(x, x->tmp, sizeof(*it));
+    size_t nerrs = x->nerrs;
+    it->path = tprintf(x, "%s", x->path);
+    it->t.weight = 100;
+    it->t.port = 8000; /* Kong's default target port */
+    uint64_t seen = parse_map(x, n, it, target_fields, MG_ARRAY_SIZE(target_fields));
+    if (!HAS(seen, target_fields, "target")) {
+        size_t mark = path_key(x, "target");
+        fail(x, "required");
+        path_set(x, mark);
+    }
+    if (up && HAS(seen, target_fields, "upstream")) {
+        size_t mark = path_key(x, "upstream");
+        fail(x, "not allowed on a target nested under an upstream");
+        path_set(x, mark);
+        it->upstream_name = NULL; /* reported once */
+    } else if (!up && !HAS(seen, target_fields, "upstream")) {
+        size_t mark = path_key(x, "upstream");
+        fail(x, "required");
+        path_set(x, mark);
+    }
+    if (x->nerrs == nerrs) {
+        it->t.target = mg_pool_printf(x->cfg->pool, "%s:%u", it->t.host, it->t.port);
+        if (it->t.target == NULL) longjmp(x->oom, 1);
+        it->resolved =
+            resolve_host(x, it->t.host, it->t.port, &it->t.addr, &it->t.addrlen, "target");
+    }
+    *x->targets_tail = it;
+    x->targets_tail = &it->next;
+    if (up) {
+        *up->targets_tail = it;
+        up->targets_tail = &it->sibling;
+        up->ntargets++;
+    }
+}
+
+/* `upstream:` of a top-level target: a name, or Kong's `{ name: NAME }`. */
+static void p_target_upstream(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
+{
+    target_item_t *it = obj;
+    const char *s = text(n);
+    if (s) {
+        it->upstream_name = sdup(x, s);
+    } else if (n->type == YAML_MAPPING_NODE) {
+        parse_map(x, n, it, f->sub, f->nsub);
+        size_t mark = path_key(x, "name");
+        if (it->upstream_name == NULL) fail(x, "required");
+        path_set(x, mark);
+    } else {
+        fail(x, "expected an upstream name");
+    }
+}
+
+/* Kong's `target`: "host", "host:port", "1.2.3.4:80", "[::1]:80" (port default 8000). */
+static bool i_target(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    target_item_t *it = out;
+    const char *colon = NULL;
+    size_t len = strlen(s);
+    if (s[0] == '[') {
+        const char *rb = strchr(s, ']');
+        if (rb && rb[1] == ':')
+            colon = rb + 1;
+        else if (rb == NULL || rb[1] != '\0')
+            len = 0;
+    } else if (strchr(s, ':') == strrchr(s, ':')) { /* one colon: host:port; more: bare v6 */
+        colon = strchr(s, ':');
+    }
+    char *host = len ? dupn(x, s, colon ? (size_t)(colon - s) : len) : NULL;
+    if (host == NULL || (colon && !port_ok(colon + 1))) {
+        fail(x, "Invalid target ('%s'); not a valid hostname or ip address", s);
+        return false;
+    }
+    size_t nerrs = x->nerrs;
+    if (!i_host(x, host, &it->t.host, f)) {
+        x->errs->n -= x->nerrs - nerrs; /* one message, Kong's */
+        x->nerrs = nerrs;
+        fail(x, "Invalid target ('%s'); not a valid hostname or ip address", s);
+        return false;
+    }
+    if (colon) it->t.port = (uint16_t)atoi(colon + 1);
+    return true;
+}
+
+static void fail_field(ctx_t *x, const char *path, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void fail_field(ctx_t *x, const char *path, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfail_at(x, tprintf(x, "%s.%s", path, field), fmt, ap);
+    va_end(ap);
+}
+
+/* The hash fields one upstream needs, for hash_on (fallback false) or hash_fallback. */
+static void check_hash_input(ctx_t *x, upstream_item_t *it, bool fallback)
+{
+    mg_upstream_t *u = &it->u;
+    int h = fallback ? u->hash_fallback : u->hash_on;
+    const char *field = fallback ? "hash_fallback" : "hash_on";
+    switch (h) {
+    case MG_HASH_HEADER:
+        if (!(fallback ? u->hash_fallback_header : u->hash_on_header))
+            fail_field(x, it->path, fallback ? "hash_fallback_header" : "hash_on_header",
+                       "required when %s is \"header\"", field);
+        break;
+    case MG_HASH_COOKIE:
+        if (!u->hash_on_cookie)
+            fail_field(x, it->path, "hash_on_cookie", "required when %s is \"cookie\"", field);
+        break;
+    case MG_HASH_QUERY_ARG:
+        if (!(fallback ? u->hash_fallback_query_arg : u->hash_on_query_arg))
+            fail_field(x, it->path, fallback ? "hash_fallback_query_arg" : "hash_on_query_arg",
+                       "required when %s is \"query_arg\"", field);
+        break;
+    case MG_HASH_CONSUMER:
+        fail_field(x, it->path, field,
+                   "\"consumer\" is not supported yet: the consumer is known only to plugins, "
+                   "after the balancer's inputs are read; use \"header\" or \"ip\"");
+        break;
+    case MG_HASH_URI_CAPTURE:
+        fail_field(x, it->path, field,
+                   "\"uri_capture\" is not supported yet: routes do not expose captures");
+        break;
+    }
+}
+
+/*
+ * Upstream names, top-level targets joined to theirs, each upstream's hash rules (Kong's
+ * entity checks) and targets (no duplicates), then services: a service whose host names an
+ * upstream is balanced over it, any other host is resolved here.
+ */
+static void finish_upstreams(ctx_t *x)
+{
+    mg_config_t *cfg = x->cfg;
+    size_t nups = 0, nnames = 0, ntargets = 0;
+    for (upstream_item_t *u = x->upstreams; u; u = u->next)
+        nups++;
+    named_t *names = zalloc(x, x->tmp, (nups + 1) * sizeof(named_t));
+    for (upstream_item_t *u = x->upstreams; u; u = u->next)
+        add_name(names, &nnames, u->u.name, u->path, u);
+    unique(x, names, nnames, "name", "name");
+
+    for (target_item_t *t = x->targets; t; t = t->next) {
+        if (t->upstream_name == NULL) continue;
+        upstream_item_t *up = lookup(names, nnames, t->upstream_name);
+        if (up == NULL) {
+            fail_field(x, t->path, "upstream", "no upstream named \"%s\"", t->upstream_name);
+            continue;
+        }
+        *up->targets_tail = t;
+        up->targets_tail = &t->sibling;
+        up->ntargets++;
+    }
+
+    cfg->upstreams = zalloc(x, cfg->pool, (nups + 1) * sizeof(mg_upstream_t));
+    for (upstream_item_t *it = x->upstreams; it; it = it->next) {
+        mg_upstream_t *u = &it->u;
+        check_hash_input(x, it, false);
+        check_hash_input(x, it, true);
+        if (u->hash_on == MG_HASH_NONE && u->hash_fallback != MG_HASH_NONE)
+            fail_field(x, it->path, "hash_fallback", "must be \"none\" when hash_on is \"none\"");
+        else if (u->hash_on == MG_HASH_COOKIE && u->hash_fallback != MG_HASH_NONE)
+            fail_field(x, it->path, "hash_fallback",
+                       "must be \"none\" when hash_on is \"cookie\" (the gateway sets the "
+                       "cookie when it is missing)");
+        else if (u->hash_fallback != MG_HASH_NONE && u->hash_fallback == u->hash_on &&
+                 u->hash_on != MG_HASH_HEADER && u->hash_on != MG_HASH_QUERY_ARG)
+            fail_field(x, it->path, "hash_fallback", "must differ from hash_on");
+        if (u->hash_on_header) lower(u->hash_on_header);
+        if (u->hash_fallback_header) lower(u->hash_fallback_header);
+        if (u->hash_on == MG_HASH_HEADER && u->hash_fallback == MG_HASH_HEADER &&
+            u->hash_on_header && u->hash_fallback_header &&
+            strcmp(u->hash_on_header, u->hash_fallback_header) == 0)
+            fail_field(x, it->path, "hash_fallback_header",
+                       "values of these fields must be distinct: 'hash_on_header', "
+                       "'hash_fallback_header'");
+        u->targets = zalloc(x, cfg->pool, (it->ntargets + 1) * sizeof(mg_target_t));
+        for (target_item_t *t = it->targets; t; t = t->sibling) {
+            if (t->t.target == NULL) continue; /* reported */
+            bool dup = false;
+            for (size_t i = 0; i < u->ntargets; i++)
+                dup = dup || strcmp(u->targets[i].target, t->t.target) == 0;
+            if (dup) {
+                fail_field(x, t->path, "target", "duplicate target \"%s\" in upstream \"%s\"",
+                           t->t.target, u->name ? u->name : "?");
+                continue;
+            }
+            u->targets[u->ntargets++] = t->t;
+        }
+        ntargets += u->ntargets;
+        u->index = (unsigned)cfg->nupstreams;
+        cfg->upstreams[cfg->nupstreams++] = *u;
+    }
+    cfg->targets = zalloc(x, cfg->pool, (ntargets + 1) * sizeof(mg_target_t *));
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        for (size_t j = 0; j < cfg->upstreams[i].ntargets; j++) {
+            mg_target_t *t = &cfg->upstreams[i].targets[j];
+            t->index = (unsigned)cfg->ntargets;
+            cfg->targets[cfg->ntargets++] = t;
+        }
+    }
+
+    /* services: an upstream's name, else a host to resolve (Kong's rule) */
+    named_t *sorted = zalloc(x, x->tmp, (cfg->nupstreams + 1) * sizeof(named_t));
+    size_t nsorted = 0;
+    for (size_t i = 0; i < cfg->nupstreams; i++)
+        add_name(sorted, &nsorted, cfg->upstreams[i].name, "", &cfg->upstreams[i]);
+    qsort(sorted, nsorted, sizeof(named_t), named_cmp);
+    for (svc_item_t *s = x->svcs; s; s = s->next) {
+        if (!s->to_resolve) continue;
+        s->s.upstream = lookup(sorted, nsorted, s->s.host);
+        if (s->s.upstream) continue;
+        size_t mark = path_add(x, "%s", s->path);
+        resolve(x, s);
+        path_set(x, mark);
+    }
 }
 
 /* ---- value trees --------------------------------------------------------------------------- */
@@ -1987,6 +2330,7 @@ static void finish(ctx_t *x)
     }
     unique(x, usernames, nusernames, "username", "username");
     unique(x, custom_ids, ncustom_ids, "custom_id", "custom_id");
+    finish_upstreams(x);
 
     for (int l = 0; l < PS_COUNT; l++) {
         for (plugin_item_t *p = x->plugins[l]; p; p = p->next) {
@@ -2222,6 +2566,7 @@ static void set_defaults(ctx_t *x, mg_config_t *cfg)
         .client_body_timeout = 60000,
         .send_timeout = 60000,
         .keepalive_timeout = 60000,
+        .tls_handshake_timeout = 10000,
         .keepalive_requests = 1000,
         .max_connections = 16384,
         .client_body_buffer_size = 1 << 20,
@@ -2253,6 +2598,8 @@ mg_config_t *mg_config_load(const char *path, mg_config_errors_t *errs)
     x->nested_tail = &x->nested;
     x->top_tail = &x->top;
     x->consumers_tail = &x->consumers;
+    x->upstreams_tail = &x->upstreams;
+    x->targets_tail = &x->targets;
     for (int i = 0; i < PS_COUNT; i++)
         x->plugins_tail[i] = &x->plugins[i];
     cfg->pool = pool;
@@ -2300,7 +2647,9 @@ failed:
 
 void mg_config_free(mg_config_t *cfg)
 {
-    if (cfg) mg_pool_destroy(cfg->pool);
+    if (cfg == NULL) return;
+    mg_tls_free(cfg->tls);
+    mg_pool_destroy(cfg->pool);
 }
 
 void mg_config_errors_init(mg_config_errors_t *errs)

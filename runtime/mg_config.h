@@ -20,7 +20,7 @@ typedef struct {
     char *text;                   /* as written, e.g. "127.0.0.1:8000 ssl" (for messages) */
     struct sockaddr_storage addr; /* resolved numeric address (IPv4 or IPv6, or "*"=0.0.0.0) */
     socklen_t addrlen;
-    bool ssl;    /* "ssl" flag; TLS itself lands with the TLS issue */
+    bool ssl;    /* "ssl" flag: TLS is terminated on this listener (mg_tls.c) */
     int backlog; /* "backlog=N" flag, default 511 */
 } mg_listen_t;
 
@@ -42,6 +42,7 @@ typedef struct {
     unsigned upstream_keepalive_pool_size;    /* idle per service and worker, default 512 */
     unsigned upstream_keepalive_max_requests; /* default 10000 (Kong) */
     unsigned upstream_keepalive_idle_timeout; /* default 60s */
+    unsigned tls_handshake_timeout;           /* accept to end of TLS handshake, default 10s */
 } mg_limits_t;
 
 /* A rate: `n` events per `per_ms` milliseconds; n == 0 means off. Written 20, "20/s",
@@ -65,6 +66,46 @@ typedef struct {
     size_t zone_size;     /* the shared table of tracked addresses, default 4m */
 } mg_guards_t;
 
+/* Kong's hash_on / hash_fallback inputs (consistent hashing). */
+enum {
+    MG_HASH_NONE,
+    MG_HASH_CONSUMER,
+    MG_HASH_IP,
+    MG_HASH_HEADER,
+    MG_HASH_COOKIE,
+    MG_HASH_PATH,
+    MG_HASH_QUERY_ARG,
+    MG_HASH_URI_CAPTURE,
+};
+
+/* A target of an upstream: "host:port" resolved at load. */
+typedef struct {
+    char *target;    /* as normalised: "host:port" (for logs and the hash ring) */
+    char *host;      /* "[v6]" bracketed like service hosts */
+    uint16_t port;   /* default 8000 (Kong) */
+    unsigned weight; /* 0..65535, default 100; 0 = no traffic */
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    unsigned index; /* position in mg_config_t.targets (keepalive pool per target) */
+} mg_target_t;
+
+/* Kong's upstream entity: a named pool of targets a service's `host` can name. */
+typedef struct mg_upstream_s {
+    char *name;
+    /* MG_LB_* (mg_balancer.h): round-robin, least-connections, consistent-hashing, latency */
+    int algorithm;
+    int hash_on, hash_fallback;                  /* MG_HASH_* */
+    char *hash_on_header, *hash_fallback_header; /* lower-cased */
+    char *hash_on_cookie, *hash_on_cookie_path;  /* path default "/" */
+    char *hash_on_query_arg, *hash_fallback_query_arg;
+    /* the Host sent to the targets; NULL = the target's host:port (Kong) */
+    char *host_header;
+    unsigned slots; /* 10..65536, default 10000 */
+    mg_target_t *targets;
+    size_t ntargets;
+    unsigned index; /* position in mg_config_t.upstreams */
+} mg_upstream_t;
+
 typedef struct mg_service_s {
     char *name;     /* may be NULL for unnamed services */
     char *protocol; /* "http" (https arrives with the TLS issue) */
@@ -76,6 +117,8 @@ typedef struct mg_service_s {
     struct sockaddr_storage addr; /* host resolved at load (numeric or /etc/hosts/DNS) */
     socklen_t addrlen;
     unsigned index;
+    const mg_upstream_t *upstream; /* `host` names an upstream: balanced over its targets
+                                      (addr is then unset) */
 } mg_service_t;
 
 typedef struct {
@@ -100,6 +143,9 @@ typedef struct mg_route_s {
     mg_header_match_t *headers;
     size_t nheaders;
     int regex_priority; /* default 0 */
+    /* https_redirect_status_code as an index in 426, 301, 302, 307, 308: the answer to plain
+     * http on an https-only route */
+    unsigned https_redirect;
     bool strip_path;    /* default true (Kong) */
     bool preserve_host; /* default false */
     unsigned index;     /* position in mg_config_t.routes: stable tie-breaker */
@@ -207,6 +253,16 @@ typedef struct mg_config_s {
     size_t nservices;
     mg_route_t *routes;
     size_t nroutes; /* nested and top-level, flattened */
+    mg_upstream_t *upstreams;
+    size_t nupstreams;
+    mg_target_t **targets; /* every upstream's targets, in order (pool keys) */
+    size_t ntargets;
+
+    /* TLS termination: the entities as written (validated and turned into SSL contexts by
+     * mg_tls_load), and the result, NULL when no listener has `ssl` */
+    mg_value_t *certificates;
+    mg_value_t *snis;
+    struct mg_tls_s *tls;
 } mg_config_t;
 
 /* A list of "PATH: message" strings collected while loading; owned by its pool. */

@@ -14,11 +14,15 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "mg_guard.h"
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_out.h"
 #include "mg_request.h"
+#include "mg_tls.h"
 
 #define REQ_POOL_SIZE 16384
 #define REQ_POOL_FREE_MAX 256
@@ -27,6 +31,7 @@
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void conn_close(mg_conn_t *c);
+static void conn_handshake(mg_conn_t *c);
 static void conn_on_head_events(mg_conn_t *c);
 static void conn_dispatch(mg_req_t *r);
 static void conn_linger(mg_conn_t *c);
@@ -91,6 +96,33 @@ void mg_conn_accept(mg_listener_t *ls, int fd, const struct sockaddr *sa, uint32
     mg_worker.nconns++;
     /* data usually arrives with or right after the handshake: try reading at once */
     c->s.rready = 1;
+    if (ls->conf->ssl) {
+        c->state = MG_CONN_TLS;
+        if (mg_tls_accept(mg_worker.cfg->tls, &c->s) != MG_OK) {
+            conn_close(c);
+            return;
+        }
+        conn_handshake(c);
+        return;
+    }
+    conn_on_head_events(c);
+}
+
+/* Advances a TLS handshake; once done the connection waits for its first request head. */
+static void conn_handshake(mg_conn_t *c)
+{
+    int rc = mg_tls_handshake(&c->s);
+    if (rc == MG_AGAIN) {
+        mg_conn_update(c);
+        return;
+    }
+    if (rc != MG_OK) {
+        conn_close(c);
+        return;
+    }
+    c->state = MG_CONN_IDLE;
+    c->s.last_io = ev_now(mg_worker.loop); /* client_header_timeout starts now */
+    c->s.rready = 1; /* the request may have come with the last handshake flight */
     conn_on_head_events(c);
 }
 
@@ -149,6 +181,10 @@ void mg_conn_update(mg_conn_t *c)
     case MG_CONN_LINGER:
         ev = EV_READ;
         deadline = c->s.deadline;
+        break;
+    case MG_CONN_TLS: /* last_io is still the accept time: the handshake moves no data */
+        ev = (c->s.rready ? 0 : EV_READ) | (c->s.wready ? 0 : EV_WRITE);
+        deadline = c->s.last_io + lim->tls_handshake_timeout * ms;
         break;
     case MG_CONN_ACTIVE: {
         bool want_write = r->out && mg_buf_len(r->out) > 0;
@@ -213,6 +249,8 @@ static void conn_close(mg_conn_t *c)
     }
     ev_io_stop(mg_worker.loop, &c->s.io);
     ev_timer_stop(mg_worker.loop, &c->s.timer);
+    /* close_notify after a completed handshake, unless the peer is gone */
+    if (c->s.ssl) mg_tls_close(&c->s, c->state != MG_CONN_TLS && !c->s.eof);
     close(c->s.fd);
     if (c->guard_slot != MG_GUARD_NONE)
         mg_guard_release(c->guard_slot, c->peer_family, c->peer_addr);
@@ -239,9 +277,11 @@ void mg_conn_abort(mg_conn_t *c)
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     mg_conn_t *c = MG_CONTAINER_OF(w, mg_conn_t, s.io);
-    if (revents & EV_READ) c->s.rready = 1;
-    if (revents & EV_WRITE) c->s.wready = 1;
+    mg_sock_ready(&c->s, revents);
     switch (c->state) {
+    case MG_CONN_TLS:
+        conn_handshake(c);
+        break;
     case MG_CONN_IDLE:
     case MG_CONN_HEAD:
         conn_on_head_events(c);
@@ -265,6 +305,10 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     mg_conn_t *c = MG_CONTAINER_OF(w, mg_conn_t, s.timer);
     c->s.deadline = 0;
     switch (c->state) {
+    case MG_CONN_TLS:
+        mg_log_info("client timed out in the TLS handshake");
+        conn_close(c);
+        break;
     case MG_CONN_IDLE:
     case MG_CONN_LINGER:
         conn_close(c);
@@ -355,8 +399,19 @@ int mg_conn_read_body(mg_req_t *r)
             if (c->s.eof) return 400;
             if (r->msg.expect_continue) { /* the client waits for our go-ahead */
                 static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-                ssize_t w = write(c->s.fd, cont, sizeof(cont) - 1);
-                (void)w; /* a client that cannot take 25 bytes now will time out */
+                if (c->s.ssl) {
+                    /* a TLS record cannot be half-sent and forgotten: if even this does not
+                     * fit, the connection is given up */
+                    ERR_clear_error();
+                    if (SSL_write(c->s.ssl, cont, sizeof(cont) - 1) != sizeof(cont) - 1) {
+                        ERR_clear_error();
+                        c->s.eof = 1;
+                        return 400;
+                    }
+                } else {
+                    ssize_t w = write(c->s.fd, cont, sizeof(cont) - 1);
+                    (void)w; /* a client that cannot take 25 bytes now will time out */
+                }
                 r->msg.expect_continue = 0;
             }
             r->body_reading = 1;
@@ -521,6 +576,48 @@ static void conn_dispatch(mg_req_t *r)
     stage_route(r);
 }
 
+/* Plain http on an https-only route: Kong's 426 (with Upgrade, RFC 9110 §15.5.22) or a
+ * redirect to the same host (port dropped, as Kong's forwarded_host) and target. */
+static void respond_https_required(mg_req_t *r)
+{
+    static const unsigned codes[] = {426, 301, 302, 307, 308};
+    unsigned code = codes[r->route->https_redirect < 5 ? r->route->https_redirect : 0];
+    if (code == 426) {
+        static const char h[] = "Content-Type: application/json; charset=utf-8\r\n"
+                                "Connection: Upgrade\r\nUpgrade: TLS/1.2, HTTP/1.1\r\n";
+        char body[MG_HTTP_ERROR_BODY_MAX];
+        size_t blen = mg_http_error_body(body, 426, "Please use HTTPS protocol");
+        if (mg_conn_stage_response(r, 426, body, blen, h, sizeof(h) - 1) != MG_OK) {
+            conn_close(r->c);
+            return;
+        }
+        conn_write_plain(r->c);
+        return;
+    }
+    mg_str_t host = r->msg.host;
+    size_t hl = 0;
+    if (host.len && host.data[0] == '[') { /* [v6]:port */
+        while (hl < host.len && host.data[hl] != ']')
+            hl++;
+        hl += hl < host.len;
+    } else {
+        while (hl < host.len && host.data[hl] != ':')
+            hl++;
+    }
+    char loc[8192];
+    int n = snprintf(loc, sizeof(loc), "Location: https://%.*s%.*s\r\n", (int)hl, host.data,
+                     (int)r->msg.target.len, r->msg.target.data);
+    if (n < 0 || (size_t)n >= sizeof(loc) || hl == 0) {
+        mg_conn_respond_error(r, 426, "Please use HTTPS protocol");
+        return;
+    }
+    if (mg_conn_stage_response(r, code, "", 0, loc, (size_t)n) != MG_OK) {
+        conn_close(r->c);
+        return;
+    }
+    conn_write_plain(r->c);
+}
+
 static void stage_route(mg_req_t *r)
 {
     mg_conn_t *c = r->c;
@@ -529,6 +626,7 @@ static void stage_route(mg_req_t *r)
         .host = r->msg.host,
         .path = r->msg.path,
         .https = c->ls->conf->ssl,
+        .sni = mg_tls_sni(&c->s),
         .get_header = router_get_header,
         .ud = &r->msg,
     };
@@ -541,11 +639,16 @@ static void stage_route(mg_req_t *r)
     r->service = m.route->service;
     r->prefix_len = m.path_prefix_len;
 
-    bool proto_ok = r->route->nprotocols == 0;
-    for (size_t i = 0; i < r->route->nprotocols; i++)
-        if (strcmp(r->route->protocols[i], q.https ? "https" : "http") == 0) proto_ok = true;
-    if (!proto_ok) {
-        mg_conn_respond_error(r, 426, "Please use HTTPS protocol");
+    /* Kong's rule: only a route limited to https turns plain http away (426, or the
+     * redirect its https_redirect_status_code asks for); an http-only route over TLS is
+     * served */
+    bool has_http = r->route->nprotocols == 0, has_https = has_http;
+    for (size_t i = 0; i < r->route->nprotocols; i++) {
+        if (strcmp(r->route->protocols[i], "http") == 0) has_http = true;
+        if (strcmp(r->route->protocols[i], "https") == 0) has_https = true;
+    }
+    if (!q.https && has_https && !has_http) {
+        respond_https_required(r);
         return;
     }
     const mg_limits_t *lim = &mg_worker.cfg->limits;
@@ -810,6 +913,10 @@ void mg_conn_request_done(mg_req_t *r)
     mg_buf_put(c->in);
     c->in = NULL;
     mg_conn_update(c);
+    /* TLS: the rest of a record read only in part (our buffer was full) waits inside
+     * OpenSSL, where epoll cannot see it: go and read it */
+    if (c->s.ssl && c->s.rready && SSL_pending(c->s.ssl) > 0)
+        ev_feed_event(mg_worker.loop, &c->s.io, EV_CUSTOM);
 }
 
 /* Half-closes and drains what the client still sends for a moment, so that the answer we
@@ -821,6 +928,10 @@ static void conn_linger(mg_conn_t *c)
         if (c->r) {
             req_free(c->r);
             c->r = NULL;
+        }
+        if (c->s.ssl && !c->s.eof) { /* close_notify, then plain reads that discard */
+            mg_tls_close(&c->s, true);
+            c->s.rwantw = c->s.wwantr = 0;
         }
         if (c->s.eof || shutdown(c->s.fd, SHUT_WR) != 0) {
             conn_close(c);

@@ -36,6 +36,7 @@ struct mg_lua_s {
     int forget_ref;       /* moongate.runtime.forget */
     int serve_ref;        /* moongate.runtime.serve: the coroutines' loop */
     int run_timer_ref;    /* moongate.runtime.run_timer */
+    int cert_ref;         /* moongate.runtime.run_certificate */
     unsigned *route_mask; /* by route index */
     size_t nroutes;
     unsigned global_mask;
@@ -379,6 +380,8 @@ mg_lua_t *mg_lua_load(const mg_config_t *cfg, mg_config_errors_t *errs)
     l->serve_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "run_timer");
     l->run_timer_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "run_certificate");
+    l->cert_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "load");
     push_conf(L, cfg);
     if (lua_pcall(L, 1, 3, 0) != 0) {
@@ -626,6 +629,37 @@ static int call_phase(mg_req_t *r, int phase, bool last)
         rc = MG_ERROR;
     } else if (!lua_toboolean(L, -1)) {
         rc = MG_ERROR;
+    }
+    lua_settop(L, 0);
+    return rc;
+}
+
+int mg_lua_certificate(const char *sni, int (*use)(void *ud, mg_str_t cert, mg_str_t key), void *ud)
+{
+    mg_lua_t *l = mg_lua;
+    if (l == NULL || !(l->global_mask & MG_PHASE_CERTIFICATE)) return MG_DECLINED;
+    lua_State *L = l->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, l->cert_ref);
+    if (sni)
+        lua_pushstring(L, sni);
+    else
+        lua_pushnil(L);
+    mg_req_t *saved = mg_lua_current;
+    mg_lua_current = NULL; /* no request: request PDK calls refuse (phase check) */
+    mg_watchdog_enter("certificate", NULL, (mg_str_t){0, ""});
+    int status = lua_pcall(L, 1, 3, 0);
+    after_phase(l);
+    mg_lua_current = saved;
+    int rc = MG_DECLINED;
+    if (status != 0) {
+        mg_log_err("Lua certificate phase failed: %s", lua_tostring(L, -1));
+        rc = MG_ERROR;
+    } else if (!lua_toboolean(L, -3)) {
+        rc = MG_ERROR; /* the plugin's error is logged by the runtime */
+    } else if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
+        size_t cl, kl;
+        const char *c = lua_tolstring(L, -2, &cl), *k = lua_tolstring(L, -1, &kl);
+        rc = use(ud, (mg_str_t){cl, c}, (mg_str_t){kl, k});
     }
     lua_settop(L, 0);
     return rc;

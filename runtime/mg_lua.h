@@ -18,6 +18,7 @@ enum {
     MG_PHASE_HEADER_FILTER = 0x08,
     MG_PHASE_BODY_FILTER = 0x10,
     MG_PHASE_LOG = 0x20,
+    MG_PHASE_CERTIFICATE = 0x80, /* TLS handshake: global plugins, no request, no yield */
 };
 
 typedef struct mg_lua_s mg_lua_t;
@@ -60,6 +61,15 @@ unsigned mg_lua_global_mask(const mg_lua_t *l);
 int mg_lua_run_yieldable(mg_req_t *r, int phase, int route);
 /* Resumes a suspended coroutine (its wait is over) and continues the request. */
 void mg_lua_resume(mg_req_t *r);
+
+/*
+ * Runs the global plugins' certificate handlers for a handshake whose client sent `sni`
+ * (NULL: none). When a plugin chose a certificate (moongate.tls.set_cert), calls use(ud,
+ * cert_pem, key_pem) with strings valid only during that call and returns what it returns.
+ * MG_DECLINED: no certificate phase, or no plugin chose; MG_ERROR: a plugin raised.
+ */
+int mg_lua_certificate(const char *sni, int (*use)(void *ud, mg_str_t cert, mg_str_t key),
+                       void *ud);
 
 /* Runs header_filter (MG_OK / MG_ERROR). No yielding. */
 int mg_lua_header_filter(mg_req_t *r);

@@ -24,6 +24,7 @@
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_request.h"
+#include "mg_tls.h"
 #include "mg_watchdog.h"
 
 #define MAX_WORKERS 256
@@ -76,6 +77,14 @@ static mg_config_t *load_config(bool print_errors, mg_lua_t **lua)
             cfg = NULL;
         } else {
             mg_router_free(rt);
+        }
+    }
+    if (cfg) { /* certificates: built here, in the master, before the workers fork */
+        size_t before = errs.n;
+        cfg->tls = mg_tls_load(cfg, &errs);
+        if (errs.n > before) {
+            mg_config_free(cfg);
+            cfg = NULL;
         }
     }
     if (cfg && lua) {

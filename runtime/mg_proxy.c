@@ -7,11 +7,13 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <sys/random.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
+#include "mg_balancer.h"
 #include "mg_log.h"
 #include "mg_out.h"
 #include "mg_lua.h"
@@ -23,6 +25,7 @@
 static int write_request_head(mg_req_t *r, mg_buf_t *b);
 static int write_response_head(mg_req_t *r);
 static bool connect_upstream(mg_req_t *r);
+static void balancer_key(mg_req_t *r);
 static int pump_body_filter(mg_req_t *r);
 static bool drain_filtered(mg_req_t *r);
 static void finish_upstream_failure(mg_req_t *r, unsigned status);
@@ -199,6 +202,14 @@ static int write_request_head(mg_req_t *r, mg_buf_t *b)
         PUT_STR(&o, hop->value);
     } else if (r->route->preserve_host && m->host.len) {
         PUT_STR(&o, m->host);
+    } else if (s->upstream && s->upstream->host_header) {
+        put_cstr(&o, s->upstream->host_header);
+    } else if (r->target) { /* Kong: the target's host and port */
+        put_cstr(&o, r->target->host);
+        if (r->target->port != 80) {
+            PUT_LIT(&o, ":");
+            put_u64(&o, r->target->port);
+        }
     } else {
         put_cstr(&o, s->host);
         if (s->port != 80) {
@@ -383,10 +394,18 @@ static bool connect_upstream(mg_req_t *r)
         r->u = NULL;
     }
     r->tries++;
+    if (s->upstream && !r->lb_keyed) balancer_key(r);
     mg_uconn_t *u = mg_upstream_get(s, r);
     if (u == NULL) {
         mg_buf_put(pending);
-        mg_log_err("cannot connect to upstream %s:%u: %s", s->host, s->port, strerror(errno));
+        if (r->lb_no_peer)
+            mg_log_err("upstream \"%s\": no target can take traffic (weights 0 or none)",
+                       s->upstream->name);
+        else if (r->target)
+            mg_log_err("cannot connect to upstream \"%s\" target %s (try %u): %s",
+                       s->upstream->name, r->target->target, r->tries, strerror(errno));
+        else
+            mg_log_err("cannot connect to upstream %s:%u: %s", s->host, s->port, strerror(errno));
         return false;
     }
     r->u = u;
@@ -400,8 +419,136 @@ static bool connect_upstream(mg_req_t *r)
             return false;
         }
     }
-    r->upstream_addr = mg_upstream_addr_text(s);
+    r->upstream_addr = mg_upstream_uconn_addr(u);
+    if (r->target)
+        mg_log_debug("upstream \"%s\" try %u: target %s (%s)", s->upstream->name, r->tries,
+                     r->target->target, r->upstream_addr);
     return true;
+}
+
+/* Kong's answer when the balancer has no target to offer. */
+#define NO_PEER_MESSAGE "failure to get a peer from the ring-balancer"
+
+/* Appends "; "-separated cookie `name`'s value from the Cookie headers to *v; true if found. */
+static bool find_cookie(const mg_http_msg_t *m, const char *name, mg_str_t *v)
+{
+    size_t nlen = strlen(name);
+    for (unsigned i = 0; i < m->nheaders; i++) {
+        const mg_header_t *h = &m->headers[i];
+        if (h->name.len != 6 || !mg_str_caseeq_lit(h->name, "cookie")) continue;
+        const char *p = h->value.data, *end = p + h->value.len;
+        while (p < end) {
+            while (p < end && (*p == ' ' || *p == ';'))
+                p++;
+            const char *semi = memchr(p, ';', (size_t)(end - p));
+            const char *e = semi ? semi : end;
+            if ((size_t)(e - p) > nlen && p[nlen] == '=' && memcmp(p, name, nlen) == 0) {
+                *v = (mg_str_t){(size_t)(e - p) - nlen - 1, p + nlen + 1};
+                while (v->len && v->data[v->len - 1] == ' ')
+                    v->len--;
+                return true;
+            }
+            p = e;
+        }
+    }
+    return false;
+}
+
+/* The raw value of query argument `name` (its first occurrence); true if present. */
+static bool find_query_arg(mg_str_t q, const char *name, mg_str_t *v)
+{
+    size_t nlen = strlen(name);
+    const char *p = q.data, *end = q.data ? q.data + q.len : NULL;
+    while (p && p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *e = amp ? amp : end;
+        if ((size_t)(e - p) >= nlen && memcmp(p, name, nlen) == 0 &&
+            ((size_t)(e - p) == nlen || p[nlen] == '=')) {
+            size_t off = (size_t)(e - p) == nlen ? nlen : nlen + 1;
+            *v = (mg_str_t){(size_t)(e - p) - off, p + off};
+            return true;
+        }
+        p = e + 1;
+    }
+    return false;
+}
+
+/* The gateway's own cookie for hash_on: cookie when the client sent none: a random value
+ * (Kong: a UUID), hashed now and set on the response so the client comes back with it. */
+static bool new_hash_cookie(mg_req_t *r, const mg_upstream_t *up, mg_str_t *v)
+{
+    unsigned char raw[16];
+    if (getrandom(raw, sizeof(raw), GRND_NONBLOCK) != (ssize_t)sizeof(raw)) return false;
+    raw[6] = (unsigned char)((raw[6] & 0x0f) | 0x40); /* a version 4 UUID */
+    raw[8] = (unsigned char)((raw[8] & 0x3f) | 0x80);
+    char *val = mg_pool_alloc(r->pool, 37);
+    mg_hdr_op_t *op = mg_pool_alloc(r->pool, sizeof(*op));
+    char *hdr = val ? mg_pool_printf(r->pool, "%s=", up->hash_on_cookie) : NULL;
+    if (val == NULL || op == NULL || hdr == NULL) return false;
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0, j = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) val[j++] = '-';
+        val[j++] = hex[raw[i] >> 4];
+        val[j++] = hex[raw[i] & 15];
+    }
+    val[36] = '\0';
+    hdr = mg_pool_printf(r->pool, "%s=%s; Path=%s; HttpOnly%s", up->hash_on_cookie, val,
+                         up->hash_on_cookie_path, r->c->ls->conf->ssl ? "; Secure" : "");
+    if (hdr == NULL) return false;
+    op->next = NULL;
+    op->op = 1; /* add: other Set-Cookie lines stay */
+    op->name = MG_STR("Set-Cookie");
+    op->value = (mg_str_t){strlen(hdr), hdr};
+    if (r->resp_ops_tail == NULL) r->resp_ops_tail = &r->resp_ops;
+    *r->resp_ops_tail = op;
+    r->resp_ops_tail = &op->next;
+    *v = (mg_str_t){36, val};
+    return true;
+}
+
+/* The value hash input `how` gives for r, or false when the request has none. */
+static bool hash_input(mg_req_t *r, const mg_upstream_t *up, int how, bool fallback, mg_str_t *v,
+                       char *ipbuf, size_t iplen)
+{
+    const mg_header_t *h;
+    switch (how) {
+    case MG_HASH_IP:
+        if (mg_proxy_forwarded_ip(r, v) == MG_OK) return true;
+        *v = (mg_str_t){mg_conn_client_ip(r->c, ipbuf, iplen), ipbuf};
+        return true;
+    case MG_HASH_HEADER: {
+        const char *name = fallback ? up->hash_fallback_header : up->hash_on_header;
+        h = mg_http_header(&r->msg, (mg_str_t){strlen(name), name});
+        if (h == NULL || h->value.len == 0) return false;
+        *v = h->value;
+        return true;
+    }
+    case MG_HASH_COOKIE:
+        return find_cookie(&r->msg, up->hash_on_cookie, v) || new_hash_cookie(r, up, v);
+    case MG_HASH_PATH:
+        *v = r->msg.path;
+        return v->len > 0;
+    case MG_HASH_QUERY_ARG:
+        return find_query_arg(r->msg.query,
+                              fallback ? up->hash_fallback_query_arg : up->hash_on_query_arg, v);
+    default:
+        return false;
+    }
+}
+
+/* Consistent hashing's key for r (hash_on, else hash_fallback, else none), once. */
+static void balancer_key(mg_req_t *r)
+{
+    const mg_upstream_t *up = r->service->upstream;
+    char ip[64];
+    mg_str_t v;
+    r->lb_keyed = 1;
+    if (up->algorithm != MG_LB_CONSISTENT_HASHING) return;
+    if (hash_input(r, up, up->hash_on, false, &v, ip, sizeof(ip)) ||
+        hash_input(r, up, up->hash_fallback, true, &v, ip, sizeof(ip))) {
+        r->lb_hash = mg_balancer_hash(v.data, v.len);
+        r->lb_has_key = 1;
+    }
 }
 
 void mg_proxy_start(mg_req_t *r)
@@ -423,7 +570,10 @@ void mg_proxy_start(mg_req_t *r)
         mg_buf_append(r->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     }
     if (!connect_upstream(r)) {
-        finish_upstream_failure(r, 502);
+        if (r->lb_no_peer)
+            mg_conn_respond_error(r, 503, NO_PEER_MESSAGE);
+        else
+            finish_upstream_failure(r, 502);
         return;
     }
     mg_http_msg_init(&r->resp, HTTP_RESPONSE, NULL, 0);
@@ -447,8 +597,13 @@ void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout)
     bool connecting = u && !u->connected;
     bool nothing_received =
         !r->resp.head_done && (u == NULL || u->in == NULL || mg_buf_len(u->in) == 0);
-    mg_log_err("upstream %s (%s:%u, try %u): %s", connecting ? "connect failed" : "failed", s->host,
-               s->port, r->tries, timeout ? "timed out" : strerror(err));
+    if (r->target)
+        mg_log_err("upstream %s (upstream \"%s\" target %s, %s, try %u): %s",
+                   connecting ? "connect failed" : "failed", s->upstream->name, r->target->target,
+                   r->upstream_addr, r->tries, timeout ? "timed out" : strerror(err));
+    else
+        mg_log_err("upstream %s (%s:%u, try %u): %s", connecting ? "connect failed" : "failed",
+                   s->host, s->port, r->tries, timeout ? "timed out" : strerror(err));
     /* a failed connect has sent nothing, so any method may be retried; later failures only
      * for a stale pooled connection of an idempotent request without a body */
     bool retry = !r->head_sent && nothing_received &&
@@ -456,8 +611,12 @@ void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout)
                   (u && u->reused && !connecting && !timeout && !r->stale_retried &&
                    is_idempotent(&r->msg) && r->msg.body_kind == MG_BODY_NONE));
     if (retry && !connecting) r->stale_retried = 1;
+    /* the next try of a balanced service goes to another target: its head (Host) is rebuilt
+     * unless body bytes streamed from the client already follow it in the buffer */
+    bool rebuild =
+        !connecting || (s->upstream && (r->msg.body_kind == MG_BODY_NONE || r->body_buffered));
     if (retry) {
-        if (!connecting && u) {
+        if (rebuild && u) {
             mg_buf_put(u->out); /* rebuild the head for the fresh connection */
             u->out = NULL;
             if (r->body_buffered) { /* and send a plugin's body again */
@@ -468,6 +627,10 @@ void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout)
         }
         if (connect_upstream(r)) {
             mg_proxy_pump(r);
+            return;
+        }
+        if (r->lb_no_peer && !r->head_sent) {
+            mg_conn_respond_error(r, 503, NO_PEER_MESSAGE);
             return;
         }
     }

@@ -69,13 +69,17 @@ struct mg_conn_s {
     mg_conn_t *prev, *next; /* mg_worker.conns */
 };
 
-enum { MG_CONN_IDLE, MG_CONN_HEAD, MG_CONN_ACTIVE, MG_CONN_LINGER };
+/* MG_CONN_TLS: an `ssl` listener's connection until its handshake completes */
+enum { MG_CONN_IDLE, MG_CONN_HEAD, MG_CONN_ACTIVE, MG_CONN_LINGER, MG_CONN_TLS };
 
 struct mg_uconn_s {
     mg_sock_t s; /* the upstream socket, its watcher, timer and readiness */
     unsigned connected : 1, reused : 1;
     unsigned requests;
-    const mg_service_t *service; /* keepalive pool key: the service's address */
+    const mg_service_t *service; /* timeouts */
+    unsigned pool;               /* keepalive pool: the service's, or its target's */
+    int lb_peer;                 /* the balancer's peer this try counts against, or -1 */
+    ev_tstamp started;           /* the try began (latency for the balancer) */
     mg_req_t *r;                 /* owner, NULL while idle in the pool */
     mg_buf_t *in, *out;
     mg_uconn_t *next; /* pool list */
@@ -121,6 +125,14 @@ struct mg_req_s {
     mg_str_t rid;
     const char *upstream_addr;      /* "ip:port" of the service, for the log; "" before */
     const char *body_limit_message; /* the 413's message when a plugin lowered the limit */
+
+    /* balancing: a service whose host names an upstream */
+    const mg_target_t *target; /* the target of the current try, NULL when not balanced */
+    uint64_t lb_tried;         /* targets tried so far (bit = index in the upstream) */
+    uint64_t lb_hash;          /* consistent hashing: the key's hash, when lb_has_key */
+    unsigned lb_has_key : 1;
+    unsigned lb_keyed : 1;   /* lb_hash was computed (once per request) */
+    unsigned lb_no_peer : 1; /* no target can take traffic: 503 */
 
     /* Lua: only requests whose route (or a global rewrite) has plugins ever set these */
     unsigned lua_id;          /* the request's id on the Lua side; 0 = never entered Lua */
@@ -196,7 +208,10 @@ void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout);
 
 /* mg_upstream.c */
 /* Returns a connected (or connecting) upstream connection for s: from the keepalive pool
- * when one is idle, else a new non-blocking connect. NULL with errno set on failure. */
+ * when one is idle, else a new non-blocking connect. NULL with errno set on failure. When
+ * s is balanced (s->upstream), a target is picked first (r->target; r->lb_tried avoided,
+ * r->lb_hash for consistent hashing): none available sets r->lb_no_peer (errno EHOSTUNREACH);
+ * the pool is the target's, so a connection to one target never serves another. */
 mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r);
 /* Returns u to the keepalive pool when `reusable`, otherwise closes it. */
 void mg_upstream_release(mg_uconn_t *u, bool reusable);
@@ -208,6 +223,8 @@ void mg_upstream_pool_close_all(void);
 int mg_upstream_init(const mg_config_t *cfg);
 /* "ip:port" of the service's address, formatted once per worker. */
 const char *mg_upstream_addr_text(const mg_service_t *s);
+/* "ip:port" of what u connects to (the service's address or its target's). */
+const char *mg_upstream_uconn_addr(const mg_uconn_t *u);
 
 /* mg_worker.c */
 /* Runs a worker's event loop on listen_fds (one per cfg->proxy_listen entry) until it is

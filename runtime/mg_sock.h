@@ -21,10 +21,16 @@ typedef struct {
     unsigned rready : 1; /* a read may return data (no EAGAIN seen since the last event) */
     unsigned wready : 1; /* a write may make progress */
     unsigned eof : 1;    /* the peer closed its side, or the socket failed */
-    ev_tstamp last_io;   /* last successful read or write */
-    ev_tstamp deadline;  /* when the armed timer fires; 0 = none */
+    /* TLS: OpenSSL may need the other direction to make progress (a read that must first
+     * write, a write that must first read); the event it waits for is watched instead */
+    unsigned rwantw : 1, wwantr : 1;
+    void *ssl;          /* SSL *, NULL for plain TCP: reads and writes go through it */
+    ev_tstamp last_io;  /* last successful read or write */
+    ev_tstamp deadline; /* when the armed timer fires; 0 = none */
 } mg_sock_t;
 
+/* Records readiness from an ev_io callback's revents (TLS cross-wants included). */
+void mg_sock_ready(mg_sock_t *s, int revents);
 /* Watches exactly `events` (EV_READ|EV_WRITE, 0 = none); no syscall when unchanged. */
 void mg_sock_set_events(mg_sock_t *s, int events);
 /* Arms the timer for the absolute time `deadline` (0 disarms); no-op when unchanged. */

@@ -1,9 +1,13 @@
 /*
  * mg_upstream.c — connections to backends: non-blocking connect, and a per-worker keepalive
- * pool per service (LIFO, capped by upstream_keepalive_pool_size, closed after
- * upstream_keepalive_idle_timeout or upstream_keepalive_max_requests). An idle pooled
- * connection is watched for readability: the backend closing it (or sending bytes nobody
- * asked for) removes it at once, so a stale connection is rarely handed out.
+ * pool per service, or per target for a service balanced over an upstream (so a connection
+ * to one target never carries a request meant for another), LIFO, capped by
+ * upstream_keepalive_pool_size, closed after upstream_keepalive_idle_timeout or
+ * upstream_keepalive_max_requests. An idle pooled connection is watched for readability:
+ * the backend closing it (or sending bytes nobody asked for) removes it at once, so a stale
+ * connection is rarely handed out. A balanced service picks its target here, from the
+ * worker's balancer of the upstream (mg_balancer.c), and every try is reported back when its
+ * connection is released.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,6 +18,7 @@
 #include <stdio.h>
 #include <sys/socket.h>
 
+#include "mg_balancer.h"
 #include "mg_log.h"
 #include "mg_request.h"
 
@@ -23,34 +28,94 @@ typedef struct {
     char addr_text[64]; /* "ip:port", for logs */
 } pool_t;
 
+/* pools[0..nservices) are the services', then one per target (cfg->targets order) */
 static pool_t *pools;
-static size_t npools;
+static size_t npools, nservice_pools;
+static mg_balancer_t *balancers; /* one per upstream (cfg->upstreams order) */
+static size_t nbalancers;
 
 static void uconn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void uconn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void uconn_close(mg_uconn_t *u);
+static void report_try(mg_uconn_t *u);
+
+static void addr_text(char *buf, size_t len, const struct sockaddr_storage *ss, unsigned port)
+{
+    const struct sockaddr *sa = (const struct sockaddr *)ss;
+    char host[INET6_ADDRSTRLEN] = "";
+    if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host, sizeof(host));
+    else
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host, sizeof(host));
+    snprintf(buf, len, sa->sa_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
+}
 
 int mg_upstream_init(const mg_config_t *cfg)
 {
-    npools = cfg->nservices;
+    nservice_pools = cfg->nservices;
+    npools = cfg->nservices + cfg->ntargets;
     pools = calloc(npools ? npools : 1, sizeof(pool_t));
-    if (pools == NULL) return MG_ERROR;
-    for (size_t i = 0; i < npools; i++) {
+    balancers = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(mg_balancer_t));
+    if (pools == NULL || balancers == NULL) return MG_ERROR;
+    for (size_t i = 0; i < cfg->nservices; i++) {
         const mg_service_t *s = &cfg->services[i];
-        const struct sockaddr *sa = (const struct sockaddr *)&s->addr;
-        char host[INET6_ADDRSTRLEN] = "";
-        if (sa->sa_family == AF_INET6)
-            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host, sizeof(host));
-        else
-            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host, sizeof(host));
-        snprintf(pools[i].addr_text, sizeof(pools[i].addr_text),
-                 sa->sa_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, s->port);
+        if (s->upstream == NULL)
+            addr_text(pools[i].addr_text, sizeof(pools[i].addr_text), &s->addr, s->port);
+    }
+    for (size_t i = 0; i < cfg->ntargets; i++) {
+        const mg_target_t *t = cfg->targets[i];
+        pool_t *p = &pools[nservice_pools + i];
+        addr_text(p->addr_text, sizeof(p->addr_text), &t->addr, t->port);
+    }
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const mg_upstream_t *up = &cfg->upstreams[i];
+        unsigned weights[up->ntargets + 1];
+        const char *ids[up->ntargets + 1];
+        for (size_t j = 0; j < up->ntargets; j++) {
+            weights[j] = up->targets[j].weight;
+            ids[j] = up->targets[j].target;
+        }
+        int rc =
+            mg_balancer_init(&balancers[i], up->algorithm, weights, ids, up->ntargets, up->slots);
+        if (rc != MG_OK) return MG_ERROR;
+        nbalancers = i + 1;
     }
     return MG_OK;
 }
 
+/* Picks r's target among its service's upstream (avoiding those already tried): the target,
+ * or NULL when none can take traffic. Counts the try in the balancer. */
+static const mg_target_t *pick_target(const mg_service_t *s, mg_req_t *r, int *peer)
+{
+    const mg_upstream_t *up = s->upstream;
+    mg_balancer_t *b = &balancers[up->index];
+    int last = r->target ? (int)(r->target - up->targets) : -1;
+    double now = ev_now(mg_worker.loop);
+    int i = mg_balancer_pick(b, r->lb_has_key, r->lb_hash, r->lb_tried, last, now);
+    *peer = i;
+    if (i < 0) return NULL;
+    if (i < 64) r->lb_tried |= 1ull << i;
+    return &up->targets[i];
+}
+
+/* The try on u's peer is over: the balancer learns its latency (time to the response head)
+ * or that it gave none. */
+static void report_try(mg_uconn_t *u)
+{
+    if (u->lb_peer < 0) return;
+    const mg_upstream_t *up = u->service->upstream;
+    mg_req_t *r = u->r;
+    double latency = r && r->resp.head_done && r->upstream_head >= u->started
+                         ? r->upstream_head - u->started
+                         : -1;
+    if (up && up->index < nbalancers)
+        mg_balancer_done(&balancers[up->index], u->lb_peer, latency, ev_now(mg_worker.loop));
+    u->lb_peer = -1;
+}
+
 static void uconn_close(mg_uconn_t *u)
 {
+    report_try(u);
     ev_io_stop(mg_worker.loop, &u->s.io);
     ev_timer_stop(mg_worker.loop, &u->s.timer);
     if (u->s.fd >= 0) close(u->s.fd);
@@ -61,7 +126,7 @@ static void uconn_close(mg_uconn_t *u)
 
 static void pool_unlink(mg_uconn_t *u)
 {
-    pool_t *p = &pools[u->service->index];
+    pool_t *p = &pools[u->pool];
     for (mg_uconn_t **pp = &p->head; *pp; pp = &(*pp)->next) {
         if (*pp == u) {
             *pp = u->next;
@@ -73,7 +138,23 @@ static void pool_unlink(mg_uconn_t *u)
 
 mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r)
 {
-    pool_t *p = &pools[s->index];
+    unsigned pool = s->index;
+    int peer = -1;
+    const struct sockaddr_storage *addr = &s->addr;
+    socklen_t addrlen = s->addrlen;
+    if (s->upstream) {
+        const mg_target_t *t = pick_target(s, r, &peer);
+        r->target = t;
+        if (t == NULL) {
+            r->lb_no_peer = 1;
+            errno = EHOSTUNREACH;
+            return NULL;
+        }
+        pool = (unsigned)nservice_pools + t->index;
+        addr = &t->addr;
+        addrlen = t->addrlen;
+    }
+    pool_t *p = &pools[pool];
     mg_uconn_t *u = p->head;
     if (u && !r->stale_retried) {
         p->head = u->next;
@@ -84,28 +165,40 @@ mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r)
         u->s.rready = 0;
         u->s.wready = 1;
         u->s.last_io = ev_now(mg_worker.loop);
+        u->started = u->s.last_io;
+        u->lb_peer = peer;
+        u->service = s; /* a target's pool serves every service balanced over it */
         mg_sock_set_deadline(&u->s, 0);
         /* the idle watcher (EV_READ) stays armed: the request needs exactly that, and leaving
          * it saves an epoll_ctl per request */
         return u;
     }
-    int fd = socket(s->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return NULL;
+    int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        int err = errno;
+        if (peer >= 0) mg_balancer_done(&balancers[s->upstream->index], peer, -1, 0);
+        errno = err;
+        return NULL;
+    }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     u = calloc(1, sizeof(*u));
     if (u == NULL) {
         close(fd);
+        if (peer >= 0) mg_balancer_done(&balancers[s->upstream->index], peer, -1, 0);
         errno = ENOMEM;
         return NULL;
     }
     u->s.fd = fd;
     u->service = s;
+    u->pool = pool;
+    u->lb_peer = peer;
     u->r = r;
     ev_io_init(&u->s.io, uconn_io_cb, fd, EV_WRITE);
     ev_init(&u->s.timer, uconn_timer_cb);
     u->s.last_io = ev_now(mg_worker.loop);
-    if (connect(fd, (const struct sockaddr *)&s->addr, s->addrlen) == 0) {
+    u->started = u->s.last_io;
+    if (connect(fd, (const struct sockaddr *)addr, addrlen) == 0) {
         u->connected = 1;
         u->s.wready = 1;
     } else if (errno != EINPROGRESS) {
@@ -121,7 +214,8 @@ void mg_upstream_release(mg_uconn_t *u, bool reusable)
 {
     const mg_limits_t *lim = &mg_worker.cfg->limits;
     u->requests++;
-    pool_t *p = &pools[u->service->index];
+    report_try(u);
+    pool_t *p = &pools[u->pool];
     if (!reusable || mg_worker.draining || u->s.eof || (u->in && mg_buf_len(u->in) > 0) ||
         (u->out && mg_buf_len(u->out) > 0) || u->requests >= lim->upstream_keepalive_max_requests ||
         p->count >= lim->upstream_keepalive_pool_size) {
@@ -218,4 +312,9 @@ void mg_upstream_pool_close_all(void)
 const char *mg_upstream_addr_text(const mg_service_t *s)
 {
     return pools[s->index].addr_text;
+}
+
+const char *mg_upstream_uconn_addr(const mg_uconn_t *u)
+{
+    return pools[u->pool].addr_text;
 }

@@ -11,6 +11,7 @@ local _M = {
   BODY_FILTER = 0x10,
   LOG = 0x20,
   TIMER = 0x40,
+  CERTIFICATE = 0x80, -- TLS handshake, global plugins only, no request, no yielding
 }
 
 -- handler method names in phase order; the runtime asks handlers for these
@@ -19,7 +20,7 @@ _M.ORDER = { "init_worker", "rewrite", "access", "header_filter", "body_filter",
 _M.BY_NAME = {
   init_worker = _M.INIT_WORKER, rewrite = _M.REWRITE, access = _M.ACCESS,
   header_filter = _M.HEADER_FILTER, body_filter = _M.BODY_FILTER, log = _M.LOG,
-  timer = _M.TIMER,
+  timer = _M.TIMER, certificate = _M.CERTIFICATE,
 }
 
 local NAMES = {}

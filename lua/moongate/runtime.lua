@@ -12,6 +12,7 @@ local cjson_null = require("cjson.safe").null
 local response = require "moongate.pdk.response"
 local log = require "moongate.pdk.log"
 local socket = require "moongate.pdk.socket"
+local tls_pdk = require "moongate.pdk.tls"
 local base = require "moongate.core.base"
 
 local C = base.C
@@ -28,6 +29,7 @@ _M.EXIT = "moongate:exit"   -- what response.exit yields; C ends the phase on it
 local installed = {}        -- name -> { handler, schema, priority }
 local chains = {}           -- route index (C's, 0-based) -> { [phase] = { entries } }
 local global_chain = {}     -- phase -> entries of global plugins (rewrite runs before routing)
+local cert_chain = {}       -- global plugins with a `certificate` handler, by priority
 local consumer_chains = {}  -- route index -> consumer index -> chain (consumers with plugins)
 local consumer_index = {}   -- consumer table -> its C index
 local reqs = {}             -- request id -> per-request state
@@ -229,6 +231,17 @@ function _M.load(conf)
     if e.route < 0 and e.service < 0 and e.consumer < 0 then globals[#globals + 1] = e end
   end
   global_chain = make_chains(globals, function(phase) return phase == "rewrite" end)
+  -- the certificate phase runs in the TLS handshake (runtime.run_certificate), before any
+  -- request exists: global plugins only, as in Kong
+  cert_chain = {}
+  for _, e in ipairs(globals) do
+    local fn = e.plugin.handler.certificate
+    if type(fn) == "function" then
+      cert_chain[#cert_chain + 1] = { name = e.plugin.name, handler = e.plugin.handler, fn = fn,
+                                      conf = e.config, priority = e.plugin.priority }
+    end
+  end
+  sort(cert_chain, by_priority)
 
   consumer_index = loaded_consumers.index_of
   local with_plugins = {}
@@ -271,7 +284,8 @@ function _M.load(conf)
     consumer_chains[route.index] = per
     masks[route.index] = mask
   end
-  return errors, masks, mask_of(global_chain)
+  return errors, masks,
+    bor(mask_of(global_chain), #cert_chain > 0 and phases.CERTIFICATE or 0)
 end
 
 --- Runs every plugin's init_worker handler (in each worker, after fork).
@@ -421,6 +435,35 @@ function _M.forget(id)
   local state = reqs[id]
   if state and state.sockets then socket.close_all(state) end
   reqs[id] = nil
+end
+
+--- Runs the global plugins' `certificate` handlers while a TLS handshake is at the
+-- ClientHello (C calls this from the server-name callback, after the certificate was chosen
+-- by SNI). No request exists and nothing may yield; moongate.tls.get_sni/set_cert work here.
+-- @param sni the server name the client sent, or nil
+-- @return ok (false: a handler raised, the handshake fails), then the PEM certificate and
+--   key a handler chose with moongate.tls.set_cert (nil, nil: keep the SNI's)
+function _M.run_certificate(sni)
+  cur = nil
+  local st = tls_pdk._begin(sni)
+  phases.current = phases.CERTIFICATE
+  local ok_all = true
+  for i = 1, #cert_chain do
+    local e = cert_chain[i]
+    log.plugin_name = e.name
+    local ok, err = xpcall(e.fn, traceback, e.handler, e.conf)
+    if not ok then
+      local msg = format("[%s] certificate phase failed (server name %s): %s", e.name,
+                         tostring(sni), tostring(err))
+      C.mg_ffi_log(4, msg, #msg)
+      ok_all = false
+      break
+    end
+  end
+  log.plugin_name = nil
+  phases.current = 0
+  tls_pdk._end()
+  return ok_all, st.cert, st.key
 end
 
 -- exposed for specs (the in-process kit) and C

@@ -24,6 +24,7 @@ local moongate = {
   version = "0.1.0",
 }
 moongate.socket = require "moongate.pdk.socket"
+moongate.tls = require "moongate.pdk.tls"
 
 local function current()
   -- replaced by the runtime with the running request's state

@@ -1288,6 +1288,29 @@ function moongate.node.get_worker_id()
   return active and active.worker_id or 0
 end
 
+-- tls (the certificate phase) ----------------------------------------------------------------
+-- kit.sni is opts.sni; what set_cert chose lands in kit.tls_cert and kit.tls_key.
+
+moongate.tls = {}
+
+function moongate.tls.get_sni()
+  check(phases.CERTIFICATE, "moongate.tls.get_sni")
+  return current().sni
+end
+
+function moongate.tls.set_cert(cert, key)
+  check(phases.CERTIFICATE, "moongate.tls.set_cert")
+  if type(cert) ~= "string" or not find(cert, "-----BEGIN", 1, true) then
+    error("moongate.tls.set_cert: the certificate must be PEM text", 2)
+  end
+  if type(key) ~= "string" or not find(key, "-----BEGIN", 1, true) then
+    error("moongate.tls.set_cert: the key must be PEM text", 2)
+  end
+  local kit = current()
+  kit.tls_cert, kit.tls_key = cert, key
+  return true
+end
+
 function moongate.node.get_worker_pid()
   return active and active.worker_pid or _M.WORKER_PID
 end
@@ -1430,6 +1453,7 @@ function _M.new(opts)
     names = {},        -- handler → the plugin name (from its schema)
   }, Kit)
   kit.consumers = opts.consumers or {}   -- what client.load_consumer finds
+  kit.sni = opts.sni                       -- what tls.get_sni returns (certificate phase)
   return kit
 end
 
@@ -1484,7 +1508,7 @@ local function pack(...)
   return { n = select("#", ...), ... }
 end
 
-local VALID_PHASE = {}
+local VALID_PHASE = { certificate = true }
 for _, p in ipairs(phases.ORDER) do VALID_PHASE[p] = true end
 
 local filter_body
