@@ -8,7 +8,6 @@
 -- gateway can tell. Each test uses its own source address, so buckets never carry over.
 
 local helpers = require "spec.helpers"
-local socket = require "socket"
 
 local fmt = string.format
 local now = helpers.now
@@ -16,33 +15,13 @@ local now = helpers.now
 local TIMEOUT = 5 -- upper bound (seconds) on any single wait in this file
 local PLUGIN_PATH = os.getenv("PWD") .. "/spec/fixtures/plugins/?.lua;;"
 
--- helpers' connection class, to wrap sockets bound to another source address (its
--- `connect()` cannot bind): taken from one connection to an upstream, not to a gateway
-local Client
-
-local function client_class(up)
-  if not Client then
-    local c = assert(helpers.connect(up.port))
-    Client = getmetatable(c)
-    c:close()
-  end
-end
-
 -- A connection from `src` to the gateway's port, or nil and an error. src "::1": over IPv6
 -- to [::1]:port.
 local function connect_from(src, port)
-  local v6 = src == "::1"
-  local sock = v6 and socket.tcp6() or socket.tcp()
-  assert(sock:bind(src, 0))
-  sock:settimeout(TIMEOUT)
-  local ok, err = sock:connect(v6 and "::1" or "127.0.0.1", port)
-  if not ok then
-    sock:close()
-    return nil, err
-  end
-  sock:setoption("tcp-nodelay", true)
-  return setmetatable({ sock = sock, fd = sock:getfd(), buf = "", pos = 1, host = "127.0.0.1",
-                        port = port, timeout = TIMEOUT }, Client)
+  local c, err = helpers.connect(port, { source = src, timeout = TIMEOUT,
+                                         host = src == "::1" and "::1" or "127.0.0.1" })
+  if not c then return nil, err:match(": ([^:]+)$") or err end
+  return c
 end
 
 -- Sends a request on c (keep-alive unless `close`) and reads the answer.
@@ -115,7 +94,6 @@ describe("guards", function()
 
   lazy_setup(function()
     up = helpers.upstream()
-    client_class(up)
   end)
 
   lazy_teardown(function()

@@ -458,14 +458,22 @@ Client.__index = Client
 -- hold a connection across requests (keep-alive, pipelining, WebSocket).
 -- Reads use recv(2) directly, so a reset (RST) is told apart from a close (FIN).
 -- @tparam number port
--- @tparam[opt] table opts `host` (default "127.0.0.1"), `timeout` (seconds for each
--- operation, default 5)
+-- @tparam[opt] table opts `host` (default "127.0.0.1"; "::1" connects over IPv6),
+-- `timeout` (seconds for each operation, default 5), `source` (the local address to bind,
+-- e.g. "127.0.0.2": Linux routes all of 127/8 to lo, so specs can be several clients)
 -- @return a client, or nil and an error message
 function _M.connect(port, opts)
   opts = opts or {}
   local host = opts.host or "127.0.0.1"
-  local sock = socket.tcp()
+  local sock = host:find(":", 1, true) and socket.tcp6() or socket.tcp()
   local timeout = opts.timeout or 5
+  if opts.source then
+    local ok, err = sock:bind(opts.source, 0)
+    if not ok then
+      sock:close()
+      return nil, fmt("could not bind to %s: %s", opts.source, err)
+    end
+  end
   sock:settimeout(timeout)
   local ok, err = sock:connect(host, port)
   if not ok then
