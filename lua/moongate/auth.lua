@@ -65,6 +65,20 @@ function _M.reject(conf, status, message, headers)
   return moongate.response.exit(status, { message = message }, headers)
 end
 
+--- A WWW-Authenticate value (RFC 9110 11.6.1): the scheme, then realm="..." when a realm is
+-- given (a quoted-string: '"' and '\' escaped, so a realm can never break the header), then
+-- `params` (more auth-params, already formatted), comma-separated.
+function _M.challenge(scheme, realm, params)
+  local out = scheme
+  local sep = " "
+  if realm then
+    out = out .. sep .. 'realm="' .. realm:gsub('[\\"]', "\\%0") .. '"'
+    sep = ", "
+  end
+  if params then out = out .. sep .. params end
+  return out
+end
+
 --- True for a CORS preflight the plugin is configured not to check (run_on_preflight off).
 function _M.preflight_skipped(conf)
   return conf.run_on_preflight == false and moongate.request.get_method() == "OPTIONS"

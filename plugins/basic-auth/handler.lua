@@ -11,7 +11,7 @@ local auth = require "moongate.auth"
 local consumers = require "moongate.consumers"
 local crypto = require "moongate.crypto"
 
-local find, sub, match, gsub = string.find, string.sub, string.match, string.gsub
+local find, sub, match = string.find, string.sub, string.match
 local tonumber, setmetatable = tonumber, setmetatable
 local decode_base64 = crypto.decode_base64
 
@@ -30,9 +30,7 @@ local challenge_of = setmetatable({}, { __mode = "k" })   -- conf -> { WWW-Authe
 local function challenge(conf)
   local c = challenge_of[conf]
   if not c then
-    -- a quoted-string (RFC 9110 5.6.4): '"' and '\' escaped; the schema refuses controls
-    local realm = gsub(conf.realm or "service", '[\\"]', "\\%0")
-    c = { ["WWW-Authenticate"] = 'Basic realm="' .. realm .. '"' }
+    c = { ["WWW-Authenticate"] = auth.challenge("Basic", conf.realm or "service") }
     challenge_of[conf] = c
   end
   return c

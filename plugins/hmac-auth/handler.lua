@@ -50,8 +50,7 @@ local function prepare(conf)
     local allowed = {}
     for _, alg in ipairs(conf.algorithms) do allowed[alg] = true end
     p = {
-      challenge = { ["WWW-Authenticate"] = conf.realm and format('hmac realm="%s"', conf.realm)
-                                           or "hmac" },
+      challenge = { ["WWW-Authenticate"] = auth.challenge("hmac", conf.realm) },
       allowed = allowed,
     }
     prepared[conf] = p

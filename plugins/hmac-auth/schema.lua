@@ -29,7 +29,8 @@ return {
           { algorithms = { type = "array", required = true, default = ALGORITHMS,
               elements = { type = "string", one_of = ALGORITHMS },
               description = "The HMAC algorithms clients may sign with." } },
-          { realm = { type = "string", len_min = 1,
+          -- no control characters: the realm goes into a response header
+          { realm = { type = "string", len_min = 1, not_match = "%c",
               description = "Realm of the WWW-Authenticate challenge on 401 answers." } },
         },
     } },

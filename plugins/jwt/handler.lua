@@ -14,7 +14,7 @@ local crypto = require "moongate.crypto"
 local parser = require "moongate.plugins.jwt.parser"
 
 local type, ipairs, setmetatable, floor = type, ipairs, setmetatable, math.floor
-local match, lower, gsub, gmatch = string.match, string.lower, string.gsub, string.gmatch
+local match, lower, gmatch = string.match, string.lower, string.gmatch
 local hmac, equals, verify, decode_base64 = crypto.hmac, crypto.equals, crypto.verify,
   crypto.decode_base64
 local KEY_RULES = consumers.JWT_KEY_RULES
@@ -36,13 +36,9 @@ local prepared = setmetatable({}, { __mode = "k" })
 local function prepare(conf)
   local p = prepared[conf]
   if p then return p end
-  local base = "Bearer"
-  if conf.realm then
-    -- a quoted-string: quotes and backslashes escaped (RFC 7230 §3.2.6)
-    base = 'Bearer realm="' .. gsub(conf.realm, '[\\"]', "\\%0") .. '"'
-  end
+  local base = auth.challenge("Bearer", conf.realm)
   -- RFC 6750 §3 separates the auth-params with a comma (Kong writes a bare space)
-  local with_error = base .. (conf.realm and ", " or " ") .. 'error="invalid_token"'
+  local with_error = auth.challenge("Bearer", conf.realm, 'error="invalid_token"')
   local cookies = {}
   for i, name in ipairs(conf.cookie_names or {}) do cookies[i] = lower(name) end
   p = { challenge = { ["WWW-Authenticate"] = base },

@@ -18,7 +18,7 @@ local challenge_of = setmetatable({}, { __mode = "k" })   -- conf -> WWW-Authent
 local function challenge(conf)
   local c = challenge_of[conf]
   if not c then
-    c = { ["WWW-Authenticate"] = conf.realm and ('Key realm="' .. conf.realm .. '"') or "Key" }
+    c = { ["WWW-Authenticate"] = auth.challenge("Key", conf.realm) }
     challenge_of[conf] = c
   end
   return c

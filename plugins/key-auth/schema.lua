@@ -15,7 +15,8 @@ return {
           { key_in_query = { type = "boolean", required = true, default = true } },
           { key_in_body = { type = "boolean", required = true, default = false } },
           { run_on_preflight = { type = "boolean", required = true, default = true } },
-          { realm = { type = "string", len_min = 1 } },
+          -- no control characters: the realm goes into a response header
+          { realm = { type = "string", len_min = 1, not_match = "%c" } },
         },
     } },
   },

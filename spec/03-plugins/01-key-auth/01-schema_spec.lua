@@ -30,6 +30,11 @@ describe("key-auth schema", function()
     }, errs)
     local _, errs2 = schema.validate_plugin_config(plugin_schema, { key_names = {} }, "config")
     assert.same({ "config.key_names: length must be at least 1" }, errs2)
+    -- the realm goes into WWW-Authenticate: no control characters
+    local _, errs3 = schema.validate_plugin_config(plugin_schema, { realm = "a\r\nX: y" },
+                                                   "config")
+    assert.equal(1, #errs3)
+    assert.matches("^config%.realm: ", errs3[1])
   end)
 
   it("is checked by `moongate check` against the config file", function()
