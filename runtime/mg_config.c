@@ -29,6 +29,7 @@
 #include <pcre2.h>
 
 #include "mg_config.h"
+#include "mg_health.h"
 #include "mg_tls.h"
 
 #define NONE SIZE_MAX     /* field offset: validate the value, store it nowhere */
@@ -222,6 +223,8 @@ static bool i_rate(ctx_t *x, const char *s, void *out, const field_t *f);
 static bool i_protocol(ctx_t *x, const char *s, void *out, const field_t *f);
 static bool i_host(ctx_t *x, const char *s, void *out, const field_t *f);
 static bool i_url(ctx_t *x, const char *s, void *out, const field_t *f);
+static bool i_number(ctx_t *x, const char *s, void *out, const field_t *f);
+static bool i_status(ctx_t *x, const char *s, void *out, const field_t *f);
 
 static bool is_label_char(char c);
 static const char *check_name(ctx_t *x, char *s);
@@ -437,6 +440,58 @@ static const field_t target_fields[] = {
 
 #define HASH_NAME(m) ONE(#m, i_string, upstream_item_t, u.m, .check = check_header_name)
 
+/* Kong's upstream `healthchecks` record: its field names, types and bounds (defaults are set
+ * in parse_upstream) */
+static const char *const hc_types[] = {"tcp", "http", "https", "grpc", "grpcs", NULL};
+#define HC_INTERVAL ONE("interval", i_number, mg_hc_side_t, interval, .max = 65535)
+#define HC_COUNT(m) ONE(#m, i_int, mg_hc_side_t, m, .max = 255)
+#define HC_STATUSES LIST("http_statuses", i_status, mg_hc_side_t, http_statuses, nhttp_statuses)
+#define HC_SIDE(n, m, t)                                                                           \
+    {                                                                                              \
+        .name = (n), .parse = p_sub, .off = offsetof(mg_healthchecks_t, m), .sub = (t),            \
+        .nsub = MG_ARRAY_SIZE(t)                                                                   \
+    }
+
+static const field_t hc_active_healthy[] = {HC_INTERVAL, HC_COUNT(successes), HC_STATUSES};
+static const field_t hc_active_unhealthy[] = {
+    HC_INTERVAL, HC_COUNT(http_failures), HC_COUNT(tcp_failures), HC_COUNT(timeouts), HC_STATUSES};
+static const field_t hc_passive_healthy[] = {HC_COUNT(successes), HC_STATUSES};
+static const field_t hc_passive_unhealthy[] = {HC_COUNT(http_failures), HC_COUNT(tcp_failures),
+                                               HC_COUNT(timeouts), HC_STATUSES};
+
+/* offsets from the healthchecks record (p_sub at offset 0) */
+static const field_t hc_active_fields[] = {
+    ONE("type", i_enum, mg_healthchecks_t, active.type, .choices = hc_types),
+    ONE("http_path", i_string, mg_healthchecks_t, active.http_path, .check = check_service_path),
+    ONE("timeout", i_number, mg_healthchecks_t, active.timeout, .max = 65535),
+    ONE("concurrency", i_int, mg_healthchecks_t, active.concurrency, .min = 1, .max = 2147483647),
+    SKIP("https_sni", i_string),
+    SKIP("https_verify_certificate", i_bool),
+    {.name = "headers", .parse = p_mapping},
+    HC_SIDE("healthy", active.healthy, hc_active_healthy),
+    HC_SIDE("unhealthy", active.unhealthy, hc_active_unhealthy),
+};
+
+static const field_t hc_passive_fields[] = {
+    ONE("type", i_enum, mg_healthchecks_t, passive.type, .choices = hc_types),
+    HC_SIDE("healthy", passive.healthy, hc_passive_healthy),
+    HC_SIDE("unhealthy", passive.unhealthy, hc_passive_unhealthy),
+};
+
+static const field_t hc_fields[] = {
+    {.name = "active",
+     .parse = p_sub,
+     .off = 0,
+     .sub = hc_active_fields,
+     .nsub = MG_ARRAY_SIZE(hc_active_fields)},
+    {.name = "passive",
+     .parse = p_sub,
+     .off = 0,
+     .sub = hc_passive_fields,
+     .nsub = MG_ARRAY_SIZE(hc_passive_fields)},
+    ONE("threshold", i_number, mg_healthchecks_t, threshold, .max = 100),
+};
+
 static const field_t upstream_fields[] = {
     ONE("name", i_string, upstream_item_t, u.name, .check = check_name),
     ONE("algorithm", i_enum, upstream_item_t, u.algorithm, .choices = lb_algorithms),
@@ -454,9 +509,11 @@ static const field_t upstream_fields[] = {
     ONE("slots", i_int, upstream_item_t, u.slots, .min = 10, .max = 65536),
     ONE("host_header", i_host, upstream_item_t, u.host_header),
     {.name = "targets", .parse = p_entities, .entity = parse_target},
-    /* Kong's exports always carry healthchecks: accepted as a mapping, acted on once health
-     * checks land (issue 6 item 2) */
-    {.name = "healthchecks", .parse = p_mapping},
+    {.name = "healthchecks",
+     .parse = p_sub,
+     .off = offsetof(upstream_item_t, u.healthchecks),
+     .sub = hc_fields,
+     .nsub = MG_ARRAY_SIZE(hc_fields)},
     {.name = "client_certificate", .parse = p_unsupported},
     SKIP("use_srv_name", i_bool),
     SKIP("id", i_string),
@@ -1157,6 +1214,40 @@ static bool i_int(ctx_t *x, const char *s, void *out, const field_t *f)
     return true;
 }
 
+/* A number (Kong's `number`: seconds, a percentage) within [min, max], as a double. */
+static bool i_number(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*s == '\0' || *end != '\0' || errno != 0 || !isfinite(v)) {
+        fail(x, "expected a number");
+        return false;
+    }
+    if (v < (double)f->min || (f->max && v > (double)f->max)) {
+        range_error(x, f, (long long)v);
+        return false;
+    }
+    memcpy(out, &v, sizeof(v));
+    return true;
+}
+
+/* An HTTP status of a health check list: an integer 100..999 (Kong). */
+static bool i_status(ctx_t *x, const char *s, void *out, const field_t *f)
+{
+    long long v;
+    if (!parse_ll(s, &v)) {
+        fail(x, "expected an integer");
+        return false;
+    }
+    if (v < 100 || v > 999) {
+        fail(x, "must be between 100 and 999");
+        return false;
+    }
+    store(out, f, v);
+    return true;
+}
+
 static bool i_enum(ctx_t *x, const char *s, void *out, const field_t *f)
 {
     int i = choice(s, f->choices);
@@ -1776,6 +1867,47 @@ static void parse_consumer(ctx_t *x, yaml_node_t *n, void *parent)
     x->consumers_tail = &it->next;
 }
 
+static void fail_field(ctx_t *x, const char *path, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void hc_statuses(ctx_t *x, mg_hc_side_t *side, const int *v, size_t n)
+{
+    side->http_statuses = zalloc(x, x->cfg->pool, n * sizeof(int));
+    memcpy(side->http_statuses, v, n * sizeof(int));
+    side->nhttp_statuses = n;
+}
+
+/* Kong's defaults for `healthchecks` (every count 0: no checks until configured). */
+static void hc_defaults(ctx_t *x, mg_healthchecks_t *hc)
+{
+    static const int active_ok[] = {200, 302};
+    static const int active_bad[] = {429, 404, 500, 501, 502, 503, 504, 505};
+    static const int passive_ok[] = {200, 201, 202, 203, 204, 205, 206, 207, 208, 226,
+                                     300, 301, 302, 303, 304, 305, 306, 307, 308};
+    static const int passive_bad[] = {429, 500, 503};
+    hc->active.type = hc->passive.type = MG_HC_HTTP;
+    hc->active.http_path = sdup(x, "/");
+    hc->active.timeout = 1;
+    hc->active.concurrency = 10;
+    hc_statuses(x, &hc->active.healthy, active_ok, MG_ARRAY_SIZE(active_ok));
+    hc_statuses(x, &hc->active.unhealthy, active_bad, MG_ARRAY_SIZE(active_bad));
+    hc_statuses(x, &hc->passive.healthy, passive_ok, MG_ARRAY_SIZE(passive_ok));
+    hc_statuses(x, &hc->passive.unhealthy, passive_bad, MG_ARRAY_SIZE(passive_bad));
+}
+
+/* Passive checks count live traffic once some unhealthy threshold is set; active checks
+ * probe once some interval is set (https and grpc probes are refused, not silently skipped). */
+static void hc_finish(ctx_t *x, upstream_item_t *it)
+{
+    mg_healthchecks_t *hc = &it->u.healthchecks;
+    const mg_hc_side_t *u = &hc->passive.unhealthy;
+    hc->passive_on = u->http_failures || u->tcp_failures || u->timeouts;
+    hc->active_on = hc->active.healthy.interval > 0 || hc->active.unhealthy.interval > 0;
+    if (hc->active_on && hc->active.type != MG_HC_HTTP && hc->active.type != MG_HC_TCP)
+        fail_field(x, it->path, "healthchecks.active.type",
+                   "only \"http\" and \"tcp\" probes are supported yet");
+}
+
 /* An upstream: its fields, nested targets, and the rules between its hash fields (checked
  * in finish_upstreams, once top-level targets have joined). */
 static void parse_upstream(ctx_t *x, yaml_node_t *n, void *parent)
@@ -1784,7 +1916,9 @@ static void parse_upstream(ctx_t *x, yaml_node_t *n, void *parent)
     it->path = tprintf(x, "%s", x->path);
     it->u.slots = 10000;
     it->targets_tail = &it->targets;
+    hc_defaults(x, &it->u.healthchecks);
     uint64_t seen = parse_map(x, n, it, upstream_fields, MG_ARRAY_SIZE(upstream_fields));
+    hc_finish(x, it);
     if (!HAS(seen, upstream_fields, "name")) {
         size_t mark = path_key(x, "name");
         fail(x, "required");
@@ -2629,6 +2763,8 @@ mg_config_t *mg_config_load(const char *path, mg_config_errors_t *errs)
         if (root) parse_map(x, root, cfg, top_fields, MG_ARRAY_SIZE(top_fields));
     }
     finish(x);
+    /* the targets' health, shared with the workers forked with this configuration */
+    if (x->nerrs == 0 && mg_health_create(cfg) != MG_OK) fail(x, "cannot map the health zone");
 
 done:
     for (int i = 0; i < 3; i++)
@@ -2648,6 +2784,7 @@ failed:
 void mg_config_free(mg_config_t *cfg)
 {
     if (cfg == NULL) return;
+    mg_health_destroy(cfg);
     mg_tls_free(cfg->tls);
     mg_pool_destroy(cfg->pool);
 }

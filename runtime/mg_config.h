@@ -89,6 +89,36 @@ typedef struct {
     unsigned index; /* position in mg_config_t.targets (keepalive pool per target) */
 } mg_target_t;
 
+/* One side (healthy or unhealthy) of Kong's active or passive health checks. A threshold of
+ * 0 turns that count off; `interval` (active only, seconds, 0 = no probes). */
+typedef struct {
+    double interval;
+    unsigned successes;                             /* healthy */
+    unsigned http_failures, tcp_failures, timeouts; /* unhealthy */
+    int *http_statuses;
+    size_t nhttp_statuses;
+} mg_hc_side_t;
+
+enum { MG_HC_TCP, MG_HC_HTTP, MG_HC_HTTPS, MG_HC_GRPC, MG_HC_GRPCS };
+
+/* Kong's upstream `healthchecks` record (defaults as Kong). */
+typedef struct {
+    struct {
+        int type; /* MG_HC_* */
+        char *http_path;
+        double timeout;
+        unsigned concurrency;
+        mg_hc_side_t healthy, unhealthy;
+    } active;
+    struct {
+        int type;
+        mg_hc_side_t healthy, unhealthy;
+    } passive;
+    double threshold; /* 0..100 */
+    bool passive_on;  /* some passive unhealthy threshold > 0: live traffic is counted */
+    bool active_on;   /* some active interval > 0: targets are probed */
+} mg_healthchecks_t;
+
 /* Kong's upstream entity: a named pool of targets a service's `host` can name. */
 typedef struct mg_upstream_s {
     char *name;
@@ -103,6 +133,7 @@ typedef struct mg_upstream_s {
     unsigned slots; /* 10..65536, default 10000 */
     mg_target_t *targets;
     size_t ntargets;
+    mg_healthchecks_t healthchecks;
     unsigned index; /* position in mg_config_t.upstreams */
 } mg_upstream_t;
 
@@ -257,6 +288,8 @@ typedef struct mg_config_s {
     size_t nupstreams;
     mg_target_t **targets; /* every upstream's targets, in order (pool keys) */
     size_t ntargets;
+    /* health of every target, shared by the workers (mg_health.c), made at load */
+    struct mg_health_zone_s *health;
 
     /* TLS termination: the entities as written (validated and turned into SSL contexts by
      * mg_tls_load), and the result, NULL when no listener has `ssl` */

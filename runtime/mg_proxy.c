@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #include "mg_balancer.h"
+#include "mg_health.h"
 #include "mg_log.h"
 #include "mg_out.h"
 #include "mg_lua.h"
@@ -597,6 +598,10 @@ void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout)
     bool connecting = u && !u->connected;
     bool nothing_received =
         !r->resp.head_done && (u == NULL || u->in == NULL || mg_buf_len(u->in) == 0);
+    /* passive health: counted when the try is reported (its connection released); a pooled
+     * connection the backend had closed is not the target failing (the retry will tell) */
+    if (u && !r->resp.head_done && !(u->reused && !timeout))
+        u->hc_failure = timeout ? MG_HC_EV_TIMEOUT : MG_HC_EV_TCP_FAILURE;
     if (r->target)
         mg_log_err("upstream %s (upstream \"%s\" target %s, %s, try %u): %s",
                    connecting ? "connect failed" : "failed", s->upstream->name, r->target->target,

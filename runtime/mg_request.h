@@ -79,6 +79,7 @@ struct mg_uconn_s {
     const mg_service_t *service; /* timeouts */
     unsigned pool;               /* keepalive pool: the service's, or its target's */
     int lb_peer;                 /* the balancer's peer this try counts against, or -1 */
+    unsigned hc_failure;         /* passive health: MG_HC_EV_TCP_FAILURE/TIMEOUT, or 0 */
     ev_tstamp started;           /* the try began (latency for the balancer) */
     mg_req_t *r;                 /* owner, NULL while idle in the pool */
     mg_buf_t *in, *out;

@@ -7,7 +7,9 @@
  * the backend closing it (or sending bytes nobody asked for) removes it at once, so a stale
  * connection is rarely handed out. A balanced service picks its target here, from the
  * worker's balancer of the upstream (mg_balancer.c), and every try is reported back when its
- * connection is released.
+ * connection is released (to the balancer, and to the passive health checks, mg_health.c,
+ * whose shared marks become the balancer's `down` peers, and whose `threshold` can take the
+ * whole upstream out).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +21,7 @@
 #include <sys/socket.h>
 
 #include "mg_balancer.h"
+#include "mg_health.h"
 #include "mg_log.h"
 #include "mg_request.h"
 
@@ -33,6 +36,8 @@ static pool_t *pools;
 static size_t npools, nservice_pools;
 static mg_balancer_t *balancers; /* one per upstream (cfg->upstreams order) */
 static size_t nbalancers;
+static uint64_t health_seen;  /* mg_health_generation when the down marks were copied */
+static bool *below_threshold; /* per upstream: its healthy weight under `threshold` % */
 
 static void uconn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void uconn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
@@ -56,7 +61,8 @@ int mg_upstream_init(const mg_config_t *cfg)
     npools = cfg->nservices + cfg->ntargets;
     pools = calloc(npools ? npools : 1, sizeof(pool_t));
     balancers = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(mg_balancer_t));
-    if (pools == NULL || balancers == NULL) return MG_ERROR;
+    below_threshold = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(bool));
+    if (pools == NULL || balancers == NULL || below_threshold == NULL) return MG_ERROR;
     for (size_t i = 0; i < cfg->nservices; i++) {
         const mg_service_t *s = &cfg->services[i];
         if (s->upstream == NULL)
@@ -83,6 +89,27 @@ int mg_upstream_init(const mg_config_t *cfg)
     return MG_OK;
 }
 
+/* Copies the shared health marks into every balancer's `down` once some target changed. */
+static void sync_health(const mg_config_t *cfg)
+{
+    uint64_t g = mg_health_generation(cfg);
+    if (g == health_seen) return;
+    health_seen = g;
+    for (size_t i = 0; i < nbalancers && i < cfg->nupstreams; i++) {
+        const mg_upstream_t *up = &cfg->upstreams[i];
+        double total = 0, healthy = 0;
+        for (size_t j = 0; j < up->ntargets && j < balancers[i].npeers; j++) {
+            bool down = !mg_health_is_healthy(cfg, up->targets[j].index);
+            balancers[i].peers[j].down = down;
+            total += up->targets[j].weight;
+            if (!down) healthy += up->targets[j].weight;
+        }
+        /* Kong: under `threshold` % of its weight healthy, the whole upstream is unhealthy */
+        below_threshold[i] = up->healthchecks.threshold > 0 && total > 0 &&
+                             healthy * 100 < up->healthchecks.threshold * total;
+    }
+}
+
 /* Picks r's target among its service's upstream (avoiding those already tried): the target,
  * or NULL when none can take traffic. Counts the try in the balancer. */
 static const mg_target_t *pick_target(const mg_service_t *s, mg_req_t *r, int *peer)
@@ -90,6 +117,11 @@ static const mg_target_t *pick_target(const mg_service_t *s, mg_req_t *r, int *p
     const mg_upstream_t *up = s->upstream;
     mg_balancer_t *b = &balancers[up->index];
     int last = r->target ? (int)(r->target - up->targets) : -1;
+    if (up->healthchecks.passive_on || up->healthchecks.active_on) sync_health(mg_worker.cfg);
+    if (below_threshold[up->index]) {
+        *peer = -1;
+        return NULL;
+    }
     double now = ev_now(mg_worker.loop);
     int i = mg_balancer_pick(b, r->lb_has_key, r->lb_hash, r->lb_tried, last, now);
     *peer = i;
@@ -110,6 +142,15 @@ static void report_try(mg_uconn_t *u)
                          : -1;
     if (up && up->index < nbalancers)
         mg_balancer_done(&balancers[up->index], u->lb_peer, latency, ev_now(mg_worker.loop));
+    /* passive health: the status the target answered, or how it failed (a try that ended
+     * otherwise, such as the client leaving first, says nothing about the target) */
+    if (up && up->healthchecks.passive_on && (size_t)u->lb_peer < up->ntargets) {
+        const mg_target_t *t = &up->targets[u->lb_peer];
+        if (r && r->resp.head_done)
+            mg_health_report(mg_worker.cfg, up, t, MG_HC_EV_STATUS, (int)r->resp.status);
+        else if (u->hc_failure)
+            mg_health_report(mg_worker.cfg, up, t, (int)u->hc_failure, 0);
+    }
     u->lb_peer = -1;
 }
 
@@ -167,6 +208,7 @@ mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r)
         u->s.last_io = ev_now(mg_worker.loop);
         u->started = u->s.last_io;
         u->lb_peer = peer;
+        u->hc_failure = 0;
         u->service = s; /* a target's pool serves every service balanced over it */
         mg_sock_set_deadline(&u->s, 0);
         /* the idle watcher (EV_READ) stays armed: the request needs exactly that, and leaving
@@ -203,6 +245,7 @@ mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r)
         u->s.wready = 1;
     } else if (errno != EINPROGRESS) {
         int err = errno;
+        u->hc_failure = MG_HC_EV_TCP_FAILURE;
         uconn_close(u);
         errno = err;
         return NULL;

@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 
 #include "mg_guard.h"
+#include "mg_health.h"
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_lua_socket.h"
@@ -68,6 +69,7 @@ static void start_drain(void)
         mg_worker.listeners[i].fd = -1;
     }
     mg_upstream_pool_close_all();
+    mg_probe_stop();
     ev_timer_set(&mg_worker.drain_timer, mg_worker.cfg->limits.worker_shutdown_timeout * 0.001, 0.);
     ev_timer_start(mg_worker.loop, &mg_worker.drain_timer);
     mg_conn_drain_all();
@@ -117,6 +119,7 @@ int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned
     }
     if (mg_upstream_init(cfg) != MG_OK) return MG_ERROR;
     if (mg_guard_init_worker(cfg) != MG_OK) return MG_ERROR;
+    if (mg_probe_start(cfg) != MG_OK) return MG_ERROR;
     if (getrandom(&mg_worker.rid_seed, sizeof(mg_worker.rid_seed), 0) < 0)
         mg_worker.rid_seed = (uint64_t)getpid() * 0x9E3779B97F4A7C15ULL ^ (uint64_t)ev_time();
     mg_worker.listeners = calloc(nfds ? nfds : 1, sizeof(mg_listener_t));
@@ -161,6 +164,7 @@ int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned
     while (mg_worker.conns)
         mg_conn_abort(mg_worker.conns);
     mg_upstream_pool_close_all();
+    mg_probe_stop();
     mg_lua_socket_pool_close_all();
     mg_router_free(mg_worker.router);
     mg_guard_exit_worker();

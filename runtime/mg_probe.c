@@ -1,0 +1,214 @@
+/*
+ * mg_probe.c — active health checks (Kong's `healthchecks.active`): every worker runs one
+ * timer, and at each tick claims the targets whose probe is due in the shared health zone
+ * (mg_health_claim_probe: exactly one worker wins a target per interval, so the workers
+ * together probe each target once per `healthy.interval` while it is healthy and once per
+ * `unhealthy.interval` while not). A probe is a non-blocking connect on the event loop, for
+ * `type: tcp` the connect is the answer; for `type: http` an HTTP/1.0 GET of `http_path` with
+ * the target's Host, whose status line is the answer. `timeout` bounds the whole probe.
+ * Results are counted against the active thresholds by mg_health.c, which logs transitions.
+ * Nothing is allocated per tick; one small block per probe in flight.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/socket.h>
+
+#include "mg_health.h"
+#include "mg_log.h"
+#include "mg_request.h"
+
+typedef struct probe_s {
+    ev_io io;
+    ev_timer timer;
+    int fd;
+    bool connected;
+    const mg_upstream_t *up;
+    const mg_target_t *t;
+    char req[600];
+    size_t reqlen, sent;
+    char buf[128]; /* the status line is all we read */
+    size_t len;
+    struct probe_s *next, **prev;
+} probe_t;
+
+static const mg_config_t *probe_cfg;
+static ev_timer tick;
+static probe_t *probes;
+static bool *in_flight; /* per cfg->targets index: this worker has a probe out */
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void probe_free(probe_t *p)
+{
+    ev_io_stop(mg_worker.loop, &p->io);
+    ev_timer_stop(mg_worker.loop, &p->timer);
+    if (p->fd >= 0) close(p->fd);
+    *p->prev = p->next;
+    if (p->next) p->next->prev = p->prev;
+    in_flight[p->t->index] = false;
+    free(p);
+}
+
+static void probe_done(probe_t *p, int event, int status)
+{
+    const mg_upstream_t *up = p->up;
+    const mg_target_t *t = p->t;
+    probe_free(p);
+    mg_health_probe_result(probe_cfg, up, t, event, status);
+}
+
+/* "HTTP/1.x NNN" at the start of the buffer: the status, or -1. */
+static int status_of(const char *b, size_t len)
+{
+    if (len < 12 || memcmp(b, "HTTP/1.", 7) != 0 || b[8] != ' ') return -1;
+    int st = 0;
+    for (int i = 9; i < 12; i++) {
+        if (b[i] < '0' || b[i] > '9') return -1;
+        st = st * 10 + (b[i] - '0');
+    }
+    return st;
+}
+
+static void probe_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    probe_t *p = MG_CONTAINER_OF(w, probe_t, io);
+    if (!p->connected) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err != 0) {
+            probe_done(p, MG_HC_EV_TCP_FAILURE, 0);
+            return;
+        }
+        p->connected = true;
+        if (p->up->healthchecks.active.type == MG_HC_TCP) {
+            probe_done(p, MG_HC_EV_SUCCESS, 0);
+            return;
+        }
+    }
+    if (p->sent < p->reqlen) {
+        ssize_t n = send(p->fd, p->req + p->sent, p->reqlen - p->sent, MSG_NOSIGNAL);
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            probe_done(p, MG_HC_EV_TCP_FAILURE, 0);
+            return;
+        }
+        if (n > 0) p->sent += (size_t)n;
+        if (p->sent == p->reqlen) {
+            ev_io_stop(loop, &p->io);
+            ev_io_set(&p->io, p->fd, EV_READ);
+            ev_io_start(loop, &p->io);
+        }
+        return;
+    }
+    ssize_t n = recv(p->fd, p->buf + p->len, sizeof(p->buf) - p->len, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n > 0) p->len += (size_t)n;
+    if (n > 0 && p->len < 12) return;
+    int st = status_of(p->buf, p->len);
+    if (st < 0)
+        probe_done(p, MG_HC_EV_TCP_FAILURE, 0); /* closed, reset or not HTTP */
+    else
+        probe_done(p, MG_HC_EV_STATUS, st);
+}
+
+static void probe_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    probe_done(MG_CONTAINER_OF(w, probe_t, timer), MG_HC_EV_TIMEOUT, 0);
+}
+
+static void probe_start(const mg_upstream_t *up, const mg_target_t *t)
+{
+    const mg_healthchecks_t *hc = &up->healthchecks;
+    probe_t *p = calloc(1, sizeof(*p));
+    if (p == NULL) return;
+    p->up = up;
+    p->t = t;
+    if (hc->active.type == MG_HC_HTTP) {
+        int n = snprintf(p->req, sizeof(p->req),
+                         "GET %s HTTP/1.0\r\nHost: %s\r\nUser-Agent: moongate-healthcheck\r\n"
+                         "Connection: close\r\n\r\n",
+                         hc->active.http_path, t->target);
+        if (n < 0 || (size_t)n >= sizeof(p->req)) {
+            free(p);
+            return;
+        }
+        p->reqlen = (size_t)n;
+    }
+    p->fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (p->fd < 0) {
+        free(p); /* a local shortage says nothing about the target */
+        return;
+    }
+    p->next = probes;
+    p->prev = &probes;
+    if (probes) probes->prev = &p->next;
+    probes = p;
+    in_flight[t->index] = true;
+    ev_io_init(&p->io, probe_io_cb, p->fd, EV_WRITE);
+    ev_timer_init(&p->timer, probe_timer_cb, hc->active.timeout > 0 ? hc->active.timeout : 1, 0);
+    ev_timer_start(mg_worker.loop, &p->timer);
+    if (connect(p->fd, (const struct sockaddr *)&t->addr, t->addrlen) != 0 &&
+        errno != EINPROGRESS) {
+        probe_done(p, MG_HC_EV_TCP_FAILURE, 0);
+        return;
+    }
+    ev_io_start(mg_worker.loop, &p->io);
+}
+
+static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    int64_t now = now_ns();
+    for (size_t i = 0; i < probe_cfg->nupstreams; i++) {
+        const mg_upstream_t *up = &probe_cfg->upstreams[i];
+        const mg_healthchecks_t *hc = &up->healthchecks;
+        if (!hc->active_on) continue;
+        int64_t he = (int64_t)(hc->active.healthy.interval * 1e9);
+        int64_t ue = (int64_t)(hc->active.unhealthy.interval * 1e9);
+        for (size_t j = 0; j < up->ntargets; j++) {
+            const mg_target_t *t = &up->targets[j];
+            if (t->weight == 0 || in_flight[t->index]) continue;
+            if (mg_health_claim_probe(probe_cfg, t->index, now, he, ue)) probe_start(up, t);
+        }
+    }
+}
+
+int mg_probe_start(const mg_config_t *cfg)
+{
+    double every = 0;
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const mg_healthchecks_t *hc = &cfg->upstreams[i].healthchecks;
+        if (!hc->active_on) continue;
+        double iv[2] = {hc->active.healthy.interval, hc->active.unhealthy.interval};
+        for (int k = 0; k < 2; k++)
+            if (iv[k] > 0 && (every == 0 || iv[k] < every)) every = iv[k];
+    }
+    if (every == 0) return MG_OK;
+    /* ticks often enough for the shortest interval, never busier than 20 per second */
+    every = every / 2 < 0.05 ? 0.05 : every / 2 > 1 ? 1 : every / 2;
+    in_flight = calloc(cfg->ntargets + 1, sizeof(bool));
+    if (in_flight == NULL) return MG_ERROR;
+    probe_cfg = cfg;
+    ev_timer_init(&tick, tick_cb, every, every);
+    ev_timer_start(mg_worker.loop, &tick);
+    return MG_OK;
+}
+
+void mg_probe_stop(void)
+{
+    if (probe_cfg == NULL) return;
+    ev_timer_stop(mg_worker.loop, &tick);
+    while (probes)
+        probe_free(probes);
+    free(in_flight);
+    in_flight = NULL;
+    probe_cfg = NULL;
+}
