@@ -472,8 +472,9 @@ int mg_ffi_tcp_result(mg_cosock_t *cs, const char **err)
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    mg_cosock_t *todo, *todo_tail, *done;
-    unsigned ntodo, threads, idle;
+    mg_cosock_t *queued, *queued_tail; /* lookups waiting for a resolver thread, FIFO */
+    mg_cosock_t *resolved;             /* lookups done, for the loop to pick up */
+    unsigned nqueued, threads, idle;
     bool started;
     ev_async async;
 } res = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
@@ -482,15 +483,15 @@ static void *resolver_main(void *arg)
 {
     pthread_mutex_lock(&res.lock);
     for (;;) {
-        while (res.todo == NULL) {
+        while (res.queued == NULL) {
             res.idle++;
             pthread_cond_wait(&res.cond, &res.lock);
             res.idle--;
         }
-        mg_cosock_t *cs = res.todo;
-        res.todo = cs->job_next;
-        if (res.todo == NULL) res.todo_tail = NULL;
-        res.ntodo--;
+        mg_cosock_t *cs = res.queued;
+        res.queued = cs->job_next;
+        if (res.queued == NULL) res.queued_tail = NULL;
+        res.nqueued--;
         pthread_mutex_unlock(&res.lock);
 
         char port[8];
@@ -510,8 +511,8 @@ static void *resolver_main(void *arg)
         pthread_mutex_lock(&res.lock);
         cs->gai_rc = rc;
         cs->naddrs = (uint8_t)n;
-        cs->job_next = res.done;
-        res.done = cs;
+        cs->job_next = res.resolved;
+        res.resolved = cs;
         ev_async_send(mg_worker.loop, &res.async);
     }
     return NULL;
@@ -520,8 +521,8 @@ static void *resolver_main(void *arg)
 static void resolver_done_cb(struct ev_loop *loop, ev_async *w, int revents)
 {
     pthread_mutex_lock(&res.lock);
-    mg_cosock_t *list = res.done;
-    res.done = NULL;
+    mg_cosock_t *list = res.resolved;
+    res.resolved = NULL;
     pthread_mutex_unlock(&res.lock);
     while (list) {
         /* `job` stays set on the rest of the list until each is handled: a socket freed by
@@ -556,13 +557,13 @@ static int resolver_submit(mg_cosock_t *cs)
     pthread_mutex_lock(&res.lock);
     cs->job = 1;
     cs->job_next = NULL;
-    if (res.todo_tail)
-        res.todo_tail->job_next = cs;
+    if (res.queued_tail)
+        res.queued_tail->job_next = cs;
     else
-        res.todo = cs;
-    res.todo_tail = cs;
-    res.ntodo++;
-    if (res.ntodo > res.idle && res.threads < RESOLVER_THREADS_MAX) {
+        res.queued = cs;
+    res.queued_tail = cs;
+    res.nqueued++;
+    if (res.nqueued > res.idle && res.threads < RESOLVER_THREADS_MAX) {
         pthread_t t;
         pthread_attr_t attr;
         sigset_t all, old;
@@ -576,8 +577,8 @@ static int resolver_submit(mg_cosock_t *cs)
         pthread_sigmask(SIG_SETMASK, &old, NULL);
     }
     if (res.threads == 0) { /* could not start any: take the job back */
-        res.todo = res.todo_tail = NULL;
-        res.ntodo = 0;
+        res.queued = res.queued_tail = NULL;
+        res.nqueued = 0;
         cs->job = 0;
         pthread_mutex_unlock(&res.lock);
         return MG_ERROR;
