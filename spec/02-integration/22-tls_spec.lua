@@ -10,11 +10,13 @@
 
 local helpers = require "spec.helpers"
 local cjson = require "cjson"
+local pki = require "spec.pki"
 
 local fmt = string.format
 local q = helpers.shell_quote
 
 local DIR -- where the certificates live
+local CA  -- the test CA (moongate.spec.pki)
 local PATTERN = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_"
 
 local function sh(cmd)
@@ -25,39 +27,16 @@ local function path(name)
   return DIR .. "/" .. name
 end
 
--- A leaf for `names` (the first is the CN), signed by the test CA. kind "rsa" or "ec";
--- days (default 30) 0 makes it expire at once.
-local function mkcert(file, kind, names, days)
-  local key = path(file .. ".key")
-  local gen = kind == "ec"
-      and fmt("openssl ecparam -name prime256v1 -genkey -noout -out %s", q(key))
-      or fmt("openssl genrsa -out %s 2048", q(key))
-  local sans = {}
-  for i, n in ipairs(names) do sans[i] = "DNS:" .. n end
-  helpers.write_file(path(file .. ".ext"), "subjectAltName=" .. table.concat(sans, ",") .. "\n")
-  local out, rc = sh(table.concat({
-    gen,
-    fmt("openssl req -new -key %s -out %s -subj %s", q(key), q(path(file .. ".csr")),
-        q("/CN=" .. names[1])),
-    fmt("openssl x509 -req -in %s -CA %s -CAkey %s -CAcreateserial -out %s -days %d -extfile %s",
-        q(path(file .. ".csr")), q(path("ca.crt")), q(path("ca.key")),
-        q(path(file .. ".crt")), days or 30, q(path(file .. ".ext"))),
-  }, " && "))
-  assert(rc == 0, out)
-end
-
 local function make_certs()
-  DIR = assert(helpers.run("mktemp -d /tmp/moongate-tls.XXXXXX")):gsub("%s+$", "")
-  local out, rc = sh(fmt("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s -out %s "
-                         .. "-days 30 -subj '/CN=moongate test CA'",
-                         q(path("ca.key")), q(path("ca.crt"))))
-  assert(rc == 0, out)
-  mkcert("a", "rsa", { "a.test" })
-  mkcert("a_ec", "ec", { "a.test" })
-  mkcert("wild", "rsa", { "*.wild.test" })
-  mkcert("default", "rsa", { "default.test" })
-  mkcert("other", "ec", { "other.test" })
-  mkcert("expired", "rsa", { "expired.test" }, 0)
+  local ca = pki.ca()
+  CA, DIR = ca, ca.dir
+  ca:leaf("a", { names = { "a.test" } })
+  ca:leaf("a_ec", { kind = "ec", names = { "a.test" } })
+  ca:leaf("wild", { names = { "*.wild.test" } })
+  ca:leaf("default", { names = { "default.test" } })
+  ca:leaf("other", { kind = "ec", names = { "other.test" } })
+  ca:leaf("expired", { names = { "expired.test" }, days = 0 })
+  return ca
 end
 
 -- `openssl s_client` against the gateway: its whole output (stdin closed at once).
@@ -494,7 +473,7 @@ describe("certificate phase", function()
   local gw
 
   lazy_setup(function()
-    mkcert("picked", "ec", { "picked.test" })
+    CA:leaf("picked", { kind = "ec", names = { "picked.test" } })
     gw = helpers.start({
       log_level = "info",
       lua_package_path = os.getenv("PWD") .. "/spec/fixtures/tls/?.lua;;",
