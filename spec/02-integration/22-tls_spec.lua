@@ -362,14 +362,10 @@ describe("termination", function()
       -- random bytes: no pattern a dropped or repeated record could hide in
       local out, rc = sh(fmt("openssl rand -out %s %d", q(up_src), 5 * 1024 * 1024))
       assert.equal(0, rc, out)
-      local pid_out = helpers.run(fmt("cd %s && exec luajit spec/fixtures/tls/sink.lua %s "
-                                      .. "> %s 2>&1 & echo $!", q(os.getenv("PWD")),
-                                      q(sink_out), q(path("sink.log"))))
-      local pid = tonumber(pid_out:match("%d+"))
-      finally(function() if pid then sh("kill " .. pid) end end)
-      local port = helpers.eventually(function()
-        return assert(tonumber((read(path("sink.log")) or ""):match("listening on (%d+)")))
-      end)
+      local sink = helpers.process("luajit spec/fixtures/tls/sink.lua " .. q(sink_out),
+                                   { dir = os.getenv("PWD"), ready = "listening on %d+" })
+      finally(function() sink:stop() end)
+      local port = assert(tonumber(sink:output():match("listening on (%d+)")))
       local sink_gw = helpers.start({
         proxy_listen = helpers.array({ "127.0.0.1:" .. helpers.get_free_port() .. " ssl" }),
         certificates = helpers.array({ { cert = path("a.crt"), key = path("a.key") } }),

@@ -1169,6 +1169,71 @@ function Upstream:set_mode(mode)
 end
 
 --------------------------------------------------------------------------------------------
+-- Any other server a spec needs (nginx as a TLS backend, an OCSP responder, a DNS server)
+--------------------------------------------------------------------------------------------
+
+local Process = {}
+Process.__index = Process
+
+--- Starts `cmd` (a shell command line; `exec` is prepended so the pid is the server's own)
+-- in the background, tracked like every process started here: stopped when this Lua process
+-- goes away even if the spec forgets. stdout and stderr go to `.out` and `.err` files in a
+-- fresh prefix directory.
+-- @tparam string cmd e.g. "nginx -p DIR -c DIR/nginx.conf -g 'daemon off;'"
+-- @tparam[opt] table opts `ready` (a Lua pattern awaited in stdout or stderr, or a function
+-- returning truthy when the server is up, e.g. one that connects to its port), `timeout`
+-- (seconds to wait for `ready`, default 10), `dir` (run it in this directory)
+-- @return a process: `.pid`, `.prefix`, `.out`, `.err` (paths), `:running()`, `:stop()`
+-- (SIGTERM, then SIGKILL after 5 s), `:kill()` (SIGKILL at once), `:exit_code()`,
+-- `:output()` (stdout .. stderr). Raises, with its output, if it exits or is not ready in time.
+function _M.process(cmd, opts)
+  opts = opts or {}
+  local prefix = make_prefix("process")
+  local line = "exec " .. cmd
+  if opts.dir then line = "cd " .. shell_quote(opts.dir) .. " && " .. line end
+  local proc = spawn(line, prefix)
+  local p = setmetatable({ proc = proc, pid = proc.pid, prefix = prefix, out = proc.out,
+                           err = proc.err }, Process)
+  tracked[#tracked + 1] = p
+  if opts.ready == nil then return p end
+  local deadline = _M.now() + (opts.timeout or START_TIMEOUT)
+  while _M.now() < deadline do
+    local ok
+    if type(opts.ready) == "function" then
+      ok = opts.ready(p)
+    else
+      ok = find(p:output(), opts.ready)
+    end
+    if ok then return p end
+    if not proc_running(proc) then break end
+    _M.sleep(0.02)
+  end
+  p:stop()
+  error(fmt("process did not start: %s\n%s", cmd, p:output()), 2)
+end
+
+function Process:output()
+  return (read_file(self.out) or "") .. (read_file(self.err) or "")
+end
+
+function Process:running()
+  return proc_running(self.proc)
+end
+
+function Process:exit_code()
+  return proc_exit_code(self.proc)
+end
+
+function Process:stop()
+  terminate({ self.proc }, nil, 5)
+end
+
+function Process:kill()
+  signal_pid(self.proc.pid, "KILL")
+  proc_wait(self.proc, 5)
+end
+
+--------------------------------------------------------------------------------------------
 -- Redis
 --------------------------------------------------------------------------------------------
 
