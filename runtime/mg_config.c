@@ -409,6 +409,16 @@ static const field_t service_fields[] = {
         .name = (n), .parse = p_records                                                            \
     }
 
+const char *const mg_credential_kinds[MG_NCREDENTIAL_KINDS] = {
+    "keyauth_credentials", "basicauth_credentials", "jwt_secrets", "hmacauth_credentials", "acls"};
+
+/* The same lists at the top level, each item naming its consumer (kept for Lua too). */
+#define TOP_CREDENTIALS(n, i)                                                                      \
+    {                                                                                              \
+        .name = (n), .parse = p_value, .off = offsetof(mg_config_t, credentials[i]),               \
+        .flags = F_ENTITY                                                                          \
+    }
+
 static const field_t consumer_fields[] = {
     ONE("id", i_string, consumer_item_t, c.id),
     ONE("username", i_string, consumer_item_t, c.username),
@@ -563,6 +573,11 @@ static const field_t top_fields[] = {
     {.name = "services", .parse = p_entities, .entity = parse_service, .flags = F_ENTITY},
     {.name = "routes", .parse = p_entities, .entity = parse_route, .flags = F_ENTITY},
     {.name = "consumers", .parse = p_entities, .entity = parse_consumer, .flags = F_ENTITY},
+    TOP_CREDENTIALS("keyauth_credentials", 0),
+    TOP_CREDENTIALS("basicauth_credentials", 1),
+    TOP_CREDENTIALS("jwt_secrets", 2),
+    TOP_CREDENTIALS("hmacauth_credentials", 3),
+    TOP_CREDENTIALS("acls", 4),
     {.name = "upstreams", .parse = p_entities, .entity = parse_upstream, .flags = F_ENTITY},
     {.name = "targets", .parse = p_entities, .entity = parse_target, .flags = F_ENTITY},
     {.name = "certificates",

@@ -16,6 +16,10 @@
 #include "mg_ip.h"
 #include "mg_pool.h"
 
+/* Consumer credential kinds (Kong's entity names), nested in consumers or at the top level. */
+#define MG_NCREDENTIAL_KINDS 5
+extern const char *const mg_credential_kinds[MG_NCREDENTIAL_KINDS];
+
 typedef struct {
     char *text;                   /* as written, e.g. "127.0.0.1:8000 ssl" (for messages) */
     struct sockaddr_storage addr; /* resolved numeric address (IPv4 or IPv6, or "*"=0.0.0.0) */
@@ -279,6 +283,10 @@ typedef struct mg_config_s {
     size_t nplugins;
     mg_consumer_t *consumers;
     size_t nconsumers;
+    /* Kong's top-level credential lists (`keyauth_credentials: [{consumer: alice, key: ...}]`),
+     * as written: moongate.consumers validates them and files each under its consumer. In the
+     * order of mg_credential_kinds. */
+    mg_value_t *credentials[MG_NCREDENTIAL_KINDS];
 
     mg_service_t *services;
     size_t nservices;
