@@ -30,6 +30,7 @@
 
 #include "mg_config.h"
 #include "mg_health.h"
+#include "mg_ca.h"
 #include "mg_tls.h"
 
 #define NONE SIZE_MAX     /* field offset: validate the value, store it nowhere */
@@ -533,11 +534,6 @@ static const field_t upstream_fields[] = {
 #define SETTING_LIST(m, it, ...)                                                                   \
     LIST(#m, it, mg_config_t, m, n##m, .flags = F_SETTING | F_ENV | F_LIST, __VA_ARGS__)
 #define SETTING(n, it, ...) ONE(#n, it, mg_config_t, n, .flags = F_SETTING | F_ENV, __VA_ARGS__)
-#define UNSUPPORTED(n)                                                                             \
-    {                                                                                              \
-        .name = (n), .parse = p_unsupported, .flags = F_ENTITY                                     \
-    }
-
 static const field_t top_fields[] = {
     SETTING_LIST(proxy_listen, i_listen, .min = 1),
     SETTING_LIST(admin_listen, i_listen),
@@ -584,7 +580,10 @@ static const field_t top_fields[] = {
      .parse = p_value,
      .off = offsetof(mg_config_t, certificates),
      .flags = F_ENTITY},
-    UNSUPPORTED("ca_certificates"),
+    {.name = "ca_certificates",
+     .parse = p_value,
+     .off = offsetof(mg_config_t, ca_certificates),
+     .flags = F_ENTITY},
     {.name = "snis", .parse = p_value, .off = offsetof(mg_config_t, snis), .flags = F_ENTITY},
 };
 
@@ -2801,6 +2800,7 @@ void mg_config_free(mg_config_t *cfg)
     if (cfg == NULL) return;
     mg_health_destroy(cfg);
     mg_tls_free(cfg->tls);
+    mg_ca_free(cfg->ca);
     mg_pool_destroy(cfg->pool);
 }
 

@@ -304,6 +304,10 @@ typedef struct mg_config_s {
     mg_value_t *certificates;
     mg_value_t *snis;
     struct mg_tls_s *tls;
+    /* the `ca_certificates` entities as written, and the set mg_ca_load validated (mg_ca.h),
+     * made in the master before mg_tls_load; empty when none */
+    mg_value_t *ca_certificates;
+    struct mg_ca_set_s *ca;
 } mg_config_t;
 
 /* A list of "PATH: message" strings collected while loading; owned by its pool. */

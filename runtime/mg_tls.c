@@ -49,6 +49,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include "mg_ca.h"
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_tls.h"
@@ -112,22 +113,7 @@ static int no_password(char *buf, int size, int rwflag, void *u)
 /* A BIO over the PEM text, or over the file the value names. NULL with a message in why. */
 static BIO *pem_bio(load_t *L, const char *v, char *why, size_t wlen)
 {
-    if (strstr(v, "-----BEGIN")) return BIO_new_mem_buf(v, -1);
-    if (*v == '\0') {
-        snprintf(why, wlen, "must be PEM text or the path of a PEM file");
-        return NULL;
-    }
-    char path[4096];
-    if (v[0] == '/' || L->cfg->prefix == NULL)
-        snprintf(path, sizeof(path), "%s", v);
-    else
-        snprintf(path, sizeof(path), "%s/%s", L->cfg->prefix, v);
-    BIO *b = BIO_new_file(path, "r");
-    if (b == NULL) {
-        snprintf(why, wlen, "cannot read '%s': %s", path, strerror(errno ? errno : ENOENT));
-        ERR_clear_error();
-    }
-    return b;
+    return mg_pem_bio(L->cfg, v, why, wlen);
 }
 
 typedef struct {
