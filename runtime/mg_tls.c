@@ -737,6 +737,40 @@ void mg_tls_free(mg_tls_t *t)
     free(t);
 }
 
+/* ---- client certificates (upstream mTLS) ------------------------------------------------- */
+
+int mg_tls_use_cert_id(const mg_config_t *cfg, const char *id, SSL_CTX *ctx, char *why, size_t wlen)
+{
+    const mg_value_t *certs = cfg->certificates;
+    for (size_t i = 0; certs && certs->kind == MG_VAL_ARRAY && i < certs->len; i++) {
+        const mg_value_t *cid = get(&certs->items[i], "id");
+        if (cid == NULL || cid->kind != MG_VAL_STRING || strcmp(cid->str, id) != 0) continue;
+        /* mg_tls_load has reported whatever is wrong with the entity itself: the problems
+         * found again here go to a scratch list, and only a summary to the caller */
+        mg_config_errors_t scratch;
+        mg_config_errors_init(&scratch);
+        load_t L = {cfg, &scratch, NULL};
+        char path[64];
+        snprintf(path, sizeof(path), "certificates[%zu]", i);
+        pair_t p = {0};
+        bool ok = load_pair(&L, &certs->items[i], path, "cert", "key", &p);
+        mg_config_errors_free(&scratch);
+        if (!ok) {
+            snprintf(why, wlen, "%s cannot be loaded", path);
+            return MG_ERROR;
+        }
+        ok = ctx_use(ctx, &p);
+        pair_free(&p);
+        if (!ok) {
+            snprintf(why, wlen, "%s cannot be used (%s)", path, ssl_reason());
+            return MG_ERROR;
+        }
+        return MG_OK;
+    }
+    snprintf(why, wlen, "no certificate has id '%s'", id);
+    return MG_DECLINED;
+}
+
 /* ---- connections ---------------------------------------------------------------------------- */
 
 int mg_tls_accept(const mg_tls_t *t, mg_sock_t *s)

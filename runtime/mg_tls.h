@@ -12,6 +12,7 @@
 #include "mg_sock.h"
 
 typedef struct mg_tls_s mg_tls_t;
+struct ssl_ctx_st; /* SSL_CTX */
 
 /*
  * Validates cfg->certificates and cfg->snis and builds the contexts. Problems are added to
@@ -22,6 +23,12 @@ typedef struct mg_tls_s mg_tls_t;
  */
 mg_tls_t *mg_tls_load(const mg_config_t *cfg, mg_config_errors_t *errs);
 void mg_tls_free(mg_tls_t *t);
+
+/* Puts the `certificates` entity with this id (cert, chain and key) into ctx, a client
+ * context presenting it (mTLS to backends). MG_OK; MG_DECLINED when no certificate has that
+ * id, MG_ERROR when it cannot be loaded; both with a message in why. */
+int mg_tls_use_cert_id(const mg_config_t *cfg, const char *id, struct ssl_ctx_st *ctx, char *why,
+                       size_t wlen);
 
 /* Attaches a server-side TLS session to s (s->ssl); MG_ERROR when OpenSSL fails. */
 int mg_tls_accept(const mg_tls_t *t, mg_sock_t *s);
