@@ -256,7 +256,7 @@ void mg_utls_free(mg_utls_t *U)
 
 void *mg_utls_new(const mg_utls_ctx_t *c, int fd, const char *name, mg_utls_cache_t *cache)
 {
-    SSL *ssl = SSL_new(c->ctx);
+    SSL *ssl = c ? SSL_new(c->ctx) : NULL;
     if (ssl == NULL || SSL_set_fd(ssl, fd) != 1) goto fail;
     SSL_set_connect_state(ssl);
     bool verify = SSL_CTX_get_verify_mode(c->ctx) & SSL_VERIFY_PEER;
