@@ -4,7 +4,8 @@
 -- a fresh prefix directory under /tmp and runs `$MOONGATE_BIN run -c FILE` in the background;
 -- `upstream()` runs moongate.spec.upstream (an HTTP/1.1 echo server with failure modes) as a
 -- child process; `nginx()` a real nginx (an HTTPS backend, for upstream TLS); a plain
--- HTTP/1.1 client, a raw-bytes client and a response parser talk to any of them; `eventually()` waits for asynchronous effects.
+-- HTTP/1.1 client, a raw-bytes client and a response parser talk to any of them;
+-- `eventually()` waits for asynchronous effects.
 --
 -- Processes: every process started here runs under a small sh wrapper that records its exit
 -- status and kills it (SIGTERM, then SIGKILL) within a second or so of this Lua process
