@@ -264,6 +264,53 @@ describe("upstream TLS", function()
     assert.equal("r", field(b.body, "reused"))
   end)
 
+  it("retries a failed handshake on the next target and counts it against the target", function()
+    local gw = helpers.start(conf({
+      { name = "mixed", host = "mixed", protocol = "https", retries = 2,
+        ca_certificates = array({ "test-ca" }) },
+    }, {
+      upstreams = array({
+        { name = "mixed", healthchecks = { passive = { unhealthy = { tcp_failures = 1 } } },
+          targets = array({ { target = "127.0.0.1:" .. ng.ports.PORT_NAMED },
+                            { target = "127.0.0.1:" .. ng.ports.PORT } }) },
+      }),
+    }))
+    finally(function() gw:stop() end)
+    for _ = 1, 4 do
+      local res = gw:get("/mixed")
+      assert.equal(200, res.status)
+      assert.equal("PORT", field(res.body, "srv"))
+    end
+    helpers.eventually(function()
+      local log = gw:error_log()
+      assert.matches(fmt('target 127.0.0.1:%d, 127.0.0.1:%d, try 1): TLS certificate verify '
+                         .. 'failed: IP address mismatch (name "127.0.0.1")',
+                         ng.ports.PORT_NAMED, ng.ports.PORT_NAMED), log, 1, true)
+      assert.matches(fmt("target 127.0.0.1:%d is now unhealthy", ng.ports.PORT_NAMED), log, 1,
+                     true)
+    end)
+  end)
+
+  it("bounds the handshake by connect_timeout", function()
+    -- a listener that never accepts: the kernel completes TCP, nobody answers the ClientHello
+    local socket = require "socket"
+    local l = assert(socket.tcp4())
+    assert(l:bind("127.0.0.1", 0))
+    assert(l:listen(8))
+    local _, port = l:getsockname()
+    finally(function() l:close() end)
+    local gw = helpers.start(conf({ https("mute", port, { connect_timeout = 300 }) }))
+    finally(function() gw:stop() end)
+    local t0 = helpers.now()
+    local res = gw:get("/mute")
+    assert.equal(504, res.status)
+    assert.is_true(helpers.now() - t0 < 5)
+    helpers.eventually(function()
+      assert.matches(fmt("upstream connect failed (127.0.0.1:%d, try 1): timed out", port),
+                     gw:error_log(), 1, true)
+    end)
+  end)
+
   describe("active https probes", function()
     local function probed(verify, ca)
       return conf({
