@@ -21,6 +21,7 @@ local NO_PEER = "failure to get a peer from the ring-balancer"
 
 local CA, OTHER, INT -- the backend's CA, an unrelated CA, an intermediate under CA
 local ng             -- the nginx backend
+local echo           -- an echo upstream behind nginx's WebSocket server (PORT_WS)
 
 local function array(t)
   return helpers.array(t)
@@ -92,7 +93,21 @@ describe("upstream TLS", function()
     local deep = INT:leaf("deep", { names = { "127.0.0.1" } })
     helpers.write_file(CA:path("deep-chain.crt"),
                        CA:read(deep.crt) .. CA:read(INT.crt))
-    ng = helpers.nginx(
+    echo = helpers.upstream()
+    local ws = fmt([[
+  server {
+    listen 127.0.0.1:%%PORT_WS%% ssl;
+    ssl_certificate %s;
+    ssl_certificate_key %s;
+    location / {
+      proxy_pass http://127.0.0.1:%d;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade";
+    }
+  }
+]], CA:path("srv.crt"), CA:path("srv.key"), echo.port)
+    ng = helpers.nginx(ws ..
       server("PORT", CA:path("srv.crt"), CA:path("srv.key"), "a.test") ..
       server("PORT_B", CA:path("srv.crt"), CA:path("srv.key")) ..
       server("PORT_NAMED", CA:path("named.crt"), CA:path("named.key")) ..
@@ -103,6 +118,7 @@ describe("upstream TLS", function()
 
   lazy_teardown(function()
     if ng then ng.stop() end
+    if echo then echo:stop() end
     for _, ca in ipairs({ CA, OTHER }) do
       if ca then ca:cleanup() end
     end
@@ -309,6 +325,32 @@ describe("upstream TLS", function()
       assert.matches(fmt("upstream connect failed (127.0.0.1:%d, try 1): timed out", port),
                      gw:error_log(), 1, true)
     end)
+  end)
+
+  it("tunnels a WebSocket over TLS, and passes the client's half-close through", function()
+    local upstream_mod = require "moongate.spec.upstream"
+    local gw = helpers.start(conf({
+      https("ws", ng.ports.PORT_WS, { ca_certificates = array({ "test-ca" }) }),
+    }, { limits = { worker_shutdown_timeout = "1s" } }))
+    finally(function() gw:stop() end)
+    local function upgrade()
+      local c = assert(helpers.connect(gw.port))
+      assert(c:send("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                    .. "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    .. "Sec-WebSocket-Version: 13\r\n\r\n"))
+      assert.equal(101, assert(c:read_response()).status)
+      return c
+    end
+    local c = upgrade()
+    finally(function() c:close() end)
+    local big = ("0123456789"):rep(7000)
+    assert(c:send(upstream_mod.encode_frame(2, big, true)))
+    local frame = assert(c:receive_frame(5))
+    assert.is_true(frame.payload == big, "payload differs")
+    c:shutdown_send() -- through the gateway (close_notify, FIN) and nginx to the echo server
+    local rest, how = c:receive_all(5)
+    assert.equal("", rest)
+    assert.is_true(how == "closed" or how == "reset", how)
   end)
 
   describe("active https probes", function()
