@@ -298,6 +298,9 @@ void mg_upstream_release(mg_uconn_t *u, bool reusable)
     u->next = p->head;
     p->head = u;
     p->count++;
+    /* idle, only readability matters: a TLS cross-want left from the last request would
+     * arm EV_WRITE, and an idle writable socket would wake the loop without end */
+    u->s.rwantw = u->s.wwantr = 0;
     mg_sock_set_events(&u->s, EV_READ);
     mg_sock_set_deadline(&u->s,
                          ev_now(mg_worker.loop) + lim->upstream_keepalive_idle_timeout * 0.001);
