@@ -1684,6 +1684,7 @@ static const char *check_probe_sni(ctx_t *x, char *s)
     lower(s);
     if (inet_pton(AF_INET, s, a) == 1 || inet_pton(AF_INET6, s, a) == 1)
         return "must be a host name, not an IP address";
+    if (strchr(s, '*')) return "must be one host name, not a wildcard";
     return host_error(x, s, strlen(s), s, false);
 }
 

@@ -153,6 +153,21 @@ static bool cert_field(const mg_value_t *v, const char *path, mg_config_errors_t
     return true;
 }
 
+/* Whether the certificates entity `id` exists and loads (reported at path otherwise). */
+static bool cert_usable(const mg_config_t *cfg, const char *id, const char *path,
+                        mg_config_errors_t *errs)
+{
+    char why[300];
+    SSL_CTX *scratch = SSL_CTX_new(TLS_client_method());
+    int rc = scratch ? mg_tls_use_cert_id(cfg, id, scratch, why, sizeof(why)) : MG_ERROR;
+    SSL_CTX_free(scratch);
+    ERR_clear_error();
+    if (rc != MG_OK)
+        mg_config_errors_add(errs, "%s.client_certificate: %s", path,
+                             scratch ? why : "out of memory");
+    return rc == MG_OK;
+}
+
 static bool load_service(mg_utls_t *U, mg_config_t *cfg, mg_service_t *s, mg_config_errors_t *errs)
 {
     const char *path = s->conf_path ? s->conf_path : "services[?]";
@@ -172,6 +187,7 @@ static bool load_service(mg_utls_t *U, mg_config_t *cfg, mg_service_t *s, mg_con
     if (!mg_ca_refs(cfg->ca, s->ca_certificates, cpath, false, errs, &refs)) ok = false;
     const char *cert_id;
     if (!cert_field(s->client_certificate, path, errs, &cert_id)) ok = false;
+    if (cert_id && !cert_usable(cfg, cert_id, path, errs)) ok = false;
     if (cert_id == NULL && s->upstream && is_set(s->upstream->client_certificate))
         cert_id = cert_ref(s->upstream->client_certificate); /* checked with the upstream */
     if (ok) {
@@ -188,17 +204,8 @@ static bool load_upstream(mg_utls_t *U, mg_config_t *cfg, mg_upstream_t *up,
     const char *path = up->conf_path ? up->conf_path : "upstreams[?]";
     const char *cert_id;
     if (!cert_field(up->client_certificate, path, errs, &cert_id)) return false;
-    if (cert_id) { /* an unknown id is refused even when no https service uses it yet */
-        char why[300];
-        SSL_CTX *probe = SSL_CTX_new(TLS_client_method());
-        int rc = probe ? mg_tls_use_cert_id(cfg, cert_id, probe, why, sizeof(why)) : MG_ERROR;
-        SSL_CTX_free(probe);
-        if (rc != MG_OK) {
-            mg_config_errors_add(errs, "%s.client_certificate: %s", path,
-                                 probe ? why : "out of memory");
-            return false;
-        }
-    }
+    /* an unknown id is refused even when no https service uses it yet */
+    if (cert_id && !cert_usable(cfg, cert_id, path, errs)) return false;
     const mg_healthchecks_t *hc = &up->healthchecks;
     if (!hc->active_on || hc->active.type != MG_HC_HTTPS) return true;
     /* probes trust what the traffic trusts: the first https service balanced over the
@@ -226,7 +233,7 @@ mg_utls_t *mg_utls_load(mg_config_t *cfg, mg_config_errors_t *errs)
     bool ok = true;
     for (size_t i = 0; i < cfg->nservices; i++)
         ok = load_service(U, cfg, &cfg->services[i], errs) && ok;
-    for (size_t i = 0; ok && i < cfg->nupstreams; i++)
+    for (size_t i = 0; i < cfg->nupstreams; i++)
         ok = load_upstream(U, cfg, &cfg->upstreams[i], errs) && ok;
     if (!ok || U->ctxs == NULL) {
         for (size_t i = 0; i < cfg->nservices; i++)

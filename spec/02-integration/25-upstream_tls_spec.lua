@@ -432,8 +432,8 @@ describe("upstream TLS", function()
     it("refuses an unknown ca_certificates id, with its path", function()
       local rc, out = check({ https("s", 443, { ca_certificates = array({ "nope" }) }) })
       assert.are_not.equal(0, rc)
-      assert.matches("services[0].ca_certificates[0]: ", out, 1, true)
-      assert.matches("nope", out, 1, true)
+      assert.matches("services[0].ca_certificates[0]: no ca_certificate has id 'nope'", out, 1,
+                     true)
     end)
 
     it("refuses a tls_verify_depth out of 0..64", function()
@@ -443,6 +443,16 @@ describe("upstream TLS", function()
       rc, out = check({ https("s", 443, { tls_verify_depth = -1 }) })
       assert.are_not.equal(0, rc)
       assert.matches("services[0].tls_verify_depth: must be at least 0", out, 1, true)
+    end)
+
+    it("reports every bad reference at once", function()
+      local rc, out = check({ https("s", 443, { ca_certificates = array({ "nope" }),
+                                                client_certificate = { id = "gone" } }) })
+      assert.are_not.equal(0, rc)
+      assert.matches("services[0].ca_certificates[0]: no ca_certificate has id 'nope'", out, 1,
+                     true)
+      assert.matches("services[0].client_certificate: no certificate has id 'gone'", out, 1,
+                     true)
     end)
 
     it("refuses TLS fields on a plain-http service", function()
