@@ -208,11 +208,15 @@ describe("upstream TLS", function()
         { name = "plain", host = "pool", protocol = "http", retries = 0 },
         { name = "both", host = "both", protocol = "https", retries = 0,
           ca_certificates = trust },
+        { name = "upmtls", host = "mtls-pool", protocol = "https", retries = 0,
+          ca_certificates = trust },
       }, {
         upstreams = array({
           { name = "named-pool", host_header = "a.test",
             targets = array({ { target = "127.0.0.1:" .. P.PORT } }) },
           { name = "pool", targets = array({ { target = "127.0.0.1:" .. P.PORT } }) },
+          { name = "mtls-pool", client_certificate = { id = "alice" },
+            targets = array({ { target = "127.0.0.1:" .. P.PORT } }) },
           { name = "both", targets = array({ { target = "127.0.0.1:" .. P.PORT },
                                              { target = "127.0.0.1:" .. P.PORT_B } }) },
         }),
@@ -239,6 +243,12 @@ describe("upstream TLS", function()
       res = gw:get("/ip")
       assert.equal(200, res.status)
       assert.equal("", field(res.body, "client"))
+    end)
+
+    it("presents the upstream's client_certificate for a balanced service without one", function()
+      local res = gw:get("/upmtls")
+      assert.equal(200, res.status)
+      assert.equal("O=acme,CN=alice", field(res.body, "client"))
     end)
 
     it("keeps TLS connections alive, and never hands one to a plain-http service", function()
