@@ -648,6 +648,35 @@ TEST(service_problems)
         "services[8].tags[0]: invalid tag \"a,b\": no ',', '/' or control bytes");
 }
 
+TEST(https_services_default_to_port_443_and_verification)
+{
+    mg_config_errors_t e;
+    mg_config_t *cfg =
+        LOAD_OK("services:\n"
+                "  - {name: a, url: 'https://127.0.0.1', routes: [{paths: [/a]}]}\n"
+                "  - {name: b, protocol: https, host: 127.0.0.1, tls_verify: false,\n"
+                "     tls_verify_depth: 3, ca_certificates: [x], client_certificate: {id: c},\n"
+                "     routes: [{paths: [/b]}]}\n"
+                "  - {name: c, url: 'http://127.0.0.1', routes: [{paths: [/c]}]}\n",
+                &e);
+    if (cfg) {
+        CHECK_STR(cfg->services[0].protocol, "https");
+        CHECK_INT(cfg->services[0].port, 443);
+        CHECK(cfg->services[0].tls_verify);
+        CHECK_INT(cfg->services[0].tls_verify_depth, -1);
+        CHECK(cfg->services[0].ca_certificates == NULL);
+        CHECK_INT(cfg->services[1].port, 443);
+        CHECK(!cfg->services[1].tls_verify);
+        CHECK_INT(cfg->services[1].tls_verify_depth, 3);
+        CHECK(cfg->services[1].ca_certificates && cfg->services[1].ca_certificates->len == 1);
+        CHECK(cfg->services[1].client_certificate != NULL);
+        CHECK_INT(cfg->services[2].port, 80);
+        CHECK_STR(cfg->services[1].conf_path, "services[1]");
+    }
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+}
+
 TEST(unresolvable_host_is_reported)
 {
     mg_config_errors_t e;
