@@ -272,6 +272,7 @@ static const char *const log_levels[] = {"debug", "info", "notice", "warn", "err
 static const char *const format_versions[] = {"3.0", "2.1", "1.1", NULL};
 static const char *const route_protocols[] = {"http", "https", NULL};
 static const char *const path_handlings[] = {"v0", "v1", NULL};
+static const char *const verify_modes[] = {"off", "optional", "on", NULL};
 static const char *const redirect_codes[] = {"426", "301", "302", "307", "308", NULL};
 /* Kong's service protocols: known, but not proxied yet. */
 static const char *const later_protocols[] = {"grpc", "grpcs", "tcp", "tls", "tls_passthrough",
@@ -575,6 +576,12 @@ static const field_t top_fields[] = {
      .parse = p_value,
      .off = offsetof(mg_config_t, certificates),
      .flags = F_ENTITY},
+    SETTING(ssl_verify_client, i_enum, .choices = verify_modes),
+    SETTING(ssl_verify_depth, i_int, .min = 0, .max = 100),
+    {.name = "ssl_client_ca_certificates",
+     .parse = p_value,
+     .off = offsetof(mg_config_t, ssl_client_ca_certificates),
+     .flags = F_SETTING},
     {.name = "ca_certificates",
      .parse = p_value,
      .off = offsetof(mg_config_t, ca_certificates),
@@ -2707,6 +2714,7 @@ static void set_defaults(ctx_t *x, mg_config_t *cfg)
     cfg->real_ip_header = sdup(x, "X-Real-IP");
     cfg->request_id_header = sdup(x, "X-Request-ID");
     cfg->worker_stall_timeout = 5000;
+    cfg->ssl_verify_depth = 1; /* nginx's default */
     cfg->lua_memory_limit = (size_t)256 << 20;
     cfg->plugin_names = zalloc(x, cfg->pool, sizeof(char *));
     cfg->plugin_names[0] = sdup(x, "bundled");

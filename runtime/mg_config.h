@@ -250,6 +250,9 @@ typedef struct {
     size_t size; /* bytes */
 } mg_shdict_conf_t;
 
+/* ssl_verify_client */
+enum { MG_VERIFY_OFF, MG_VERIFY_OPTIONAL, MG_VERIFY_ON };
+
 typedef enum {
     MG_LOG_DEBUG,
     MG_LOG_INFO,
@@ -315,8 +318,15 @@ typedef struct mg_config_s {
      * made in the master before mg_tls_load; empty when none */
     mg_value_t *ca_certificates;
     struct mg_ca_set_s *ca;
+    /* client certificates on `ssl` listeners (nginx's names): MG_VERIFY_*, default off; the
+     * CA ids they are verified against (required unless off, checked by mg_tls_load); the
+     * most intermediate CAs a chain may hold, default 1 */
+    int ssl_verify_client;
+    mg_value_t *ssl_client_ca_certificates;
+    int ssl_verify_depth;
     /* upstream TLS: the client contexts of https services and probes (mg_utls.c), made in
-     * the master after the two above; NULL when nothing speaks TLS to a backend */
+     * the master after mg_ca_load and mg_tls_load; NULL when nothing speaks TLS to a
+     * backend */
     struct mg_utls_s *utls;
 } mg_config_t;
 
