@@ -210,11 +210,15 @@ describe("upstream TLS", function()
           ca_certificates = trust },
         { name = "upmtls", host = "mtls-pool", protocol = "https", retries = 0,
           ca_certificates = trust },
+        { name = "othername", host = "other-name", protocol = "https", retries = 0,
+          ca_certificates = trust },
       }, {
         upstreams = array({
           { name = "named-pool", host_header = "a.test",
             targets = array({ { target = "127.0.0.1:" .. P.PORT } }) },
           { name = "pool", targets = array({ { target = "127.0.0.1:" .. P.PORT } }) },
+          { name = "other-name", host_header = "c.test",
+            targets = array({ { target = "127.0.0.1:" .. P.PORT } }) },
           { name = "mtls-pool", client_certificate = { id = "alice" },
             targets = array({ { target = "127.0.0.1:" .. P.PORT } }) },
           { name = "both", targets = array({ { target = "127.0.0.1:" .. P.PORT },
@@ -234,6 +238,14 @@ describe("upstream TLS", function()
       res = gw:get("/byname")
       assert.equal(200, res.status)
       assert.equal("a.test", field(res.body, "sni"))
+    end)
+
+    it("answers 502 when the certificate does not carry the name sent as SNI", function()
+      assert.equal(502, gw:get("/othername").status)
+      helpers.eventually(function()
+        assert.matches('TLS certificate verify failed: hostname mismatch (name "c.test")',
+                       gw:error_log(), 1, true)
+      end)
     end)
 
     it("presents client_certificate to the backend, and none without it", function()
