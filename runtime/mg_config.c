@@ -32,6 +32,7 @@
 #include "mg_health.h"
 #include "mg_ca.h"
 #include "mg_tls.h"
+#include "mg_utls.h"
 
 #define NONE SIZE_MAX     /* field offset: validate the value, store it nowhere */
 #define BAD_LIST SIZE_MAX /* list_of(): the node is not a list */
@@ -201,7 +202,6 @@ static void p_sub(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_entities(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_mapping(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_records(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
-static void p_unsupported(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_value(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_plugins(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_plugin_ref(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
@@ -237,6 +237,7 @@ static const char *check_header_value(ctx_t *x, char *s);
 static const char *check_service_path(ctx_t *x, char *s);
 static const char *check_route_host(ctx_t *x, char *s);
 static const char *check_sni(ctx_t *x, char *s);
+static const char *check_probe_sni(ctx_t *x, char *s);
 static const char *check_path(ctx_t *x, char *s);
 static const char *check_method(ctx_t *x, char *s);
 
@@ -271,10 +272,11 @@ static const char *const log_levels[] = {"debug", "info", "notice", "warn", "err
 static const char *const format_versions[] = {"3.0", "2.1", "1.1", NULL};
 static const char *const route_protocols[] = {"http", "https", NULL};
 static const char *const path_handlings[] = {"v0", "v1", NULL};
+static const char *const verify_modes[] = {"off", "optional", "on", NULL};
 static const char *const redirect_codes[] = {"426", "301", "302", "307", "308", NULL};
 /* Kong's service protocols: known, but not proxied yet. */
-static const char *const later_protocols[] = {"https",           "grpc", "grpcs", "tcp", "tls",
-                                              "tls_passthrough", "udp",  "ws",    "wss", NULL};
+static const char *const later_protocols[] = {"grpc", "grpcs", "tcp", "tls", "tls_passthrough",
+                                              "udp",  "ws",    "wss", NULL};
 
 #define MEMBER_SIZE(T, m) sizeof(((T *)0)->m)
 #define ONE(n, it, T, m, ...)                                                                      \
@@ -398,6 +400,13 @@ static const field_t service_fields[] = {
     TIMEOUT(connect_timeout),
     TIMEOUT(write_timeout),
     TIMEOUT(read_timeout),
+    ONE("tls_verify", i_bool, svc_item_t, s.tls_verify),
+    ONE("tls_verify_depth", i_int, svc_item_t, s.tls_verify_depth, .max = 64),
+    /* checked against the entities they name by mg_utls_load */
+    {.name = "ca_certificates", .parse = p_value, .off = offsetof(svc_item_t, s.ca_certificates)},
+    {.name = "client_certificate",
+     .parse = p_value,
+     .off = offsetof(svc_item_t, s.client_certificate)},
     {.name = "routes", .parse = p_entities, .entity = parse_route},
     NESTED_PLUGINS(parse_service_plugin),
     ONE("enabled", i_bool, svc_item_t, enabled),
@@ -476,8 +485,8 @@ static const field_t hc_active_fields[] = {
     ONE("http_path", i_string, mg_healthchecks_t, active.http_path, .check = check_service_path),
     ONE("timeout", i_number, mg_healthchecks_t, active.timeout, .max = 65535),
     ONE("concurrency", i_int, mg_healthchecks_t, active.concurrency, .min = 1, .max = 2147483647),
-    SKIP("https_sni", i_string),
-    SKIP("https_verify_certificate", i_bool),
+    ONE("https_sni", i_string, mg_healthchecks_t, active.https_sni, .check = check_probe_sni),
+    ONE("https_verify_certificate", i_bool, mg_healthchecks_t, active.https_verify_certificate),
     {.name = "headers", .parse = p_mapping},
     HC_SIDE("healthy", active.healthy, hc_active_healthy),
     HC_SIDE("unhealthy", active.unhealthy, hc_active_unhealthy),
@@ -525,7 +534,9 @@ static const field_t upstream_fields[] = {
      .off = offsetof(upstream_item_t, u.healthchecks),
      .sub = hc_fields,
      .nsub = MG_ARRAY_SIZE(hc_fields)},
-    {.name = "client_certificate", .parse = p_unsupported},
+    {.name = "client_certificate",
+     .parse = p_value,
+     .off = offsetof(upstream_item_t, u.client_certificate)},
     SKIP("use_srv_name", i_bool),
     SKIP("id", i_string),
     TAGS,
@@ -580,6 +591,12 @@ static const field_t top_fields[] = {
      .parse = p_value,
      .off = offsetof(mg_config_t, certificates),
      .flags = F_ENTITY},
+    SETTING(ssl_verify_client, i_enum, .choices = verify_modes),
+    SETTING(ssl_verify_depth, i_int, .min = 0, .max = 100),
+    {.name = "ssl_client_ca_certificates",
+     .parse = p_value,
+     .off = offsetof(mg_config_t, ssl_client_ca_certificates),
+     .flags = F_SETTING},
     {.name = "ca_certificates",
      .parse = p_value,
      .off = offsetof(mg_config_t, ca_certificates),
@@ -937,11 +954,6 @@ static void p_records(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
         if (items[i]->type != YAML_MAPPING_NODE) fail(x, "expected a mapping");
         path_set(x, mark);
     }
-}
-
-static void p_unsupported(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
-{
-    fail(x, "not supported yet");
 }
 
 /* Kept as a value tree, validated by its owner (certificates and snis: mg_tls.c). */
@@ -1447,7 +1459,7 @@ static bool i_rate(ctx_t *x, const char *s, void *out, const field_t *f)
 
 static bool i_protocol(ctx_t *x, const char *s, void *out, const field_t *f)
 {
-    if (strcmp(s, "http") == 0) {
+    if (strcmp(s, "http") == 0 || strcmp(s, "https") == 0) {
         char *v = sdup(x, s);
         memcpy(out, &v, sizeof(v));
         return true;
@@ -1687,6 +1699,17 @@ static const char *check_sni(ctx_t *x, char *s)
     return host_error(x, s, strlen(s), s, true);
 }
 
+/* A probe's https_sni: one host name, no wildcard (RFC 6066 sends no IP addresses either). */
+static const char *check_probe_sni(ctx_t *x, char *s)
+{
+    unsigned char a[16];
+    lower(s);
+    if (inet_pton(AF_INET, s, a) == 1 || inet_pton(AF_INET6, s, a) == 1)
+        return "must be a host name, not an IP address";
+    if (strchr(s, '*')) return "must be one host name, not a wildcard";
+    return host_error(x, s, strlen(s), s, false);
+}
+
 /* "/prefix", or "~regex" which must compile. */
 static const char *check_path(ctx_t *x, char *s)
 {
@@ -1715,8 +1738,11 @@ static void parse_service(ctx_t *x, yaml_node_t *n, void *parent)
     size_t nerrs = x->nerrs;
     s->retries = 5;
     s->connect_timeout = s->write_timeout = s->read_timeout = 60000;
+    s->tls_verify = true; /* stricter than Kong: a backend's certificate is checked */
+    s->tls_verify_depth = -1;
     it->enabled = true;
     it->path = tprintf(x, "%s", x->path);
+    s->conf_path = sdup(x, x->path);
 
     uint64_t seen = parse_map(x, n, it, service_fields, MG_ARRAY_SIZE(service_fields));
     bool url = HAS(seen, service_fields, "url");
@@ -1729,7 +1755,7 @@ static void parse_service(ctx_t *x, yaml_node_t *n, void *parent)
         fail(x, "must set 'url' or 'host'");
     }
     if (s->protocol == NULL) s->protocol = sdup(x, "http");
-    if (s->port == 0) s->port = 80;
+    if (s->port == 0) s->port = strcmp(s->protocol, "https") == 0 ? 443 : 80;
     it->to_resolve = x->nerrs == nerrs && it->enabled; /* finish(): unless an upstream */
 
     *x->svcs_tail = it;
@@ -1903,6 +1929,7 @@ static void hc_defaults(ctx_t *x, mg_healthchecks_t *hc)
     hc->active.http_path = sdup(x, "/");
     hc->active.timeout = 1;
     hc->active.concurrency = 10;
+    hc->active.https_verify_certificate = true;
     hc_statuses(x, &hc->active.healthy, active_ok, MG_ARRAY_SIZE(active_ok));
     hc_statuses(x, &hc->active.unhealthy, active_bad, MG_ARRAY_SIZE(active_bad));
     hc_statuses(x, &hc->passive.healthy, passive_ok, MG_ARRAY_SIZE(passive_ok));
@@ -1910,16 +1937,17 @@ static void hc_defaults(ctx_t *x, mg_healthchecks_t *hc)
 }
 
 /* Passive checks count live traffic once some unhealthy threshold is set; active checks
- * probe once some interval is set (https and grpc probes are refused, not silently skipped). */
+ * probe once some interval is set (grpc probes are refused, not silently skipped). */
 static void hc_finish(ctx_t *x, upstream_item_t *it)
 {
     mg_healthchecks_t *hc = &it->u.healthchecks;
     const mg_hc_side_t *u = &hc->passive.unhealthy;
     hc->passive_on = u->http_failures || u->tcp_failures || u->timeouts;
     hc->active_on = hc->active.healthy.interval > 0 || hc->active.unhealthy.interval > 0;
-    if (hc->active_on && hc->active.type != MG_HC_HTTP && hc->active.type != MG_HC_TCP)
+    if (hc->active_on && hc->active.type != MG_HC_HTTP && hc->active.type != MG_HC_HTTPS &&
+        hc->active.type != MG_HC_TCP)
         fail_field(x, it->path, "healthchecks.active.type",
-                   "only \"http\" and \"tcp\" probes are supported yet");
+                   "only \"http\", \"https\" and \"tcp\" probes are supported yet");
 }
 
 /* An upstream: its fields, nested targets, and the rules between its hash fields (checked
@@ -1928,6 +1956,7 @@ static void parse_upstream(ctx_t *x, yaml_node_t *n, void *parent)
 {
     upstream_item_t *it = zalloc(x, x->tmp, sizeof(*it));
     it->path = tprintf(x, "%s", x->path);
+    it->u.conf_path = sdup(x, x->path);
     it->u.slots = 10000;
     it->targets_tail = &it->targets;
     hc_defaults(x, &it->u.healthchecks);
@@ -2700,6 +2729,7 @@ static void set_defaults(ctx_t *x, mg_config_t *cfg)
     cfg->real_ip_header = sdup(x, "X-Real-IP");
     cfg->request_id_header = sdup(x, "X-Request-ID");
     cfg->worker_stall_timeout = 5000;
+    cfg->ssl_verify_depth = 1; /* nginx's default */
     cfg->lua_memory_limit = (size_t)256 << 20;
     cfg->plugin_names = zalloc(x, cfg->pool, sizeof(char *));
     cfg->plugin_names[0] = sdup(x, "bundled");
@@ -2801,6 +2831,7 @@ void mg_config_free(mg_config_t *cfg)
     mg_health_destroy(cfg);
     mg_tls_free(cfg->tls);
     mg_ca_free(cfg->ca);
+    mg_utls_free(cfg->utls);
     mg_pool_destroy(cfg->pool);
 }
 

@@ -565,6 +565,13 @@ static void conn_dispatch(mg_req_t *r)
             return;
         }
     }
+    if (MG_UNLIKELY(c->s.ssl != NULL)) { /* ssl_verify_client on: nginx's 400, before Lua */
+        const char *refused = mg_tls_client_refused(mg_worker.cfg->tls, &c->s);
+        if (refused) {
+            mg_conn_respond_error(r, 400, refused);
+            return;
+        }
+    }
     if (mg_lua_global_mask(mg_lua) & MG_PHASE_REWRITE) {
         r->lua_stage = MG_LUA_STAGE_REWRITE;
         int rc = mg_lua_run_yieldable(r, MG_PHASE_REWRITE, -1);

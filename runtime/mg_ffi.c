@@ -15,6 +15,7 @@
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_shdict.h"
+#include "mg_tls.h"
 #include "mg_watchdog.h"
 
 #define CUR(r)                                                                                     \
@@ -189,6 +190,52 @@ int mg_ffi_client_get_port(void)
 {
     CUR(r);
     return r->c->peer_port;
+}
+
+int mg_ffi_client_tls_get(int what, const char **s, size_t *len)
+{
+    CUR(r);
+    if (what == 7) {
+        const char *v = mg_tls_client_verify(mg_worker.cfg->tls, &r->c->s);
+        return out_str((mg_str_t){strlen(v), v}, s, len);
+    }
+    const mg_tls_peer_t *p = mg_tls_peer(&r->c->s);
+    if (p == NULL) return MG_DECLINED;
+    const char *v;
+    switch (what) {
+    case 0:
+        v = p->chain_pem;
+        break;
+    case 1:
+        v = p->subject_dn;
+        break;
+    case 2:
+        v = p->issuer_dn;
+        break;
+    case 3:
+        v = p->cn;
+        break;
+    case 4:
+        v = p->sans;
+        break;
+    case 5:
+        v = p->serial;
+        break;
+    case 6:
+        v = p->fingerprint;
+        break;
+    default:
+        return MG_ERROR;
+    }
+    return out_str((mg_str_t){strlen(v), v}, s, len);
+}
+
+int mg_ffi_client_tls_verdict(const char *key, size_t klen, const char **why, size_t *wlen)
+{
+    CUR(r);
+    int rc = mg_tls_peer_verdict(mg_worker.cfg->tls, &r->c->s, key, klen, why);
+    *wlen = strlen(*why);
+    return rc;
 }
 
 /* Copies name/value into the request pool and appends an op to the list. */

@@ -52,6 +52,16 @@ int mg_ffi_req_read_body(const char **s, size_t *len);
 int mg_ffi_client_get_ip(char *buf, size_t buflen, size_t *len);
 int mg_ffi_client_get_forwarded_ip(char *buf, size_t buflen, size_t *len);
 int mg_ffi_client_get_port(void);
+/* The client certificate of the request's TLS connection, parsed once per connection:
+ * what = 0 the chain (PEM, leaf first), 1 subject DN (RFC 2253), 2 issuer DN, 3 subject CN,
+ * 4 subjectAltNames ("DNS:x\nURI:y\nemail:z\nIP:a", one per line), 5 serial (hex),
+ * 6 SHA-256 fingerprint (hex), 7 the listener's verification as nginx's $ssl_client_verify
+ * ("SUCCESS", "FAILED:reason", "NONE"; always MG_OK). MG_DECLINED: no certificate. */
+int mg_ffi_client_tls_get(int what, const char **s, size_t *len);
+/* The verdict of an mtls-auth plugin's CA list (key: its CA ids joined by '\n', then
+ * "|partial" with allow_partial_chain) on the client's certificate: MG_OK verified,
+ * MG_DECLINED no certificate, MG_ERROR refused (why: non-empty when the key is unknown). */
+int mg_ffi_client_tls_verdict(const char *key, size_t klen, const char **why, size_t *wlen);
 
 /* ---- the request to the service (applied when the upstream request is written) -------- */
 /* op: 0 = set (replace every value), 1 = add, 2 = clear */

@@ -205,15 +205,15 @@ static int write_request_head(mg_req_t *r, mg_buf_t *b)
         PUT_STR(&o, m->host);
     } else if (s->upstream && s->upstream->host_header) {
         put_cstr(&o, s->upstream->host_header);
-    } else if (r->target) { /* Kong: the target's host and port */
+    } else if (r->target) { /* Kong: the target's host and port (unless the scheme's) */
         put_cstr(&o, r->target->host);
-        if (r->target->port != 80) {
+        if (r->target->port != (s->tls ? 443 : 80)) {
             PUT_LIT(&o, ":");
             put_u64(&o, r->target->port);
         }
     } else {
         put_cstr(&o, s->host);
-        if (s->port != 80) {
+        if (s->port != (s->tls ? 443 : 80)) {
             PUT_LIT(&o, ":");
             put_u64(&o, s->port);
         }
@@ -602,13 +602,16 @@ void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout)
      * connection the backend had closed is not the target failing (the retry will tell) */
     if (u && !r->resp.head_done && !(u->reused && !timeout))
         u->hc_failure = timeout ? MG_HC_EV_TIMEOUT : MG_HC_EV_TCP_FAILURE;
+    const char *why = timeout              ? "timed out"
+                      : u && u->tls_failed ? mg_upstream_tls_error(u)
+                                           : strerror(err);
     if (r->target)
         mg_log_err("upstream %s (upstream \"%s\" target %s, %s, try %u): %s",
                    connecting ? "connect failed" : "failed", s->upstream->name, r->target->target,
-                   r->upstream_addr, r->tries, timeout ? "timed out" : strerror(err));
+                   r->upstream_addr, r->tries, why);
     else
         mg_log_err("upstream %s (%s:%u, try %u): %s", connecting ? "connect failed" : "failed",
-                   s->host, s->port, r->tries, timeout ? "timed out" : strerror(err));
+                   s->host, s->port, r->tries, why);
     /* a failed connect has sent nothing, so any method may be retried; later failures only
      * for a stale pooled connection of an idempotent request without a body */
     bool retry = !r->head_sent && nothing_received &&
@@ -855,7 +858,7 @@ void mg_proxy_pump(mg_req_t *r)
             r->req_sent = 1;
         if (r->tunnel && c->s.eof && mg_buf_len(c->in) == 0 && u->out && mg_buf_len(u->out) == 0 &&
             !r->tunnel_client_done) {
-            shutdown(u->s.fd, SHUT_WR); /* half-close travels through the tunnel */
+            mg_sock_shutdown_write(&u->s); /* half-close travels through the tunnel */
             r->tunnel_client_done = 1;
             progress = true;
         }
@@ -1003,7 +1006,7 @@ void mg_proxy_pump(mg_req_t *r)
         /* tunnel: a side that finished sending half-closes the other */
         if (r->tunnel) {
             if (u->s.eof && mg_buf_len(u->in) == 0 && mg_buf_len(r->out) == 0 && !r->resp_done) {
-                shutdown(c->s.fd, SHUT_WR);
+                mg_sock_shutdown_write(&c->s);
                 r->resp_done = 1;
             }
             if (r->resp_done && r->tunnel_client_done) {

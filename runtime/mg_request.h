@@ -74,7 +74,13 @@ enum { MG_CONN_IDLE, MG_CONN_HEAD, MG_CONN_ACTIVE, MG_CONN_LINGER, MG_CONN_TLS }
 
 struct mg_uconn_s {
     mg_sock_t s; /* the upstream socket, its watcher, timer and readiness */
+    /* connected: ready for the request (TCP up and, for https, the handshake done) */
     unsigned connected : 1, reused : 1;
+    unsigned tcp_done : 1;           /* https: TCP is up, the TLS handshake runs (hs_want) */
+    unsigned tls_failed : 1;         /* the handshake failed: mg_upstream_tls_error() says why */
+    int hs_want;                     /* EV_READ or EV_WRITE: what the handshake waits for */
+    const struct mg_utls_ctx_s *tls; /* the client context (s->ssl), NULL for plain TCP: a
+                                        pooled connection serves only its own context */
     unsigned requests;
     const mg_service_t *service; /* timeouts */
     unsigned pool;               /* keepalive pool: the service's, or its target's */
@@ -226,6 +232,8 @@ int mg_upstream_init(const mg_config_t *cfg);
 const char *mg_upstream_addr_text(const mg_service_t *s);
 /* "ip:port" of what u connects to (the service's address or its target's). */
 const char *mg_upstream_uconn_addr(const mg_uconn_t *u);
+/* Why u's TLS handshake failed (u->tls_failed), for the error log. */
+const char *mg_upstream_tls_error(const mg_uconn_t *u);
 
 /* mg_worker.c */
 /* Runs a worker's event loop on listen_fds (one per cfg->proxy_listen entry) until it is

@@ -10,6 +10,15 @@
  * connection is released (to the balancer, and to the passive health checks, mg_health.c,
  * whose shared marks become the balancer's `down` peers, and whose `threshold` can take the
  * whole upstream out).
+ *
+ * Upstream TLS (protocol https, mg_utls.c): the handshake runs on the loop between connect
+ * and the first write, under the connect timeout, and its failure is a connect failure
+ * (retried, counted by passive health). A pool may hold connections of several services
+ * balanced over the same target: a connection is only handed to a request whose service has
+ * the same client context (TLS or not, verification, client certificate), and each pool
+ * remembers one TLS session to resume. An idle TLS connection may receive a session ticket;
+ * that keeps it, anything else closes it. Closing a connection the gateway owns sends
+ * close_notify, best effort.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -24,11 +33,17 @@
 #include "mg_health.h"
 #include "mg_log.h"
 #include "mg_request.h"
+#include "mg_tls.h"
+#include "mg_utls.h"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 typedef struct {
     mg_uconn_t *head;
     unsigned count;
-    char addr_text[64]; /* "ip:port", for logs */
+    char addr_text[64];    /* "ip:port", for logs */
+    mg_utls_cache_t cache; /* the TLS session new connections resume */
 } pool_t;
 
 /* pools[0..nservices) are the services', then one per target (cfg->targets order) */
@@ -38,8 +53,11 @@ static mg_balancer_t *balancers; /* one per upstream (cfg->upstreams order) */
 static size_t nbalancers;
 static uint64_t health_seen;  /* mg_health_generation when the down marks were copied */
 static bool *below_threshold; /* per upstream: its healthy weight under `threshold` % */
+static char tls_error[256];   /* the last handshake failure (one loop: one at a time) */
 
 static void uconn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
+static int tls_step(mg_uconn_t *u);
+static bool idle_tls_ok(mg_uconn_t *u);
 static void uconn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void uconn_close(mg_uconn_t *u);
 static void report_try(mg_uconn_t *u);
@@ -157,6 +175,9 @@ static void report_try(mg_uconn_t *u)
 static void uconn_close(mg_uconn_t *u)
 {
     report_try(u);
+    /* close_notify on a sound session the gateway ends; never after a failure or the
+     * backend's own close */
+    if (u->s.ssl) mg_tls_close(&u->s, u->connected && !u->s.eof && !u->tls_failed);
     ev_io_stop(mg_worker.loop, &u->s.io);
     ev_timer_stop(mg_worker.loop, &u->s.timer);
     if (u->s.fd >= 0) close(u->s.fd);
@@ -196,9 +217,12 @@ mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r)
         addrlen = t->addrlen;
     }
     pool_t *p = &pools[pool];
-    mg_uconn_t *u = p->head;
+    mg_uconn_t **pp = &p->head;
+    while (*pp && (*pp)->tls != s->tls) /* TLS and plain, or other TLS settings, never mix */
+        pp = &(*pp)->next;
+    mg_uconn_t *u = *pp;
     if (u && !r->stale_retried) {
-        p->head = u->next;
+        *pp = u->next;
         p->count--;
         u->next = NULL;
         u->reused = 1;
@@ -233,6 +257,7 @@ mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r)
     }
     u->s.fd = fd;
     u->service = s;
+    u->tls = s->tls;
     u->pool = pool;
     u->lb_peer = peer;
     u->r = r;
@@ -241,7 +266,7 @@ mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r)
     u->s.last_io = ev_now(mg_worker.loop);
     u->started = u->s.last_io;
     if (connect(fd, (const struct sockaddr *)addr, addrlen) == 0) {
-        u->connected = 1;
+        if (u->tls == NULL) u->connected = 1; /* else: writable at once, the handshake next */
         u->s.wready = 1;
     } else if (errno != EINPROGRESS) {
         int err = errno;
@@ -260,7 +285,8 @@ void mg_upstream_release(mg_uconn_t *u, bool reusable)
     report_try(u);
     pool_t *p = &pools[u->pool];
     if (!reusable || mg_worker.draining || u->s.eof || (u->in && mg_buf_len(u->in) > 0) ||
-        (u->out && mg_buf_len(u->out) > 0) || u->requests >= lim->upstream_keepalive_max_requests ||
+        (u->s.ssl && SSL_pending(u->s.ssl) > 0) || (u->out && mg_buf_len(u->out) > 0) ||
+        u->requests >= lim->upstream_keepalive_max_requests ||
         p->count >= lim->upstream_keepalive_pool_size) {
         uconn_close(u);
         return;
@@ -272,6 +298,9 @@ void mg_upstream_release(mg_uconn_t *u, bool reusable)
     u->next = p->head;
     p->head = u;
     p->count++;
+    /* idle, only readability matters: a TLS cross-want left from the last request would
+     * arm EV_WRITE, and an idle writable socket would wake the loop without end */
+    u->s.rwantw = u->s.wwantr = 0;
     mg_sock_set_events(&u->s, EV_READ);
     mg_sock_set_deadline(&u->s,
                          ev_now(mg_worker.loop) + lim->upstream_keepalive_idle_timeout * 0.001);
@@ -284,9 +313,9 @@ void mg_upstream_update(mg_uconn_t *u)
     ev_tstamp ms = 0.001;
     int ev = 0;
     ev_tstamp deadline = 0;
-    if (!u->connected) {
-        ev = EV_WRITE;
-        deadline = u->s.last_io + s->connect_timeout * ms;
+    if (!u->connected) { /* the connect timeout covers the TLS handshake too */
+        ev = u->tcp_done ? u->hs_want : EV_WRITE;
+        deadline = u->started + s->connect_timeout * ms;
     } else {
         bool want_write = u->out && mg_buf_len(u->out) > 0;
         bool in_room = u->in == NULL || mg_buf_free(u->in) + u->in->start > 0;
@@ -307,14 +336,16 @@ static void uconn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     mg_uconn_t *u = MG_CONTAINER_OF(w, mg_uconn_t, s.io);
     if (u->r == NULL) {
-        /* idle in the pool: the backend closed it or sent unsolicited bytes */
+        /* idle in the pool: the backend closed it or sent unsolicited bytes (a TLS session
+         * ticket is neither) */
+        if (u->s.ssl && idle_tls_ok(u)) return;
         pool_unlink(u);
         uconn_close(u);
         return;
     }
     if (revents & EV_READ) u->s.rready = 1;
     if (revents & EV_WRITE) u->s.wready = 1;
-    if (!u->connected && (revents & EV_WRITE)) {
+    if (!u->connected && !u->tcp_done && (revents & EV_WRITE)) {
         int err = 0;
         socklen_t len = sizeof(err);
         getsockopt(u->s.fd, SOL_SOCKET, SO_ERROR, &err, &len);
@@ -322,10 +353,70 @@ static void uconn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
             mg_proxy_upstream_error(u->r, err, false);
             return;
         }
-        u->connected = 1;
+        u->tcp_done = 1;
         u->s.last_io = ev_now(loop);
+        if (u->tls == NULL) u->connected = 1;
     }
+    if (!u->connected && u->tcp_done && tls_step(u) != MG_OK) return;
     mg_proxy_pump(u->r);
+}
+
+/* The name u's backend is known by: SNI and the name its certificate must carry. A
+ * balanced service uses the upstream's host_header, else the target's host (Kong). */
+static const char *tls_name(const mg_uconn_t *u)
+{
+    const mg_service_t *s = u->service;
+    if (s->upstream == NULL) return s->host;
+    if (s->upstream->host_header) return s->upstream->host_header;
+    const mg_req_t *r = u->r;
+    return r && r->target ? r->target->host : NULL;
+}
+
+/* Starts or advances u's handshake: MG_OK once connected; MG_AGAIN waiting (the watcher is
+ * re-armed); MG_ERROR when it failed (the request was told: 502 or the next try). */
+static int tls_step(mg_uconn_t *u)
+{
+    if (u->s.ssl == NULL) {
+        u->s.ssl = mg_utls_new(u->tls, u->s.fd, tls_name(u), &pools[u->pool].cache);
+        if (u->s.ssl == NULL) {
+            snprintf(tls_error, sizeof(tls_error), "cannot create a TLS session");
+            u->tls_failed = 1;
+            mg_proxy_upstream_error(u->r, ENOMEM, false);
+            return MG_ERROR;
+        }
+    }
+    char why[224];
+    int rc = mg_utls_handshake(u->s.ssl, &u->hs_want, why, sizeof(why));
+    if (rc == MG_AGAIN) {
+        mg_upstream_update(u);
+        return MG_AGAIN;
+    }
+    if (rc == MG_ERROR) {
+        const char *name = tls_name(u);
+        snprintf(tls_error, sizeof(tls_error), "TLS %s (name \"%s\")", why, name ? name : "");
+        u->tls_failed = 1;
+        u->s.eof = 1; /* no close_notify after an alert */
+        mg_proxy_upstream_error(u->r, EPROTO, false);
+        return MG_ERROR;
+    }
+    u->connected = 1;
+    u->s.rready = u->s.wready = 1;
+    u->s.last_io = ev_now(mg_worker.loop);
+    return MG_OK;
+}
+
+/* An idle pooled TLS connection became readable: true when that was only a post-handshake
+ * message (a TLS 1.3 session ticket), so it stays in the pool. */
+static bool idle_tls_ok(mg_uconn_t *u)
+{
+    char b[1];
+    ERR_clear_error();
+    int n = SSL_read(u->s.ssl, b, sizeof(b));
+    int e = n > 0 ? SSL_ERROR_NONE : SSL_get_error(u->s.ssl, n);
+    ERR_clear_error();
+    if (e == SSL_ERROR_WANT_READ) return true;
+    if (n <= 0) u->s.eof = 1; /* closed (close_notify or not): no reply */
+    return false;
 }
 
 static void uconn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -349,6 +440,7 @@ void mg_upstream_pool_close_all(void)
             uconn_close(u);
         }
         pools[i].count = 0;
+        mg_utls_cache_clear(&pools[i].cache);
     }
 }
 
@@ -360,4 +452,9 @@ const char *mg_upstream_addr_text(const mg_service_t *s)
 const char *mg_upstream_uconn_addr(const mg_uconn_t *u)
 {
     return pools[u->pool].addr_text;
+}
+
+const char *mg_upstream_tls_error(const mg_uconn_t *u)
+{
+    return u->tls_failed ? tls_error : "";
 }

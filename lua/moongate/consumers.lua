@@ -362,6 +362,14 @@ function _M.get(key, by_username)
   return nil
 end
 
+--- A consumer whose username (field "username") or custom_id (field "custom_id") is value;
+-- nil when none (mtls-auth's consumer_by).
+function _M.get_by(field, value)
+  if field == "username" then return by_name[value] end
+  if field == "custom_id" then return by_custom_id[value] end
+  return nil
+end
+
 --- The ACL groups of a consumer: an array (config order) and a set.
 function _M.groups(consumer)
   local g = consumer and groups_of[consumer]

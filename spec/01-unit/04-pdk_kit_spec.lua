@@ -417,6 +417,32 @@ describe("moongate.spec.pdk", function()
     pdk.flush_shared_dicts()
   end)
 
+  describe("the client certificate", function()
+    it("is what client_certificate says, and nil without one", function()
+      local kit = pdk.new({ client_certificate = {
+        chain = "PEM", verify = "SUCCESS", verified = true, subject_dn = "O=acme,CN=alice",
+        cn = "alice", san_list = { "DNS:a.test", "email:a@test" } } })
+      in_phase(kit, "access", function()
+        local tls = moongate.client.tls
+        assert.equal("PEM", tls.get_full_client_certificate_chain())
+        assert.equal("SUCCESS", tls.get_client_verify())
+        local c = tls.get_client_certificate()
+        assert.equal("alice", c.cn)
+        assert.same({ "a.test" }, c.sans.dns)
+        assert.same({ "a@test" }, c.sans.email)
+        assert.is_true(tls.verify_client({ "ca" }))
+      end)
+      kit = pdk.new()
+      in_phase(kit, "access", function()
+        local tls = moongate.client.tls
+        assert.is_nil(tls.get_full_client_certificate_chain())
+        assert.equal("NONE", tls.get_client_verify())
+        assert.is_nil(tls.get_client_certificate())
+        assert.same({ nil, "no certificate" }, { tls.verify_client({ "ca" }) })
+      end)
+    end)
+  end)
+
   describe("the request", function()
     local kit = pdk.new({
       method = "POST", path = "/orders/1?a=1&b=x%20y&a=2&flag", host = "shop.example:8443",

@@ -453,8 +453,8 @@ describe("balancer", function()
                                                               upstream = "pool" } } },
         "upstreams[0].targets[0].upstream: not allowed on a target nested under an upstream" },
       { "an unknown field", { foo = 1 }, "upstreams[0].foo: unknown field" },
-      { "a client certificate", { client_certificate = { id = "x" } },
-        "upstreams[0].client_certificate: not supported yet" },
+      { "an unknown client certificate", { client_certificate = { id = "x" } },
+        "upstreams[0].client_certificate: no certificate has id 'x'" },
     }
     for _, case in ipairs(cases) do
       it("reports " .. case[1], function()

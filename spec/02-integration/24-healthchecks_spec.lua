@@ -423,8 +423,10 @@ describe("healthchecks in moongate check", function()
       P .. "passive.healthy.interval: unknown field" },
     { "a bad http_path", { active = { http_path = "health" } },
       P .. 'active.http_path: must start with "/"' },
-    { "https probes (not yet)", { active = { type = "https", healthy = { interval = 5 } } },
-      P .. 'active.type: only "http" and "tcp" probes are supported yet' },
+    { "grpc probes (not yet)", { active = { type = "grpc", healthy = { interval = 5 } } },
+      P .. 'active.type: only "http", "https" and "tcp" probes are supported yet' },
+    { "an IP address as https_sni", { active = { type = "https", https_sni = "127.0.0.1" } },
+      P .. "active.https_sni: must be a host name, not an IP address" },
   }
   for _, case in ipairs(cases) do
     it("reports " .. case[1], function()

@@ -28,6 +28,8 @@ int mg_ffi_req_get_service_name(const char **s, size_t *len);
 int mg_ffi_client_get_ip(char *buf, size_t buflen, size_t *len);
 int mg_ffi_client_get_forwarded_ip(char *buf, size_t buflen, size_t *len);
 int mg_ffi_client_get_port(void);
+int mg_ffi_client_tls_get(int what, const char **s, size_t *len);
+int mg_ffi_client_tls_verdict(const char *key, size_t klen, const char **why, size_t *wlen);
 int mg_ffi_upstream_header(int op, const char *name, size_t nlen, const char *value, size_t vlen);
 int mg_ffi_upstream_set_path(const char *path, size_t len);
 int mg_ffi_upstream_set_query(const char *query, size_t len);

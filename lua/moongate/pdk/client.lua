@@ -10,7 +10,7 @@ local check, REQUEST = phases.check, phases.REQUEST
 local type, error = type, error
 local bor = require("bit").bor
 
-local _M = {}
+local _M = { tls = require "moongate.pdk.client_tls" }
 local ipbuf = ffi.new("char[64]")
 local len_out = base.len_out
 

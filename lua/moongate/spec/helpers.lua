@@ -3,8 +3,9 @@
 -- A small facade in Kong's manner (DESIGN.md §5): `start()` writes a config table as JSON into
 -- a fresh prefix directory under /tmp and runs `$MOONGATE_BIN run -c FILE` in the background;
 -- `upstream()` runs moongate.spec.upstream (an HTTP/1.1 echo server with failure modes) as a
--- child process; a plain HTTP/1.1 client, a raw-bytes client and a response parser talk to
--- either; `eventually()` waits for asynchronous effects.
+-- child process; `nginx()` a real nginx (an HTTPS backend, for upstream TLS); a plain
+-- HTTP/1.1 client, a raw-bytes client and a response parser talk to any of them;
+-- `eventually()` waits for asynchronous effects.
 --
 -- Processes: every process started here runs under a small sh wrapper that records its exit
 -- status and kills it (SIGTERM, then SIGKILL) within a second or so of this Lua process
@@ -1296,6 +1297,79 @@ function _M.redis_server(opts)
 
   start()
   return srv
+end
+
+--------------------------------------------------------------------------------------------
+-- nginx (a real HTTPS backend)
+--------------------------------------------------------------------------------------------
+
+--- Starts a real nginx ($MOONGATE_NGINX, default "/usr/sbin/nginx") as a backend: one
+-- process (`master_process off`, so its pid is the server), logs and temporary files in a
+-- fresh prefix. `http_body` is the inside of the `http {}` block; each `%PORT%`, `%PORT_B%`,
+-- ... in it becomes a free 127.0.0.1 port (the same tag, the same port), and `%PREFIX%` the
+-- prefix directory. Like every process started here it is stopped when this Lua process
+-- goes away.
+--   local ng = helpers.nginx([[server { listen 127.0.0.1:%PORT% ssl; ... }]])
+-- @tparam string http_body
+-- @return a server: `.port` (for %PORT%), `.ports` (tag -> port, e.g. ports.PORT_B), `.pid`,
+-- `.prefix`, `.stop()`, `.error_log()`, `.access_log()` (of `access_log %PREFIX%/access.log`).
+-- Raises when it does not accept on every port within 10 s.
+function _M.nginx(http_body)
+  local bin = os.getenv("MOONGATE_NGINX") or "/usr/sbin/nginx"
+  local srv = { prefix = make_prefix("nginx"), ports = {} }
+  tracked[#tracked + 1] = srv
+  local body = gsub(http_body, "%%(PORT[%w_]*)%%", function(tag)
+    srv.ports[tag] = srv.ports[tag] or _M.get_free_port()
+    return tostring(srv.ports[tag])
+  end)
+  body = gsub(body, "%%PREFIX%%", function() return srv.prefix end)
+  srv.port = srv.ports.PORT
+  local p = srv.prefix
+  assert(os.execute("mkdir -p " .. shell_quote(p .. "/tmp")))
+  write_file(p .. "/nginx.conf", fmt([[
+error_log %s/logs/error.log info;
+events { worker_connections 128; }
+http {
+  access_log off;
+  client_body_temp_path %s/tmp/body;
+  proxy_temp_path %s/tmp/proxy;
+  fastcgi_temp_path %s/tmp/fastcgi;
+  uwsgi_temp_path %s/tmp/uwsgi;
+  scgi_temp_path %s/tmp/scgi;
+  default_type text/plain;
+%s
+}
+]], p, p, p, p, p, p, body))
+  local cmd = fmt("exec %s -p %s -c %s -e %s -g %s", shell_quote(bin), shell_quote(p .. "/"),
+                  shell_quote(p .. "/nginx.conf"), shell_quote(p .. "/logs/error.log"),
+                  shell_quote(fmt("daemon off; master_process off; pid %s/nginx.pid;", p)))
+  srv.proc = spawn(cmd, p)
+  srv.pid = srv.proc.pid
+
+  function srv.stop()
+    terminate({ srv.proc }, nil, 5)
+  end
+
+  function srv.error_log()
+    return read_file(p .. "/logs/error.log") or ""
+  end
+
+  function srv.access_log()
+    return read_file(p .. "/access.log") or ""
+  end
+
+  local deadline = _M.now() + START_TIMEOUT
+  while _M.now() < deadline do
+    local all = true
+    for _, port in pairs(srv.ports) do
+      all = all and port_accepts(port)
+    end
+    if all then return srv end
+    if not proc_running(srv.proc) then break end
+    _M.sleep(0.02)
+  end
+  srv.stop()
+  error(fmt("nginx did not start: %s%s", read_file(srv.proc.err) or "", srv.error_log()), 2)
 end
 
 --------------------------------------------------------------------------------------------

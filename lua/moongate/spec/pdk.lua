@@ -585,6 +585,50 @@ function client.get_credential()
   return current().credential
 end
 
+-- client.tls: the kit's `client_certificate` option stands for what the gateway parsed
+local tls = {}
+client.tls = tls
+
+function tls.get_full_client_certificate_chain()
+  check(REQUEST, "moongate.client.tls.get_full_client_certificate_chain")
+  local c = current().client.cert
+  return c and c.chain
+end
+
+function tls.get_client_verify()
+  check(REQUEST, "moongate.client.tls.get_client_verify")
+  local c = current().client.cert
+  return c and c.verify or "NONE"
+end
+
+function tls.get_client_certificate()
+  check(REQUEST, "moongate.client.tls.get_client_certificate")
+  local c = current().client.cert
+  if not c then return nil end
+  local sans = { dns = {}, uri = {}, email = {}, ip = {} }
+  local list = {}
+  for _, san in ipairs(c.san_list or {}) do
+    local kind, value = match(san, "^(%a+):(.*)$")
+    local t = kind and sans[lower(kind)]
+    if t then
+      t[#t + 1] = value
+      list[#list + 1] = san
+    end
+  end
+  return { subject_dn = c.subject_dn or "", issuer_dn = c.issuer_dn or "", cn = c.cn or "",
+           serial = c.serial or "01", fingerprint = c.fingerprint or format("%064d", 0),
+           sans = sans, san_list = list }
+end
+
+function tls.verify_client(ca_ids, allow_partial_chain)
+  check(REQUEST, "moongate.client.tls.verify_client")
+  if type(ca_ids) ~= "table" then error("ca_ids must be an array of ids", 2) end
+  local c = current().client.cert
+  if not c then return nil, "no certificate" end
+  if c.verified then return true end
+  return false, "failed verification"
+end
+
 -- ctx --------------------------------------------------------------------------------------
 
 moongate.ctx = setmetatable({}, {
@@ -1359,8 +1403,11 @@ end
 --   no limit), `request_id` (32 hex digits), `client_ip` ("127.0.0.1"), `forwarded_ip` (default the
 --   client ip), `client_port` (40000), `route` ({ name = }), `service` ({ name = }),
 --   `consumer`, `credential` (as if authenticated already), `node_id`, `worker_id` (0),
---   `worker_pid`, `now` (the clock moongate.now() starts from; default os.time(), or
---   later if an earlier kit slept past it), `log_level` ("debug": every line is kept;
+--   `worker_pid`, `client_certificate` (what moongate.client.tls sees: { chain = PEM,
+--   verify = "SUCCESS", verified = true (verify_client's answer), subject_dn, issuer_dn, cn,
+--   serial, fingerprint, san_list = { "DNS:a.test", ... } }; nil: no certificate), `now`
+--   (the clock moongate.now() starts from; default os.time(), or later if an earlier kit
+--   slept past it), `log_level` ("debug": every line is kept;
 --   "notice" keeps what the gateway's default log_level would), `shared_dicts` ({ name =
 --   "1m" } or { "name" }: declares them with pdk.shared_dict)
 -- @return the kit: `.request` (what the client sent), `.upstream_request` ({ method, path,
@@ -1425,6 +1472,7 @@ function _M.new(opts)
       ip = opt(opts, "client_ip", "string", "127.0.0.1"),
       forwarded_ip = opt(opts, "forwarded_ip", "string", nil),
       port = opt(opts, "client_port", "number", 40000),
+      cert = opt(opts, "client_certificate", "table", nil),
     },
     route = opt(opts, "route", "table", {}),
     service = opt(opts, "service", "table", {}),
