@@ -394,6 +394,7 @@ static const field_t service_fields[] = {
     ONE("port", i_int, svc_item_t, s.port, .min = 1, .max = 65535),
     ONE("path", i_string, svc_item_t, s.path, .check = check_service_path),
     ONE("retries", i_int, svc_item_t, s.retries, .min = 0, .max = 32767),
+    ONE("retry_non_idempotent", i_bool, svc_item_t, s.retry_non_idempotent),
     TIMEOUT(connect_timeout),
     TIMEOUT(write_timeout),
     TIMEOUT(read_timeout),

@@ -150,6 +150,8 @@ typedef struct mg_service_s {
     unsigned index;
     const mg_upstream_t *upstream; /* `host` names an upstream: balanced over its targets
                                       (addr is then unset) */
+    /* retry POST, PATCH, ... even after sending them (default false: idempotent only) */
+    bool retry_non_idempotent;
 } mg_service_t;
 
 typedef struct {

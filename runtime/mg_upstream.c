@@ -361,3 +361,8 @@ const char *mg_upstream_uconn_addr(const mg_uconn_t *u)
 {
     return pools[u->pool].addr_text;
 }
+
+const char *mg_upstream_try_addr(const mg_service_t *s, const mg_target_t *t)
+{
+    return t ? pools[nservice_pools + t->index].addr_text : pools[s->index].addr_text;
+}

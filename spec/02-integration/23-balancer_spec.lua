@@ -176,16 +176,25 @@ describe("balancer", function()
       local log = gw:error_log()
       assert.matches(fmt('upstream connect failed %%(upstream "pool" target 127%%.0%%.0%%.1:%d, '
                          .. '127%%.0%%.0%%.1:%d, try 1%%)', dead, dead), log)
-      -- the access log's upstream_addr is the target that answered
+      -- the access log's upstream_addr lists the tries (nginx's "a, b"), the one that
+      -- answered last
       local lines = helpers.eventually(function()
         local l = gw:access_log_lines()
         assert.equal(6, #l)
         return l
       end)
+      local good, dead_first = "127.0.0.1:" .. ups[1].port, 0
       for _, line in ipairs(lines) do
         assert.equal(200, line.status)
-        assert.equal("127.0.0.1:" .. ups[1].port, line.upstream_addr)
+        if line.tries == 2 then
+          dead_first = dead_first + 1
+          assert.equal("127.0.0.1:" .. dead .. ", " .. good, line.upstream_addr)
+        else
+          assert.equal(1, line.tries)
+          assert.equal(good, line.upstream_addr)
+        end
       end
+      assert.is_true(dead_first >= 1, "no request tried the dead target first")
     end)
 
     it("answers 502 when every target is down, after trying them in turn", function()
