@@ -128,6 +128,7 @@ typedef struct mg_upstream_s {
     char *hash_on_header, *hash_fallback_header; /* lower-cased */
     char *hash_on_cookie, *hash_on_cookie_path;  /* path default "/" */
     char *hash_on_query_arg, *hash_fallback_query_arg;
+    char *hash_on_uri_capture, *hash_fallback_uri_capture; /* named groups of route regexes */
     /* the Host sent to the targets; NULL = the target's host:port (Kong) */
     char *host_header;
     unsigned slots; /* 10..65536, default 10000 */

@@ -638,6 +638,7 @@ static void stage_route(mg_req_t *r)
     r->route = m.route;
     r->service = m.route->service;
     r->prefix_len = m.path_prefix_len;
+    r->route_regex = m.regex;
 
     /* Kong's rule: only a route limited to https turns plain http away (426, or the
      * redirect its https_redirect_status_code asks for); an http-only route over TLS is

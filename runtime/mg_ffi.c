@@ -225,6 +225,16 @@ static int set_override(mg_req_t *r, mg_str_t *dst, const char *s, size_t len)
     return MG_OK;
 }
 
+int mg_ffi_client_set_consumer_id(const char *id, size_t len)
+{
+    CUR(r);
+    if (len == 0) {
+        r->lb_consumer = MG_NULL_STR;
+        return MG_OK;
+    }
+    return set_override(r, &r->lb_consumer, id, len);
+}
+
 int mg_ffi_upstream_set_path(const char *path, size_t len)
 {
     CUR(r);

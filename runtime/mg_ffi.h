@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MG_FFI_ABI 2
+#define MG_FFI_ABI 3
 
 int mg_ffi_abi(void);
 
@@ -49,6 +49,9 @@ int mg_ffi_req_get_service_name(const char **s, size_t *len);
 int mg_ffi_req_read_body(const char **s, size_t *len);
 
 /* ---- the client ---------------------------------------------------------------------- */
+/* The id of the consumer (else credential) the request was authenticated as, for hash_on:
+ * consumer (copied; len 0 clears it). */
+int mg_ffi_client_set_consumer_id(const char *id, size_t len);
 int mg_ffi_client_get_ip(char *buf, size_t buflen, size_t *len);
 int mg_ffi_client_get_forwarded_ip(char *buf, size_t buflen, size_t *len);
 int mg_ffi_client_get_port(void);

@@ -570,6 +570,13 @@ static bool hash_input(mg_req_t *r, const mg_upstream_t *up, int how, bool fallb
     case MG_HASH_QUERY_ARG:
         return find_query_arg(r->msg.query,
                               fallback ? up->hash_fallback_query_arg : up->hash_on_query_arg, v);
+    case MG_HASH_CONSUMER: /* set by moongate.client.authenticate, in access at the latest */
+        *v = r->lb_consumer;
+        return v->len > 0;
+    case MG_HASH_URI_CAPTURE:
+        return mg_router_capture(r->route_regex, r->msg.path,
+                                 fallback ? up->hash_fallback_uri_capture : up->hash_on_uri_capture,
+                                 v) == MG_OK;
     default:
         return false;
     }

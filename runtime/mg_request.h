@@ -139,6 +139,8 @@ struct mg_req_s {
     unsigned lb_has_key : 1;
     unsigned lb_keyed : 1;   /* lb_hash was computed (once per request) */
     unsigned lb_no_peer : 1; /* no target can take traffic: 503 */
+    const void *route_regex; /* the route's regex path that matched (uri_capture), or NULL */
+    mg_str_t lb_consumer;    /* the authenticated consumer's id (else credential's), or none */
 
     /* Lua: only requests whose route (or a global rewrite) has plugins ever set these */
     unsigned lua_id;          /* the request's id on the Lua side; 0 = never entered Lua */

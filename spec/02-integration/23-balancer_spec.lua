@@ -435,10 +435,23 @@ describe("balancer", function()
                                    hash_fallback = "header", hash_fallback_header = "x-a" },
         "upstreams[0].hash_fallback_header: values of these fields must be distinct: "
         .. "'hash_on_header', 'hash_fallback_header'" },
-      { "hash_on consumer", { hash_on = "consumer" }, 'upstreams[0].hash_on: "consumer" is not '
-        .. "supported yet" },
-      { "hash_on uri_capture", { hash_on = "uri_capture" },
-        'upstreams[0].hash_on: "uri_capture" is not supported yet: routes do not expose captures' },
+      { "hash_on uri_capture without its name", { hash_on = "uri_capture" },
+        'upstreams[0].hash_on_uri_capture: required when hash_on is "uri_capture"' },
+      { "hash_fallback uri_capture without its name", { hash_on = "ip",
+                                                        hash_fallback = "uri_capture" },
+        'upstreams[0].hash_fallback_uri_capture: required when hash_fallback is "uri_capture"' },
+      { "consumer twice", { hash_on = "consumer", hash_fallback = "consumer" },
+        "upstreams[0].hash_fallback: must differ from hash_on" },
+      { "the same capture twice", { hash_on = "uri_capture", hash_on_uri_capture = "id",
+                                    hash_fallback = "uri_capture",
+                                    hash_fallback_uri_capture = "id" },
+        "upstreams[0].hash_fallback_uri_capture: values of these fields must be distinct: "
+        .. "'hash_on_uri_capture', 'hash_fallback_uri_capture'" },
+      { "the same query argument twice", { hash_on = "query_arg", hash_on_query_arg = "u",
+                                           hash_fallback = "query_arg",
+                                           hash_fallback_query_arg = "u" },
+        "upstreams[0].hash_fallback_query_arg: values of these fields must be distinct: "
+        .. "'hash_on_query_arg', 'hash_fallback_query_arg'" },
       { "an unknown hash input", { hash_on = "body" }, "upstreams[0].hash_on: expected one of" },
       { "a bad cookie path", { hash_on = "cookie", hash_on_cookie = "c",
                                hash_on_cookie_path = "x" },

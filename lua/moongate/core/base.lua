@@ -25,6 +25,7 @@ int mg_ffi_req_limit_body(uint64_t limit, const char *msg, size_t mlen);
 int mg_ffi_req_get_id(const char **s, size_t *len);
 int mg_ffi_req_get_route_name(const char **s, size_t *len);
 int mg_ffi_req_get_service_name(const char **s, size_t *len);
+int mg_ffi_client_set_consumer_id(const char *id, size_t len);
 int mg_ffi_client_get_ip(char *buf, size_t buflen, size_t *len);
 int mg_ffi_client_get_forwarded_ip(char *buf, size_t buflen, size_t *len);
 int mg_ffi_client_get_port(void);
@@ -90,7 +91,7 @@ void mg_ffi_ipset_build(void *set);
 int mg_ffi_ipset_contains(const void *set, const char *ip, size_t len);
 ]]
 
-local ABI = 2
+local ABI = 3
 
 _M.C = ffi.C
 _M.OK, _M.ERROR, _M.AGAIN, _M.BUSY, _M.DONE, _M.DECLINED = 0, -1, -2, -3, -4, -5
