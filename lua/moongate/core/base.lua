@@ -43,6 +43,9 @@ int mg_ffi_log_enabled(int level);
 void mg_ffi_log(int level, const char *msg, size_t len);
 int mg_ffi_worker_id(void);
 int mg_ffi_worker_pid(void);
+int mg_ffi_upstream_find(const char *name, size_t len);
+int mg_ffi_upstream_target(int up, int i, const char **target, size_t *tlen, unsigned *weight,
+                           char *ipbuf, size_t iplen, size_t *ipout, int *port, int *health);
 double mg_ffi_now(void);
 int mg_ffi_sleep(double seconds);
 int mg_ffi_timer_start(double delay, double every, unsigned id);
