@@ -427,9 +427,11 @@ static bool connect_upstream(mg_req_t *r)
     }
     if (u == NULL) {
         mg_buf_put(pending);
-        if (r->lb_no_peer)
+        if (r->lb_no_peer) {
+            r->tries--; /* no target, no try */
             mg_log_err("upstream \"%s\": no target can take traffic (weights 0 or none)",
                        s->upstream->name);
+        }
         return false;
     }
     r->u = u;
@@ -687,10 +689,14 @@ void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout)
         mg_log_err("upstream %s (%s:%u, try %u): %s%s", connecting ? "connect failed" : "failed",
                    s->host, s->port, r->tries, timeout ? "timed out" : strerror(err), next);
     if (retry && stale) r->stale_retried = 1;
-    /* the next try of a balanced service goes to another target: its head (Host) is rebuilt
-     * unless body bytes streamed from the client already follow it in the buffer */
+    /* what the next try sends: everything again from scratch when the body can be, else (a
+     * failed connect, nothing written) the pending bytes, behind a head written anew for the
+     * new target by connect_upstream() */
     bool rebuild = !connecting || (s->upstream && replayable);
     if (retry) {
+        /* the next try's response is parsed from scratch (this one may have seen its EOF) */
+        if (r->resp.headers)
+            mg_http_msg_init(&r->resp, HTTP_RESPONSE, r->resp_headers, MAX_RESP_HEADERS);
         if (rebuild && u) {
             mg_buf_put(u->out); /* rebuild the head for the fresh connection */
             u->out = NULL;

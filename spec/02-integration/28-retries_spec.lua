@@ -263,6 +263,22 @@ describe("retries on a plain host", function()
   end)
 end)
 
+describe("retries without a target", function()
+  it("counts no try when the balancer has no target to offer: 503, no address logged",
+     function()
+    local gw = helpers.start({
+      upstreams = { { name = "pool", targets = { { target = "127.0.0.1:9", weight = 0 } } } },
+      services = { { name = "svc", host = "pool", routes = { { paths = { "/none" } } } } },
+    })
+    local res = assert(gw:get("/none"))
+    assert.equal(503, res.status)
+    local line = access_line(gw, "/none")
+    gw:stop()
+    assert.equal("", line.upstream_addr)
+    assert.is_nil(line.tries)
+  end)
+end)
+
 describe("retry_non_idempotent in moongate check", function()
   it("refuses a value that is not a boolean, with its path", function()
     local code, lines = helpers.check({ services = { {
