@@ -397,6 +397,7 @@ static const field_t service_fields[] = {
     ONE("port", i_int, svc_item_t, s.port, .min = 1, .max = 65535),
     ONE("path", i_string, svc_item_t, s.path, .check = check_service_path),
     ONE("retries", i_int, svc_item_t, s.retries, .min = 0, .max = 32767),
+    ONE("retry_non_idempotent", i_bool, svc_item_t, s.retry_non_idempotent),
     TIMEOUT(connect_timeout),
     TIMEOUT(write_timeout),
     TIMEOUT(read_timeout),
@@ -524,8 +525,8 @@ static const field_t upstream_fields[] = {
         .check = check_service_path),
     ONE("hash_on_query_arg", i_string, upstream_item_t, u.hash_on_query_arg),
     ONE("hash_fallback_query_arg", i_string, upstream_item_t, u.hash_fallback_query_arg),
-    SKIP("hash_on_uri_capture", i_string),
-    SKIP("hash_fallback_uri_capture", i_string),
+    ONE("hash_on_uri_capture", i_string, upstream_item_t, u.hash_on_uri_capture),
+    ONE("hash_fallback_uri_capture", i_string, upstream_item_t, u.hash_fallback_uri_capture),
     ONE("slots", i_int, upstream_item_t, u.slots, .min = 10, .max = 65536),
     ONE("host_header", i_host, upstream_item_t, u.host_header),
     {.name = "targets", .parse = p_entities, .entity = parse_target},
@@ -2091,14 +2092,10 @@ static void check_hash_input(ctx_t *x, upstream_item_t *it, bool fallback)
             fail_field(x, it->path, fallback ? "hash_fallback_query_arg" : "hash_on_query_arg",
                        "required when %s is \"query_arg\"", field);
         break;
-    case MG_HASH_CONSUMER:
-        fail_field(x, it->path, field,
-                   "\"consumer\" is not supported yet: the consumer is known only to plugins, "
-                   "after the balancer's inputs are read; use \"header\" or \"ip\"");
-        break;
     case MG_HASH_URI_CAPTURE:
-        fail_field(x, it->path, field,
-                   "\"uri_capture\" is not supported yet: routes do not expose captures");
+        if (!(fallback ? u->hash_fallback_uri_capture : u->hash_on_uri_capture))
+            fail_field(x, it->path, fallback ? "hash_fallback_uri_capture" : "hash_on_uri_capture",
+                       "required when %s is \"uri_capture\"", field);
         break;
     }
 }
@@ -2143,8 +2140,22 @@ static void finish_upstreams(ctx_t *x)
                        "must be \"none\" when hash_on is \"cookie\" (the gateway sets the "
                        "cookie when it is missing)");
         else if (u->hash_fallback != MG_HASH_NONE && u->hash_fallback == u->hash_on &&
-                 u->hash_on != MG_HASH_HEADER && u->hash_on != MG_HASH_QUERY_ARG)
+                 u->hash_on != MG_HASH_HEADER && u->hash_on != MG_HASH_QUERY_ARG &&
+                 u->hash_on != MG_HASH_URI_CAPTURE)
             fail_field(x, it->path, "hash_fallback", "must differ from hash_on");
+        /* the same input twice under one name would never fall back (Kong: distinct) */
+        if (u->hash_on == MG_HASH_QUERY_ARG && u->hash_fallback == MG_HASH_QUERY_ARG &&
+            u->hash_on_query_arg && u->hash_fallback_query_arg &&
+            strcmp(u->hash_on_query_arg, u->hash_fallback_query_arg) == 0)
+            fail_field(x, it->path, "hash_fallback_query_arg",
+                       "values of these fields must be distinct: 'hash_on_query_arg', "
+                       "'hash_fallback_query_arg'");
+        if (u->hash_on == MG_HASH_URI_CAPTURE && u->hash_fallback == MG_HASH_URI_CAPTURE &&
+            u->hash_on_uri_capture && u->hash_fallback_uri_capture &&
+            strcmp(u->hash_on_uri_capture, u->hash_fallback_uri_capture) == 0)
+            fail_field(x, it->path, "hash_fallback_uri_capture",
+                       "values of these fields must be distinct: 'hash_on_uri_capture', "
+                       "'hash_fallback_uri_capture'");
         if (u->hash_on_header) lower(u->hash_on_header);
         if (u->hash_fallback_header) lower(u->hash_fallback_header);
         if (u->hash_on == MG_HASH_HEADER && u->hash_fallback == MG_HASH_HEADER &&

@@ -134,6 +134,7 @@ typedef struct mg_upstream_s {
     char *hash_on_header, *hash_fallback_header; /* lower-cased */
     char *hash_on_cookie, *hash_on_cookie_path;  /* path default "/" */
     char *hash_on_query_arg, *hash_fallback_query_arg;
+    char *hash_on_uri_capture, *hash_fallback_uri_capture; /* named groups of route regexes */
     /* the Host sent to the targets; NULL = the target's host:port (Kong) */
     char *host_header;
     unsigned slots; /* 10..65536, default 10000 */
@@ -169,6 +170,8 @@ typedef struct mg_service_s {
     struct mg_value_s *client_certificate; /* {id: <certificates id>} as written, or NULL */
     struct mg_utls_ctx_s *tls;             /* the client context, NULL for plain http */
     char *conf_path;                       /* "services[2]", for messages after the load */
+    /* retry POST, PATCH, ... even after sending them (default false: idempotent only) */
+    bool retry_non_idempotent;
 } mg_service_t;
 
 typedef struct {

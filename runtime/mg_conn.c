@@ -645,6 +645,7 @@ static void stage_route(mg_req_t *r)
     r->route = m.route;
     r->service = m.route->service;
     r->prefix_len = m.path_prefix_len;
+    r->route_regex = m.regex;
 
     /* Kong's rule: only a route limited to https turns plain http away (426, or the
      * redirect its https_redirect_status_code asks for); an http-only route over TLS is
@@ -859,7 +860,13 @@ static void access_log(mg_req_t *r)
     MG_OUT_LIT(&o, ",\"request_body_bytes\":");
     mg_out_u64(&o, r->msg.body_seen);
     MG_OUT_LIT(&o, ",\"upstream_addr\":\"");
-    if (r->upstream_addr) mg_out_cstr(&o, r->upstream_addr);
+    /* every try's address, as nginx's $upstream_addr ("a, b") */
+    for (unsigned i = 0; i < r->tries && i < MG_LOGGED_TRIES; i++) {
+        if (i) MG_OUT_LIT(&o, ", ");
+        if (r->try_addrs[i]) mg_out_cstr(&o, r->try_addrs[i]);
+    }
+    if (r->tries > MG_LOGGED_TRIES) MG_OUT_LIT(&o, ", ...");
+    if (r->tries == 0 && r->upstream_addr) mg_out_cstr(&o, r->upstream_addr);
     /* upstream latency: until the response head arrived (time to first byte), or until now
      * when none came */
     ev_tstamp upstream_end = r->upstream_head > 0 ? r->upstream_head : now;
@@ -880,6 +887,10 @@ static void access_log(mg_req_t *r)
         mg_out_put(&o, esc,
                    mg_json_escape(esc, sizeof(esc), r->service->name, strlen(r->service->name)));
     MG_OUT_LIT(&o, "\"");
+    if (r->tries) {
+        MG_OUT_LIT(&o, ",\"tries\":");
+        mg_out_u64(&o, r->tries);
+    }
     if (r->client_aborted) MG_OUT_LIT(&o, ",\"aborted\":true");
     MG_OUT_LIT(&o, "}\n");
     if (!o.overflow) mg_access_log_commit((size_t)(o.p - p));

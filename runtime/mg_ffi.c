@@ -8,9 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
+#include <arpa/inet.h>
 
 #include "mg_base64.h"
 #include "mg_ffi.h"
+#include "mg_health.h"
 #include "mg_ip.h"
 #include "mg_log.h"
 #include "mg_lua.h"
@@ -272,6 +274,16 @@ static int set_override(mg_req_t *r, mg_str_t *dst, const char *s, size_t len)
     return MG_OK;
 }
 
+int mg_ffi_client_set_consumer_id(const char *id, size_t len)
+{
+    CUR(r);
+    if (len == 0) {
+        r->lb_consumer = MG_NULL_STR;
+        return MG_OK;
+    }
+    return set_override(r, &r->lb_consumer, id, len);
+}
+
 int mg_ffi_upstream_set_path(const char *path, size_t len)
 {
     CUR(r);
@@ -345,6 +357,45 @@ void mg_ffi_log(int level, const char *msg, size_t len)
 int mg_ffi_worker_id(void)
 {
     return (int)mg_worker.slot;
+}
+
+int mg_ffi_upstream_find(const char *name, size_t len)
+{
+    const mg_config_t *cfg = mg_worker.cfg;
+    if (cfg == NULL) return MG_ERROR;
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const char *n = cfg->upstreams[i].name;
+        if (n && strlen(n) == len && memcmp(n, name, len) == 0) return (int)i;
+    }
+    return MG_DECLINED;
+}
+
+int mg_ffi_upstream_target(int up, int i, const char **target, size_t *tlen, unsigned *weight,
+                           char *ipbuf, size_t iplen, size_t *ipout, int *port, int *health)
+{
+    const mg_config_t *cfg = mg_worker.cfg;
+    if (cfg == NULL || up < 0 || (size_t)up >= cfg->nupstreams) return MG_DECLINED;
+    const mg_upstream_t *u = &cfg->upstreams[up];
+    if (i < 0 || (size_t)i >= u->ntargets) return MG_DECLINED;
+    const mg_target_t *t = &u->targets[i];
+    *target = t->target;
+    *tlen = strlen(t->target);
+    *weight = t->weight;
+    *port = t->port;
+    const struct sockaddr *sa = (const struct sockaddr *)&t->addr;
+    const void *a = sa->sa_family == AF_INET6
+                        ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
+                        : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
+    if (inet_ntop(sa->sa_family == AF_INET6 ? AF_INET6 : AF_INET, a, ipbuf, (socklen_t)iplen) ==
+        NULL)
+        ipbuf[0] = '\0';
+    *ipout = strlen(ipbuf);
+    /* Kong: HEALTHCHECKS_OFF unless active or passive checks are on */
+    if (!u->healthchecks.passive_on && !u->healthchecks.active_on)
+        *health = 0;
+    else
+        *health = mg_health_is_healthy(cfg, t->index) ? 1 : 2;
+    return MG_OK;
 }
 
 int mg_ffi_worker_pid(void)

@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MG_FFI_ABI 2
+#define MG_FFI_ABI 3
 
 int mg_ffi_abi(void);
 
@@ -49,6 +49,9 @@ int mg_ffi_req_get_service_name(const char **s, size_t *len);
 int mg_ffi_req_read_body(const char **s, size_t *len);
 
 /* ---- the client ---------------------------------------------------------------------- */
+/* The id of the consumer (else credential) the request was authenticated as, for hash_on:
+ * consumer (copied; len 0 clears it). */
+int mg_ffi_client_set_consumer_id(const char *id, size_t len);
 int mg_ffi_client_get_ip(char *buf, size_t buflen, size_t *len);
 int mg_ffi_client_get_forwarded_ip(char *buf, size_t buflen, size_t *len);
 int mg_ffi_client_get_port(void);
@@ -98,6 +101,15 @@ int mg_ffi_sleep(double seconds);
 int mg_ffi_timer_start(double delay, double every, unsigned id);
 /* Tells the watchdog which plugin's handler runs now (its name goes in the stall report). */
 void mg_ffi_plugin_enter(const char *name, size_t len);
+
+/* ---- upstream health (moongate.upstream.get_health; read from the shared health zone) -- */
+/* The index of the upstream named `name` in the running config, or MG_DECLINED. */
+int mg_ffi_upstream_find(const char *name, size_t len);
+/* Target i of upstream `up`: its "host:port", weight, resolved address (ip into ipbuf) and
+ * port, and health: 0 health checks off, 1 healthy, 2 unhealthy. MG_DECLINED past the
+ * last target or for an unknown upstream. */
+int mg_ffi_upstream_target(int up, int i, const char **target, size_t *tlen, unsigned *weight,
+                           char *ipbuf, size_t iplen, size_t *ipout, int *port, int *health);
 
 /* ---- body_filter ---------------------------------------------------------------------- */
 /* the piece of the response body being filtered; *eof = 1 on the last call */

@@ -26,6 +26,8 @@
 #include "mg_sock.h"
 
 typedef struct mg_req_s mg_req_t;
+/* Tries whose address the access log names (more are counted, not named). */
+#define MG_LOGGED_TRIES 8
 typedef struct mg_conn_s mg_conn_t;
 typedef struct mg_uconn_s mg_uconn_t;
 
@@ -130,7 +132,10 @@ struct mg_req_s {
     unsigned client_aborted : 1;
     char request_id[33];
     mg_str_t rid;
-    const char *upstream_addr;      /* "ip:port" of the service, for the log; "" before */
+    const char *upstream_addr; /* "ip:port" of the service, for the log; "" before */
+    /* "ip:port" of each try, in order (worker-lifetime strings): the access log lists them,
+     * like nginx's $upstream_addr; tries past MG_LOGGED_TRIES are only counted */
+    const char *try_addrs[MG_LOGGED_TRIES];
     const char *body_limit_message; /* the 413's message when a plugin lowered the limit */
 
     /* balancing: a service whose host names an upstream */
@@ -140,6 +145,8 @@ struct mg_req_s {
     unsigned lb_has_key : 1;
     unsigned lb_keyed : 1;   /* lb_hash was computed (once per request) */
     unsigned lb_no_peer : 1; /* no target can take traffic: 503 */
+    const void *route_regex; /* the route's regex path that matched (uri_capture), or NULL */
+    mg_str_t lb_consumer;    /* the authenticated consumer's id (else credential's), or none */
 
     /* Lua: only requests whose route (or a global rewrite) has plugins ever set these */
     unsigned lua_id;          /* the request's id on the Lua side; 0 = never entered Lua */
@@ -163,6 +170,7 @@ struct mg_req_s {
     mg_buf_t *body_buf;         /* the request body read for plugins (get_raw_body), or the
                                    one they set (set_raw_body); sent upstream from here */
     size_t body_sent;           /* bytes of body_buf already queued for the upstream */
+    size_t up_head_len;         /* bytes of the upstream request head last written */
     mg_buf_t *filter_in;        /* a decoded piece of the upstream body, for the filter */
     mg_buf_t *filtered;         /* the filter's framed output, waiting for room in r->out */
     char *filter_chunk;         /* what set_chunk() gave (malloc), NULL = unchanged */
@@ -234,6 +242,9 @@ const char *mg_upstream_addr_text(const mg_service_t *s);
 const char *mg_upstream_uconn_addr(const mg_uconn_t *u);
 /* Why u's TLS handshake failed (u->tls_failed), for the error log. */
 const char *mg_upstream_tls_error(const mg_uconn_t *u);
+/* "ip:port" of target t of s's upstream, or of s itself when t is NULL (a try that failed
+ * before it had a connection still names where it went). */
+const char *mg_upstream_try_addr(const mg_service_t *s, const mg_target_t *t);
 
 /* mg_worker.c */
 /* Runs a worker's event loop on listen_fds (one per cfg->proxy_listen entry) until it is

@@ -458,3 +458,8 @@ const char *mg_upstream_tls_error(const mg_uconn_t *u)
 {
     return u->tls_failed ? tls_error : "";
 }
+
+const char *mg_upstream_try_addr(const mg_service_t *s, const mg_target_t *t)
+{
+    return t ? pools[nservice_pools + t->index].addr_text : pools[s->index].addr_text;
+}

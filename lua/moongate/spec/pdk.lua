@@ -1355,6 +1355,32 @@ function moongate.tls.set_cert(cert, key)
   return true
 end
 
+-- upstream ----------------------------------------------------------------------------------
+-- kit.upstreams is opts.upstreams: { name = { { target = "host:port", weight = 100,
+-- health = "HEALTHY" | "UNHEALTHY" | "HEALTHCHECKS_OFF" (default), ip = (the host) } } }.
+
+moongate.upstream = {}
+
+function moongate.upstream.get_health(name)
+  check(bor(phases.INIT_WORKER, REQUEST, phases.TIMER), "moongate.upstream.get_health")
+  if type(name) ~= "string" then
+    error("upstream name must be a string", 2)
+  end
+  local targets = active and active.upstreams[name]
+  if not targets then return nil, "upstream not found" end
+  local data = {}
+  for i, t in ipairs(targets) do
+    local host, port = match(t.target, "^%[?(.-)%]?:(%d+)$")
+    local health, weight = t.health or "HEALTHCHECKS_OFF", t.weight or 100
+    data[i] = {
+      target = t.target, weight = weight, health = health, upstream = { name = name },
+      data = { addresses = { { ip = t.ip or host, port = tonumber(port), health = health,
+                               weight = weight } } },
+    }
+  end
+  return { total = #data, node_id = active.node_id, data = data }
+end
+
 function moongate.node.get_worker_pid()
   return active and active.worker_pid or _M.WORKER_PID
 end
@@ -1402,12 +1428,13 @@ end
 --   `body` (""), `client_body_buffer_size` (a larger body makes get_raw_body fail; default
 --   no limit), `request_id` (32 hex digits), `client_ip` ("127.0.0.1"), `forwarded_ip` (default the
 --   client ip), `client_port` (40000), `route` ({ name = }), `service` ({ name = }),
---   `consumer`, `credential` (as if authenticated already), `node_id`, `worker_id` (0),
---   `worker_pid`, `client_certificate` (what moongate.client.tls sees: { chain = PEM,
---   verify = "SUCCESS", verified = true (verify_client's answer), subject_dn, issuer_dn, cn,
---   serial, fingerprint, san_list = { "DNS:a.test", ... } }; nil: no certificate), `now`
---   (the clock moongate.now() starts from; default os.time(), or later if an earlier kit
---   slept past it), `log_level` ("debug": every line is kept;
+--   `consumer`, `credential` (as if authenticated already), `upstreams` (what
+--   moongate.upstream.get_health reports: { name = { { target, weight, health, ip } } }),
+--   `node_id`, `worker_id` (0), `worker_pid`, `client_certificate` (what moongate.client.tls
+--   sees: { chain = PEM, verify = "SUCCESS", verified = true (verify_client's answer),
+--   subject_dn, issuer_dn, cn, serial, fingerprint, san_list = { "DNS:a.test", ... } }; nil:
+--   no certificate), `now` (the clock moongate.now() starts from; default os.time(), or
+--   later if an earlier kit slept past it), `log_level` ("debug": every line is kept;
 --   "notice" keeps what the gateway's default log_level would), `shared_dicts` ({ name =
 --   "1m" } or { "name" }: declares them with pdk.shared_dict)
 -- @return the kit: `.request` (what the client sent), `.upstream_request` ({ method, path,
@@ -1478,6 +1505,7 @@ function _M.new(opts)
     service = opt(opts, "service", "table", {}),
     consumer = opt(opts, "consumer", "table", nil),
     credential = opt(opts, "credential", "table", nil),
+    upstreams = opt(opts, "upstreams", "table", {}),
     node_id = opt(opts, "node_id", "string", _M.NODE_ID),
     worker_id = opt(opts, "worker_id", "number", 0),
     worker_pid = opt(opts, "worker_pid", "number", _M.WORKER_PID),
