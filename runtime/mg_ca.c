@@ -171,6 +171,14 @@ mg_ca_set_t *mg_ca_load(const mg_config_t *cfg, mg_config_errors_t *errs)
             continue;
         }
         X509 *x = load_one(cfg, ent, path, errs);
+        for (size_t j = 0; x && j < set->n; j++) { /* Kong: `cert` is unique */
+            if (set->cas[j].cert && X509_cmp(set->cas[j].cert, x) == 0) {
+                mg_config_errors_add(errs, "%s.cert: the same certificate as ca_certificates[%zu]",
+                                     path, j);
+                X509_free(x);
+                x = NULL;
+            }
+        }
         const mg_value_t *id = get(ent, "id");
         const char *ids = id && id->kind == MG_VAL_STRING ? id->str : NULL;
         for (size_t j = 0; ids && j < set->n; j++) {

@@ -24,8 +24,9 @@ typedef struct {
  * path of a PEM file) and parses each certificate once. Problems are added to errs as
  * "PATH: message": unknown fields, bad PEM, more than one certificate in `cert`, an expired
  * certificate, a certificate without the CA basic constraint, a `cert_digest` that is not the
- * certificate's SHA-256, duplicate ids. Returns an empty set (never NULL unless out of
- * memory, which is reported) when the list is absent; the caller owns it (mg_ca_free).
+ * certificate's SHA-256, duplicate ids, the same certificate twice. Returns an empty set (never
+ * NULL unless out of memory, which is reported) when the list is absent; the caller owns it
+ * (mg_ca_free).
  */
 mg_ca_set_t *mg_ca_load(const mg_config_t *cfg, mg_config_errors_t *errs);
 void mg_ca_free(mg_ca_set_t *set);

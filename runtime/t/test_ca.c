@@ -123,7 +123,11 @@ TEST(ca_loads_from_pem_and_file)
     close(fd);
     fake_t f;
     fake_init(&f);
-    fake_add(&f, "a", root_pem, NULL, NULL);
+    EVP_PKEY *k;
+    X509 *other = make_cert("Other Root", true, -1, 365, NULL, NULL, &k);
+    EVP_PKEY_free(k);
+    char *other_pem = pem_of(other);
+    fake_add(&f, "a", other_pem, NULL, NULL);
     fake_add(&f, "b", path, NULL, NULL);
     mg_config_errors_t errs;
     mg_config_errors_init(&errs);
@@ -133,7 +137,10 @@ TEST(ca_loads_from_pem_and_file)
     CHECK_INT(mg_ca_find(set, "b"), 1);
     CHECK_INT(mg_ca_find(set, "zz"), -1);
     CHECK(X509_cmp(mg_ca_cert(set, 1), root) == 0);
+    CHECK(X509_cmp(mg_ca_cert(set, 0), other) == 0);
     mg_ca_free(set);
+    X509_free(other);
+    free(other_pem);
     mg_config_errors_free(&errs);
     unlink(path);
 }
@@ -199,19 +206,57 @@ TEST(ca_refusals)
     free(old_pem);
 }
 
-TEST(ca_duplicate_ids)
+TEST(ca_duplicates_and_shapes)
 {
     setup();
+    EVP_PKEY *k;
+    X509 *other = make_cert("Other Root", true, -1, 365, NULL, NULL, &k);
+    EVP_PKEY_free(k);
+    char *other_pem = pem_of(other);
     fake_t f;
     fake_init(&f);
     fake_add(&f, "a", root_pem, NULL, NULL);
-    fake_add(&f, "a", root_pem, NULL, NULL);
+    fake_add(&f, "a", other_pem, NULL, NULL);
     mg_config_errors_t errs;
     mg_config_errors_init(&errs);
     mg_ca_set_t *set = mg_ca_load(&f.cfg, &errs);
     CHECK(one_error(&errs, "ca_certificates[1].id: 'a' is already used by ca_certificates[0]"));
     mg_ca_free(set);
+    errs.n = 0;
+    fake_init(&f);
+    fake_add(&f, "a", root_pem, NULL, NULL);
+    fake_add(&f, "b", root_pem, NULL, NULL);
+    set = mg_ca_load(&f.cfg, &errs);
+    CHECK(one_error(&errs, "ca_certificates[1].cert: the same certificate as ca_certificates[0]"));
+    mg_ca_free(set);
+    errs.n = 0;
+    /* a list of mappings, each with string fields */
+    fake_init(&f);
+    f.list.kind = MG_VAL_MAP;
+    set = mg_ca_load(&f.cfg, &errs);
+    CHECK(one_error(&errs, "ca_certificates: must be a list"));
+    mg_ca_free(set);
+    errs.n = 0;
+    fake_init(&f);
+    f.list.len = 1;
+    f.ents[0] = (mg_value_t){.kind = MG_VAL_STRING, .str = "x"};
+    set = mg_ca_load(&f.cfg, &errs);
+    CHECK(one_error(&errs, "ca_certificates[0]: must be a mapping"));
+    mg_ca_free(set);
+    errs.n = 0;
+    fake_init(&f);
+    fake_add(&f, "a", root_pem, "cert_digest", "x");
+    f.fields[0][0] = (mg_value_t){.kind = MG_VAL_INT};
+    f.fields[0][2] = (mg_value_t){.kind = MG_VAL_BOOL};
+    set = mg_ca_load(&f.cfg, &errs);
+    CHECK_INT(errs.n, 2);
+    CHECK(errs.n == 2 && strcmp(errs.items[0], "ca_certificates[0].id: must be a string") == 0);
+    CHECK(errs.n == 2 &&
+          strcmp(errs.items[1], "ca_certificates[0].cert_digest: must be a string") == 0);
+    mg_ca_free(set);
     mg_config_errors_free(&errs);
+    X509_free(other);
+    free(other_pem);
 }
 
 TEST(ca_references)
@@ -219,8 +264,13 @@ TEST(ca_references)
     setup();
     fake_t f;
     fake_init(&f);
+    EVP_PKEY *k;
+    X509 *other = make_cert("Other Root", true, -1, 365, NULL, NULL, &k);
+    EVP_PKEY_free(k);
+    char *other_pem = pem_of(other);
+    X509_free(other);
     fake_add(&f, "a", root_pem, NULL, NULL);
-    fake_add(&f, NULL, root_pem, NULL, NULL); /* no id: cannot be referenced */
+    fake_add(&f, NULL, other_pem, NULL, NULL); /* no id: cannot be referenced */
     mg_config_errors_t errs;
     mg_config_errors_init(&errs);
     mg_ca_set_t *set = mg_ca_load(&f.cfg, &errs);
@@ -259,6 +309,7 @@ TEST(ca_references)
     CHECK(one_error(&errs, "l: must be a list of ca_certificate ids"));
     mg_ca_free(set);
     mg_config_errors_free(&errs);
+    free(other_pem);
 }
 
 TEST(ca_store_verifies_its_leaves_only)

@@ -234,9 +234,14 @@ describe("ssl_verify_client: optional", function()
     assert.equal("0", h["x-tls-chain"])
     assert.is_nil(h["x-tls-dn"])
 
+    assert.equal("nil:no certificate", h["x-tls-unlisted"])
+
     status, body = curl(gw.ssl_port, "/tls", "alice")
     assert.equal(200, status, body)
-    assert.equal("SUCCESS", echo_headers(body)["x-tls-verify"])
+    h = echo_headers(body)
+    assert.equal("SUCCESS", h["x-tls-verify"])
+    -- a CA list no mtls-auth plugin declared was never checked: refused, and said why
+    assert.equal("false:no mtls-auth plugin has this CA list", h["x-tls-unlisted"])
 
     status, body = curl(gw.ssl_port, "/tls", "mallory")
     assert.equal(200, status, body)
@@ -345,6 +350,43 @@ describe("moongate check", function()
             { "ca_certificates[0].cert: please submit only one certificate at a time" })
     refused(conf({ ca_certificates = helpers.array({ { id = "a" } }) }),
             { "ca_certificates[0].cert: required" })
+  end)
+
+  it("refuses the same certificate twice (Kong: cert is unique)", function()
+    refused(conf({ ca_certificates = helpers.array({ { id = "a", cert = CA.crt },
+                                                     { id = "b", cert = CA:read(CA.crt) } }) }),
+            { "ca_certificates[1].cert: the same certificate as ca_certificates[0]" })
+  end)
+
+  it("refuses more distinct mtls-auth CA lists than a connection has verdict bits", function()
+    local ids = { "a", "b", "c", "d" }
+    local cas = helpers.array({ { id = "a", cert = CA.crt }, { id = "b", cert = INT.crt },
+                                { id = "c", cert = OTHER.crt },
+                                { id = "d", cert = CA:intermediate("int2").crt } })
+    local lists = {}
+    for _, partial in ipairs({ false, true }) do
+      for i = 1, 4 do
+        lists[#lists + 1] = { { ids[i] }, partial }
+        for j = 1, 4 do
+          if j ~= i then lists[#lists + 1] = { { ids[i], ids[j] }, partial } end
+        end
+      end
+    end
+    assert.equal(32, #lists) -- one more than the 31 bits left beside the listener's
+    local services = {}
+    for i, l in ipairs(lists) do
+      services[i] = { url = "http://127.0.0.1:9",
+                      routes = helpers.array({ { paths = helpers.array({ "/s" .. i }) } }),
+                      plugins = helpers.array({ { name = "mtls-auth", config = {
+                        ca_certificates = helpers.array(l[1]), allow_partial_chain = l[2] } } }) }
+    end
+    refused(conf({ ca_certificates = cas, services = helpers.array(services) }),
+            { "services[31].plugins[0].config.ca_certificates: more than 31 distinct CA lists "
+              .. "in mtls-auth plugins" })
+    table.remove(services)
+    local rc, lines = helpers.check(conf({ ca_certificates = cas,
+                                           services = helpers.array(services) }))
+    assert.equal(0, rc, table.concat(lines, "\n"))
   end)
 
   it("refuses duplicate ids and unknown fields", function()
