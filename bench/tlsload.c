@@ -205,8 +205,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "tlsload: bad arguments\n");
         return 2;
     }
-    reqlen = snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: %s:%s\r\nConnection: close\r\n\r\n",
-                      argv[1], argv[2]);
+    reqlen =
+        snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: %s:%s\r\nConnection: close\r\n\r\n",
+                 argv[1], argv[2]);
     hist = calloc(MAX_LAT_US + 1, sizeof(*hist));
 
     ctx = SSL_CTX_new(TLS_client_method());
@@ -219,14 +220,16 @@ int main(int argc, char **argv)
 
     epfd = epoll_create1(0);
     cl_t *cls = calloc((size_t)conns, sizeof(*cls));
-    for (int i = 0; i < conns; i++) open_conn(&cls[i]);
+    for (int i = 0; i < conns; i++)
+        open_conn(&cls[i]);
 
     struct epoll_event evs[256];
     double start = now(), end = start + secs, t;
     while ((t = now()) < end) {
         int ms = (int)((end - t) * 1000) + 1;
         int n = epoll_wait(epfd, evs, 256, ms > 100 ? 100 : ms);
-        for (int i = 0; i < n; i++) step(evs[i].data.ptr);
+        for (int i = 0; i < n; i++)
+            step(evs[i].data.ptr);
         for (int i = 0; i < conns; i++) /* a connect that failed at once: retry */
             if (cls[i].fd < 0) open_conn(&cls[i]);
     }
