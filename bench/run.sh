@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/run.sh — moongate against nginx and nginx+lua, on this machine, in about four minutes.
+# bench/run.sh — moongate against nginx and nginx+lua, on this machine.
 #
 #   bench/run.sh /abs/path/build/moongate        (what `make bench` runs)
 #   SCENARIOS=plugin,auth bench/run.sh …        (a subset; default: every scenario below)
@@ -83,7 +83,7 @@ done
 [ -n "$SCN_LIST" ] || die "SCENARIOS is empty"
 
 [ -x "$MG_BIN" ] || die "$MG_BIN: not an executable"
-for tool in "$NGINX" wrk cc ss curl; do command -v "$tool" >/dev/null || die "$tool not found (make deps / scripts/deps.sh all)"; done
+for tool in "$NGINX" wrk cc ss curl openssl; do command -v "$tool" >/dev/null || die "$tool not found (make deps / scripts/deps.sh all)"; done
 [ "$SKIP_CALLGRIND" = 1 ] || command -v valgrind >/dev/null || { echo "bench: no valgrind, skipping callgrind" >&2; SKIP_CALLGRIND=1; }
 
 GIT=$(cd "$BENCH_DIR/.." && git rev-parse --short HEAD 2>/dev/null || echo "?")
