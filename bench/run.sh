@@ -288,6 +288,7 @@ cc -O2 -o "$TMP/mgclient" "$BENCH_DIR/mgclient.c" || die "cannot build bench/mgc
 # verify), served alike by both proxies; tlsload makes full handshakes, which wrk cannot.
 if [[ " $SCN_LIST " == *" tls_"* ]]; then
     log "making the TLS certificates, building the handshake client"
+    # shellcheck disable=SC2015 # any step failing dies
     openssl ecparam -name prime256v1 -genkey -noout -out "$TMP/tls_ec.key" 2>/dev/null &&
         openssl req -x509 -new -key "$TMP/tls_ec.key" -out "$TMP/tls_ec.crt" -days 30 \
             -subj /CN=bench.test -addext subjectAltName=DNS:bench.test 2>/dev/null &&
