@@ -931,9 +931,9 @@ void mg_conn_request_done(mg_req_t *r)
     mg_buf_put(c->in);
     c->in = NULL;
     mg_conn_update(c);
-    /* TLS: the rest of a record read only in part (our buffer was full) waits inside
-     * OpenSSL, where epoll cannot see it: go and read it */
-    if (c->s.ssl && c->s.rready && SSL_pending(c->s.ssl) > 0)
+    /* TLS: the rest of a record read only in part (our buffer was full), or records read
+     * ahead, wait inside OpenSSL, where epoll cannot see them: go and read them */
+    if (c->s.ssl && c->s.rready && SSL_has_pending(c->s.ssl))
         ev_feed_event(mg_worker.loop, &c->s.io, EV_CUSTOM);
 }
 

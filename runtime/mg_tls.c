@@ -942,6 +942,10 @@ static SSL_CTX *new_ctx(mg_tls_t *t)
                                  SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
+    /* one read(2) per record instead of two (header, then body), as nginx does; what is read
+     * beyond a record waits in OpenSSL: mg_sock reads until WANT_READ, and an idle connection
+     * checks SSL_has_pending */
+    SSL_CTX_set_read_ahead(ctx, 1);
     if (SSL_CTX_set_cipher_list(ctx, CIPHERS_INTERMEDIATE) != 1 ||
         SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384") != 1) {
         SSL_CTX_free(ctx);
