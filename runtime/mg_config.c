@@ -1756,7 +1756,16 @@ static void parse_service(ctx_t *x, yaml_node_t *n, void *parent)
         fail(x, "must set 'url' or 'host'");
     }
     if (s->protocol == NULL) s->protocol = sdup(x, "http");
-    if (s->port == 0) s->port = strcmp(s->protocol, "https") == 0 ? 443 : 80;
+    bool https = strcmp(s->protocol, "https") == 0;
+    if (s->port == 0) s->port = https ? 443 : 80;
+    static const char *const tls_only[] = {"tls_verify", "tls_verify_depth", "ca_certificates",
+                                           "client_certificate"};
+    for (size_t i = 0; !https && i < MG_ARRAY_SIZE(tls_only); i++) { /* Kong refuses them too */
+        if (!HAS(seen, service_fields, tls_only[i])) continue;
+        size_t mark = path_key(x, tls_only[i]);
+        fail(x, "only for protocol \"https\"");
+        path_set(x, mark);
+    }
     it->to_resolve = x->nerrs == nerrs && it->enabled; /* finish(): unless an upstream */
 
     *x->svcs_tail = it;

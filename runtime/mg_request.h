@@ -226,7 +226,10 @@ void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout);
  * when one is idle, else a new non-blocking connect. NULL with errno set on failure. When
  * s is balanced (s->upstream), a target is picked first (r->target; r->lb_tried avoided,
  * r->lb_hash for consistent hashing): none available sets r->lb_no_peer (errno EHOSTUNREACH);
- * the pool is the target's, so a connection to one target never serves another. */
+ * the pool is the target's, so a connection to one target never serves another. For an https
+ * service (s->tls) a pooled connection must share s's client context, and a new one runs its
+ * TLS handshake after the connect (u->connected once it is done; a failure reaches
+ * mg_proxy_upstream_error as a connect failure). */
 mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r);
 /* Returns u to the keepalive pool when `reusable`, otherwise closes it. */
 void mg_upstream_release(mg_uconn_t *u, bool reusable);

@@ -171,16 +171,8 @@ static bool cert_usable(const mg_config_t *cfg, const char *id, const char *path
 static bool load_service(mg_utls_t *U, mg_config_t *cfg, mg_service_t *s, mg_config_errors_t *errs)
 {
     const char *path = s->conf_path ? s->conf_path : "services[?]";
-    bool https = strcmp(s->protocol, "https") == 0;
     bool ok = true;
-    if (!https) { /* Kong: these fields are for https services only */
-        const char *set = is_set(s->client_certificate) ? "client_certificate"
-                          : is_set(s->ca_certificates)  ? "ca_certificates"
-                          : s->tls_verify_depth >= 0    ? "tls_verify_depth"
-                                                        : NULL;
-        if (set) mg_config_errors_add(errs, "%s.%s: only for protocol \"https\"", path, set);
-        return set == NULL;
-    }
+    if (strcmp(s->protocol, "https") != 0) return true; /* its TLS fields were refused */
     char cpath[300];
     snprintf(cpath, sizeof(cpath), "%s.ca_certificates", path);
     mg_ca_refs_t refs;

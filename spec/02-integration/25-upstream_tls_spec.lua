@@ -478,10 +478,14 @@ describe("upstream TLS", function()
     end)
 
     it("refuses TLS fields on a plain-http service", function()
-      local rc, out = check({ { name = "s", url = "http://127.0.0.1:80",
+      local rc, out = check({ { name = "s", url = "http://127.0.0.1:80", tls_verify = false,
+                                tls_verify_depth = 2, ca_certificates = array({ "test-ca" }),
                                 client_certificate = { id = "alice" } } })
       assert.are_not.equal(0, rc)
-      assert.matches('services[0].client_certificate: only for protocol "https"', out, 1, true)
+      for _, f in ipairs({ "tls_verify", "tls_verify_depth", "ca_certificates",
+                           "client_certificate" }) do
+        assert.matches(fmt('services[0].%s: only for protocol "https"', f), out, 1, true)
+      end
     end)
 
     it("refuses an unknown client_certificate on an upstream", function()
