@@ -4,8 +4,8 @@
 -- checked; a failure is a 502 with the verify error in the log. The SNI sent, the client
 -- certificate presented (client_certificate: mTLS), keep-alive over TLS (and never a TLS
 -- connection handed to a plain-http service of the same target), session resumption,
--- balancing over https targets, `type: https` active probes, and what `moongate check`
--- refuses.
+-- balancing over https targets, `type: https` active probes, close_notify when the gateway
+-- closes a pooled connection (seen by `openssl s_server`), and what `moongate check` refuses.
 --
 -- The backend answers what it saw: its own `$connection` and `$connection_requests`, the
 -- SNI (`$ssl_server_name`), the client certificate's subject (`$ssl_client_s_dn`, verified
@@ -373,6 +373,41 @@ describe("upstream TLS", function()
     local rest, how = c:receive_all(5)
     assert.equal("", rest)
     assert.is_true(how == "closed" or how == "reset", how)
+  end)
+
+  it("sends close_notify when it closes an idle pooled connection", function()
+    -- `openssl s_server` tells a close_notify ("DONE") from a bare FIN ("ERROR"); its stdin is
+    -- what it sends, so the response is written there before the gateway connects
+    local port = helpers.get_free_port()
+    local out = CA:path("s_server.log")
+    local srv = assert(io.popen(fmt("exec timeout 20 openssl s_server -ign_eof "
+                                    .. "-naccept 1 -accept 127.0.0.1:%d -cert %s -key %s "
+                                    .. ">%s 2>&1", port, CA:path("srv.crt"), CA:path("srv.key"),
+                                    out), "w"))
+    local closed = false
+    local function close_srv()
+      if not closed then closed = true; srv:close() end
+    end
+    finally(close_srv)
+    srv:write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    srv:flush()
+    helpers.eventually(function()
+      assert.matches("ACCEPT", helpers.read_file(out) or "", 1, true)
+    end, 5)
+    local gw = helpers.start(conf({
+      https("idle", port, { ca_certificates = array({ "test-ca" }) }),
+    }, { limits = { upstream_keepalive_idle_timeout = "200ms" } }))
+    finally(function() gw:stop() end)
+    local res = gw:get("/idle")
+    assert.equal(200, res.status)
+    assert.equal("ok", res.body)
+    helpers.eventually(function() -- the pool's idle timeout closes it
+      assert.matches("CONNECTION CLOSED", helpers.read_file(out) or "", 1, true)
+    end, 5)
+    close_srv()
+    local log = helpers.read_file(out)
+    assert.matches("DONE", log, 1, true)
+    assert.not_matches("ERROR", log, 1, true)
   end)
 
   describe("active https probes", function()
