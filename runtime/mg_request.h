@@ -20,6 +20,7 @@
 #include "mg_core.h"
 #include "mg_buf.h"
 #include "mg_config.h"
+#include "mg_dns.h"
 #include "mg_http.h"
 #include "mg_pool.h"
 #include "mg_router.h"
@@ -76,12 +77,17 @@ struct mg_uconn_s {
     mg_sock_t s; /* the upstream socket, its watcher, timer and readiness */
     unsigned connected : 1, reused : 1;
     unsigned requests;
-    const mg_service_t *service; /* timeouts */
-    unsigned pool;               /* keepalive pool: the service's, or its target's */
-    int lb_peer;                 /* the balancer's peer this try counts against, or -1 */
-    unsigned hc_failure;         /* passive health: MG_HC_EV_TCP_FAILURE/TIMEOUT, or 0 */
-    ev_tstamp started;           /* the try began (latency for the balancer) */
-    mg_req_t *r;                 /* owner, NULL while idle in the pool */
+    const mg_service_t *service;  /* timeouts */
+    unsigned pool;                /* keepalive pool: the service's, or its target address's */
+    uint64_t pool_gen;            /* the pool's generation when made: another address since? */
+    int lb_peer;                  /* the balancer's peer this try counts against, or -1 */
+    uint64_t lb_gen;              /* the balancer's build lb_peer belongs to */
+    const mg_target_t *lb_target; /* the peer's target and address slot (passive health) */
+    unsigned hc_slot;
+    char addr_text[64];  /* "ip:port" connected to, for logs */
+    unsigned hc_failure; /* passive health: MG_HC_EV_TCP_FAILURE/TIMEOUT, or 0 */
+    ev_tstamp started;   /* the try began (latency for the balancer) */
+    mg_req_t *r;         /* owner, NULL while idle in the pool */
     mg_buf_t *in, *out;
     mg_uconn_t *next; /* pool list */
 };
@@ -134,6 +140,16 @@ struct mg_req_s {
     unsigned lb_has_key : 1;
     unsigned lb_keyed : 1;   /* lb_hash was computed (once per request) */
     unsigned lb_no_peer : 1; /* no target can take traffic: 503 */
+    int lb_last1;            /* the previous try's peer + 1 (0: none) */
+
+    /* DNS (mg_dns.c): a service host or an upstream's targets waiting for their first answer
+     * park the request (bounded by connect_timeout); a failed name answers 503 */
+    mg_dns_waiter_t dns_waiter;
+    ev_timer dns_timer;
+    int dns_name;             /* the name waited for (mg_upstream_get sets it) */
+    unsigned dns_wait : 1;    /* mg_upstream_get: wait for dns_name, then try again */
+    unsigned dns_waiting : 1; /* parked */
+    unsigned dns_failed : 1;  /* the service's name did not resolve: 503 */
 
     /* Lua: only requests whose route (or a global rewrite) has plugins ever set these */
     unsigned lua_id;          /* the request's id on the Lua side; 0 = never entered Lua */
@@ -206,13 +222,17 @@ void mg_proxy_pump(mg_req_t *r);
 int mg_proxy_forwarded_ip(const mg_req_t *r, mg_str_t *ip);
 /* An upstream connection attempt or exchange failed before the response began. */
 void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout);
+/* Stops r's wait for a DNS answer (the request ends first). */
+void mg_proxy_dns_cancel(mg_req_t *r);
 
 /* mg_upstream.c */
 /* Returns a connected (or connecting) upstream connection for s: from the keepalive pool
  * when one is idle, else a new non-blocking connect. NULL with errno set on failure. When
  * s is balanced (s->upstream), a target is picked first (r->target; r->lb_tried avoided,
  * r->lb_hash for consistent hashing): none available sets r->lb_no_peer (errno EHOSTUNREACH);
- * the pool is the target's, so a connection to one target never serves another. */
+ * the pool is the target address's, so a connection to one never serves another. A host
+ * (or every target) still waiting for its first DNS answer sets r->dns_wait and r->dns_name
+ * (errno EAGAIN); a service host that did not resolve sets r->dns_failed. */
 mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r);
 /* Returns u to the keepalive pool when `reusable`, otherwise closes it. */
 void mg_upstream_release(mg_uconn_t *u, bool reusable);
@@ -222,6 +242,9 @@ void mg_upstream_update(mg_uconn_t *u);
 void mg_upstream_pool_close_all(void);
 /* Sizes the per-service pools for cfg (worker start). MG_OK or MG_ERROR. */
 int mg_upstream_init(const mg_config_t *cfg);
+/* A name's addresses changed (mg_dns.c): rebuilds the balancers of the upstreams with a
+ * target of that name. */
+void mg_upstream_dns_changed(unsigned name);
 /* "ip:port" of the service's address, formatted once per worker. */
 const char *mg_upstream_addr_text(const mg_service_t *s);
 /* "ip:port" of what u connects to (the service's address or its target's). */

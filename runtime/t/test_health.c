@@ -119,13 +119,15 @@ TEST(successes_bring_a_target_back)
 
 TEST(zone_tracks_targets_and_generation)
 {
-    mg_target_t targets[2] = {{.target = "a:1", .index = 0}, {.target = "b:1", .index = 1}};
+    mg_target_t targets[2] = {{.target = "a:1", .index = 0, .slot = 0, .dns = -1},
+                              {.target = "b:1", .index = 1, .slot = 1, .dns = -1}};
     mg_target_t *tp[2] = {&targets[0], &targets[1]};
     mg_upstream_t up = {.name = "pool", .targets = targets, .ntargets = 2};
     up.healthchecks.passive.healthy = healthy_side(0);
     up.healthchecks.passive.unhealthy = unhealthy_side(2, 0, 0);
     up.healthchecks.passive_on = true;
-    mg_config_t cfg = {.targets = tp, .ntargets = 2, .upstreams = &up, .nupstreams = 1};
+    mg_config_t cfg = {
+        .targets = tp, .ntargets = 2, .ntarget_slots = 2, .upstreams = &up, .nupstreams = 1};
     CHECK_INT(mg_health_create(&cfg), MG_OK);
     CHECK(cfg.health != NULL);
     CHECK(mg_health_generation(&cfg) == 0);
@@ -152,13 +154,14 @@ TEST(tcp_probe_success_counts_as_a_success)
 
 TEST(one_claim_per_interval_by_health)
 {
-    mg_target_t targets[1] = {{.target = "a:1", .index = 0}};
+    mg_target_t targets[1] = {{.target = "a:1", .index = 0, .dns = -1}};
     mg_target_t *tp[1] = {&targets[0]};
     mg_upstream_t up = {.name = "pool", .targets = targets, .ntargets = 1};
     up.healthchecks.passive.healthy = healthy_side(0);
     up.healthchecks.passive.unhealthy = unhealthy_side(1, 0, 0);
     up.healthchecks.passive_on = true;
-    mg_config_t cfg = {.targets = tp, .ntargets = 1, .upstreams = &up, .nupstreams = 1};
+    mg_config_t cfg = {
+        .targets = tp, .ntargets = 1, .ntarget_slots = 1, .upstreams = &up, .nupstreams = 1};
     CHECK_INT(mg_health_create(&cfg), MG_OK);
     /* healthy: every 10, unhealthy: every 3 */
     CHECK(mg_health_claim_probe(&cfg, 0, 100, 10, 3));
