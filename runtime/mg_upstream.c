@@ -186,9 +186,9 @@ void mg_upstream_dns_changed(unsigned name)
             uses = up->targets[j].dns == (int)name;
         if (!uses) continue;
         if (rebuild(cfg, i) == MG_OK)
-            mg_log_info("upstream \"%s\": balancer rebuilt for the new addresses of %s (%zu "
-                        "entries)",
-                        up->name, cfg->dns_names[name], balancers[i].npeers);
+            mg_log_notice("upstream \"%s\": balancer rebuilt for the new addresses of %s (%zu "
+                          "entries)",
+                          up->name, cfg->dns_names[name], balancers[i].npeers);
         else
             mg_log_err("upstream \"%s\": out of memory rebuilding its balancer", up->name);
     }

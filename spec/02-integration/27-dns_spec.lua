@@ -1,0 +1,350 @@
+-- DNS (issue 6 item 4): service hosts and upstream targets given as names are resolved by each
+-- worker without blocking its event loop, through the resolvers of `dns_resolver` — here a
+-- real tiny DNS server (spec/fixtures/dns_server.lua) whose answers the spec changes while the
+-- gateway runs. Answers are kept for their TTL and then re-resolved (traffic moves to the new
+-- address without a restart), served stale while a refresh runs, and `dns_hostsfile` names
+-- never reach the server. Several A records of a target are balanced over; a name that does
+-- not exist answers Kong's 503 until it appears; a server that never answers holds up nothing
+-- but the requests for that name, which get the 503 after the connect timeout. The echo
+-- upstreams listen on 127.0.0.2 and 127.0.0.3 on one port (A records carry no port: Linux
+-- routes all of 127/8 to lo).
+
+local helpers = require "spec.helpers"
+local cjson = require "cjson.safe"
+
+local fmt = string.format
+
+local PWD = os.getenv("PWD")
+local SERVER = PWD .. "/spec/fixtures/dns_server.lua"
+local OWN_PID = tonumber((helpers.read_file("/proc/self/stat") or ""):match("^(%d+)"))
+local NAME_FAILED = "name resolution failed"
+
+-- The DNS server in a child process (it exits once this process is gone).
+local function dns_server()
+  local dir = helpers.run("mktemp -d /tmp/moongate-spec.dns.XXXXXX"):match("^(%S+)")
+  local srv = { zone = dir .. "/zone.json", log = dir .. "/queries.log", out = dir .. "/out" }
+  helpers.write_file(srv.zone, "{}")
+  helpers.write_file(srv.log, "")
+  local cmd = fmt("exec %s %s --zone %s --log %s --port 0 --parent %d >%s 2>&1 </dev/null",
+                  os.getenv("MOONGATE_LUAJIT") or "luajit", helpers.shell_quote(SERVER),
+                  helpers.shell_quote(srv.zone), helpers.shell_quote(srv.log), OWN_PID,
+                  helpers.shell_quote(srv.out))
+  srv.pid = assert(tonumber(helpers.run("(" .. cmd .. ") & echo $!"):match("(%d+)")))
+  helpers.eventually(function()
+    srv.port = assert(tonumber((helpers.read_file(srv.out) or ""):match("listening on (%d+)")),
+                      "dns_server did not start: " .. (helpers.read_file(srv.out) or ""))
+  end, 5, 0.02)
+  function srv.set(z)
+    helpers.write_file(srv.zone .. ".tmp", assert(cjson.encode(z)))
+    assert(os.rename(srv.zone .. ".tmp", srv.zone)) -- never half a file
+  end
+  -- how many queries named `name` (any type) the server received
+  function srv.queries(name)
+    local n = 0
+    for line in (helpers.read_file(srv.log) or ""):gmatch("[^\n]+") do
+      if line:match("^(%S+)") == name then n = n + 1 end
+    end
+    return n
+  end
+  function srv.stop()
+    os.execute("kill " .. srv.pid .. " 2>/dev/null")
+    os.execute("rm -rf " .. helpers.shell_quote(dir))
+  end
+  return srv
+end
+
+-- A records for name (ttl seconds).
+local function a(ips, ttl)
+  return { A = ips, ttl = ttl or 60 }
+end
+
+describe("dns", function()
+  local dns, up2, up3, port
+
+  lazy_setup(function()
+    dns = dns_server()
+    up2 = helpers.upstream({ host = "127.0.0.2" })
+    port = up2.port
+    up3 = helpers.upstream({ host = "127.0.0.3", port = port })
+  end)
+
+  lazy_teardown(function()
+    if up2 then up2:stop() end
+    if up3 then up3:stop() end
+    if dns then dns.stop() end
+  end)
+
+  before_each(function()
+    up2:clear()
+    up3:clear()
+  end)
+
+  -- A gateway with the DNS settings pointing at the spec's server, and these services.
+  local function start(services, extra)
+    local conf = {
+      dns_resolver = { "127.0.0.1:" .. dns.port },
+      worker_processes = 1,
+      services = services,
+    }
+    for k, v in pairs(extra or {}) do conf[k] = v end
+    return helpers.start(conf)
+  end
+
+  local function service(name, host, path, more)
+    local s = { name = name, host = host, port = port, routes = { { paths = { path } } } }
+    for k, v in pairs(more or {}) do s[k] = v end
+    return s
+  end
+
+  it("resolves a service host through dns_resolver", function()
+    dns.set({ names = { ["svc.test"] = a({ "127.0.0.2" }) } })
+    local gw = start({ service("s", "svc.test", "/s") })
+    local res = assert(gw:get("/s"))
+    assert.equal(200, res.status, res.body)
+    assert.equal(1, up2:count())
+    assert.equal(0, up3:count())
+    assert.is_true(dns.queries("svc.test") >= 1)
+    gw:stop()
+  end)
+
+  it("moves traffic to the new address once the TTL expires, without a restart", function()
+    dns.set({ names = { ["move.test"] = a({ "127.0.0.2" }, 1) } })
+    local gw = start({ service("s", "move.test", "/m") })
+    local c = assert(helpers.connect(gw.port)) -- one keep-alive client all along
+    local function get()
+      assert(c:send("GET /m HTTP/1.1\r\nHost: x\r\n\r\n"))
+      local res = assert(c:read_response())
+      assert.equal(200, res.status, res.body)
+    end
+    get()
+    assert.equal(1, up2:count())
+    dns.set({ names = { ["move.test"] = a({ "127.0.0.3" }, 1) } })
+    helpers.eventually(function()
+      get()
+      assert.is_true(up3:count() > 0)
+    end, 8, 0.2)
+    -- and it stays there: the pooled connection to the old address was not reused
+    local before = up2:count()
+    for _ = 1, 5 do get() end
+    assert.equal(before, up2:count())
+    c:close()
+    gw:stop()
+  end)
+
+  it("honours dns_hostsfile without asking the server", function()
+    local hosts = os.tmpname()
+    helpers.write_file(hosts, "# spec\n127.0.0.3   hosts.test  other.test\n")
+    dns.set({ names = { ["hosts.test"] = a({ "127.0.0.2" }) } }) -- never asked
+    local gw = start({ service("s", "hosts.test", "/h") }, { dns_hostsfile = hosts })
+    local res = assert(gw:get("/h"))
+    assert.equal(200, res.status, res.body)
+    assert.equal(1, up3:count())
+    assert.equal(0, up2:count())
+    assert.equal(0, dns.queries("hosts.test"))
+    gw:stop()
+    os.remove(hosts)
+  end)
+
+  it("balances a target over each of its A records, with the target's weight", function()
+    dns.set({ names = { ["multi.test"] = a({ "127.0.0.2", "127.0.0.3" }) } })
+    local gw = start({ service("s", "pool", "/lb") }, {
+      upstreams = { { name = "pool", targets = { { target = "multi.test:" .. port } } } },
+    })
+    helpers.eventually(function() -- the first answer builds the balancer
+      assert.equal(200, assert(gw:get("/lb")).status)
+    end, 5, 0.1)
+    up2:clear()
+    up3:clear()
+    for _ = 1, 20 do
+      assert.equal(200, assert(gw:get("/lb")).status)
+    end
+    -- round-robin over two entries of equal weight: an even split
+    assert.equal(10, up2:count())
+    assert.equal(10, up3:count())
+    gw:stop()
+  end)
+
+  it("rebuilds the balancer when a target's answer changes", function()
+    dns.set({ names = { ["grow.test"] = a({ "127.0.0.2" }, 1) } })
+    local gw = start({ service("s", "pool", "/lb") }, {
+      upstreams = { { name = "pool", algorithm = "consistent-hashing", hash_on = "header",
+                      hash_on_header = "x-key",
+                      targets = { { target = "grow.test:" .. port } } } },
+    })
+    helpers.eventually(function()
+      assert.equal(200, assert(gw:get("/lb", { headers = { ["x-key"] = "k" } })).status)
+    end, 5, 0.1)
+    assert.equal(0, up3:count())
+    dns.set({ names = { ["grow.test"] = a({ "127.0.0.2", "127.0.0.3" }, 1) } })
+    helpers.eventually(function()
+      up2:clear()
+      up3:clear()
+      for i = 1, 40 do
+        assert(gw:get("/lb", { headers = { ["x-key"] = "key" .. i } }))
+      end
+      assert.is_true(up3:count() > 0 and up2:count() > 0)
+    end, 8, 0.3)
+    assert.matches("balancer rebuilt for the new addresses of grow.test", gw:error_log(), 1,
+                   true)
+    gw:stop()
+  end)
+
+  it("keeps health per address: a failing address of a name is taken out, not the target",
+     function()
+    dns.set({ names = { ["health.test"] = a({ "127.0.0.2", "127.0.0.3" }) } })
+    local gw = start({ service("s", "pool", "/lb", { retries = 0 }) }, {
+      upstreams = { { name = "pool", targets = { { target = "health.test:" .. port } },
+                      healthchecks = { passive = { unhealthy = { http_failures = 2 } } } } },
+    })
+    helpers.eventually(function()
+      assert.equal(200, assert(gw:get("/lb")).status)
+    end, 5, 0.1)
+    up3:set_mode("status:500")
+    helpers.eventually(function()
+      assert(gw:get("/lb"))
+      assert.matches("target health.test:" .. port .. " (127.0.0.3) is now unhealthy",
+                     gw:error_log(), 1, true)
+    end, 5, 0.05)
+    for _ = 1, 6 do
+      assert(gw:get("/lb"))
+    end
+    up2:clear()
+    up3:clear()
+    for _ = 1, 6 do
+      assert.equal(200, assert(gw:get("/lb")).status)
+    end
+    assert.equal(6, up2:count()) -- the other address of the same target takes it all
+    assert.equal(0, up3:count())
+    up3:set_mode(nil)
+    gw:stop()
+  end)
+
+  it("sends one query for requests waiting on a name, or one each with dns_no_sync", function()
+    for _, no_sync in ipairs({ false, true }) do
+      local name = no_sync and "nosync.test" or "sync.test"
+      dns.set({ names = { [name] = a({ "127.0.0.2" }) }, delay = { [name] = 800 } })
+      local gw = start({ service("s", name, "/q") }, { dns_no_sync = no_sync })
+      local conns = {}
+      for i = 1, 4 do
+        conns[i] = assert(helpers.connect(gw.port))
+        assert(conns[i]:send("GET /q HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+      end
+      for i = 1, 4 do
+        assert.equal(200, assert(conns[i]:read_response()).status)
+        conns[i]:close()
+      end
+      -- the worker's first query at start, and with dns_no_sync one per waiting request
+      if no_sync then
+        assert.is_true(dns.queries(name) >= 3, "queries: " .. dns.queries(name))
+      else
+        assert.equal(1, dns.queries(name))
+      end
+      gw:stop()
+    end
+  end)
+
+  it("answers 503 while a name does not exist, and serves it once it appears", function()
+    dns.set({ names = {} })
+    local gw = start({ service("s", "late.test", "/n"), service("ip", "127.0.0.2", "/ip") },
+                     { dns_not_found_ttl = 1 })
+    local res = assert(gw:get("/n"))
+    assert.equal(503, res.status)
+    assert.same({ message = NAME_FAILED }, cjson.decode(res.body))
+    assert.matches("name resolution failed for late.test", gw:error_log(), 1, true)
+    -- one backend's missing name takes nothing else down
+    assert.equal(200, assert(gw:get("/ip")).status)
+    dns.set({ names = { ["late.test"] = a({ "127.0.0.3" }) } })
+    helpers.eventually(function()
+      assert.equal(200, assert(gw:get("/n")).status)
+    end, 6, 0.2)
+    assert.is_true(up3:count() >= 1)
+    gw:stop()
+  end)
+
+  it("keeps serving other routes while a DNS server does not answer, then answers 503",
+     function()
+    dns.set({ names = {}, hang = { "hang.test" } })
+    local gw = start({ service("s", "hang.test", "/hang", { connect_timeout = 1500 }),
+                       service("ip", "127.0.0.2", "/ip") })
+    local c = assert(helpers.connect(gw.port))
+    assert(c:send("GET /hang HTTP/1.1\r\nHost: x\r\n\r\n"))
+    local t0 = helpers.now()
+    -- the request above is parked on its query: the worker keeps serving
+    for _ = 1, 5 do
+      assert.equal(200, assert(gw:get("/ip")).status)
+    end
+    assert.is_true(helpers.now() - t0 < 1.4, "other requests waited for the name")
+    local res = assert(c:read_response())
+    assert.equal(503, res.status)
+    assert.same({ message = NAME_FAILED }, cjson.decode(res.body))
+    assert.is_true(helpers.now() - t0 >= 1.0) -- after the connect timeout, not at once
+    assert.matches("name resolution failed for hang.test: no answer within the connect timeout",
+                   gw:error_log(), 1, true)
+    c:close()
+    gw:stop()
+  end)
+
+  it("makes a request that arrives before the first answer wait for it", function()
+    dns.set({ names = { ["slow.test"] = a({ "127.0.0.2" }) }, delay = { ["slow.test"] = 800 } })
+    local gw = start({ service("s", "slow.test", "/w") })
+    local res = assert(gw:get("/w"))
+    assert.equal(200, res.status, res.body)
+    assert.equal(1, up2:count())
+    gw:stop()
+  end)
+
+  it("serves an expired answer while its refresh is pending (dns_stale_ttl)", function()
+    dns.set({ names = { ["stale.test"] = a({ "127.0.0.2" }, 1) } })
+    local gw = start({ service("s", "stale.test", "/st", { connect_timeout = 3000 }) },
+                     { dns_stale_ttl = 30 })
+    assert.equal(200, assert(gw:get("/st")).status)
+    local asked = dns.queries("stale.test")
+    dns.set({ names = {}, hang = { "stale.test" } }) -- refreshes will never be answered
+    helpers.sleep(1.5)                                 -- the TTL is over
+    local t0 = helpers.now()
+    local res = assert(gw:get("/st"))
+    assert.equal(200, res.status, res.body)
+    assert.is_true(helpers.now() - t0 < 1, "the request waited for the refresh")
+    helpers.eventually(function() -- and a refresh was sent
+      assert.is_true(dns.queries("stale.test") > asked)
+    end, 3, 0.1)
+    assert.equal(2, up2:count())
+    gw:stop()
+  end)
+
+  it("without a stale window, waits for the refresh and fails when it is not answered",
+     function()
+    dns.set({ names = { ["fresh.test"] = a({ "127.0.0.2" }, 1) } })
+    local gw = start({ service("s", "fresh.test", "/f", { connect_timeout = 1000 }) },
+                     { dns_stale_ttl = 0 })
+    assert.equal(200, assert(gw:get("/f")).status)
+    dns.set({ names = {}, hang = { "fresh.test" } })
+    helpers.sleep(1.5)
+    local res = assert(gw:get("/f"))
+    assert.equal(503, res.status)
+    assert.same({ message = NAME_FAILED }, cjson.decode(res.body))
+    gw:stop()
+  end)
+
+  it("refuses bad DNS settings in moongate check, with their paths", function()
+    local code, lines = helpers.check({
+      dns_resolver = { "127.0.0.1:99999", "dns.example" },
+      dns_order = { "LAST", "SRV", "A" },
+      dns_not_found_ttl = -3,
+      dns_no_sync = "maybe",
+      services = { { name = "s", host = "bad host" } },
+    })
+    assert.equal(1, code)
+    local out = table.concat(lines, "\n")
+    assert.matches('dns_resolver[0]: invalid resolver "127.0.0.1:99999": expected ip[:port]',
+                   out, 1, true)
+    assert.matches('dns_resolver[1]: invalid resolver "dns.example"', out, 1, true)
+    assert.matches("dns_order[1]: SRV records are not supported", out, 1, true)
+    assert.matches("dns_not_found_ttl: must be at least 0", out, 1, true)
+    assert.matches("dns_no_sync: ", out, 1, true)
+    assert.matches('services[0].host: invalid host "bad host"', out, 1, true) -- still refused
+    -- an unresolvable name is not a config error: the workers resolve it
+    code, lines = helpers.check({ services = { { name = "s", host = "no-such-host.invalid" } } })
+    assert.equal(0, code, table.concat(lines, "\n"))
+  end)
+end)
