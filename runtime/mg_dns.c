@@ -383,7 +383,8 @@ static size_t parse(int type, const unsigned char *abuf, int alen, struct sockad
             memset(&out[m], 0, sizeof(out[m]));
             in->sin_family = AF_INET;
             in->sin_addr = a[i].ipaddr;
-            if ((unsigned)(a[i].ttl < 0 ? 0 : a[i].ttl) < min) min = (unsigned)a[i].ttl;
+            unsigned ttl_i = a[i].ttl < 0 ? 0 : (unsigned)a[i].ttl;
+            if (ttl_i < min) min = ttl_i;
         }
     } else {
         struct ares_addr6ttl a[MG_DNS_MAX_ADDRS];
@@ -393,7 +394,8 @@ static size_t parse(int type, const unsigned char *abuf, int alen, struct sockad
             memset(&out[m], 0, sizeof(out[m]));
             in6->sin6_family = AF_INET6;
             memcpy(&in6->sin6_addr, &a[i].ip6addr, 16);
-            if ((unsigned)(a[i].ttl < 0 ? 0 : a[i].ttl) < min) min = (unsigned)a[i].ttl;
+            unsigned ttl_i = a[i].ttl < 0 ? 0 : (unsigned)a[i].ttl;
+            if (ttl_i < min) min = ttl_i;
         }
     }
     *ttl = min;

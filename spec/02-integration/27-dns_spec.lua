@@ -131,6 +131,33 @@ describe("dns", function()
     gw:stop()
   end)
 
+  it("keeps an answer for dns_valid_ttl rather than the record's TTL", function()
+    dns.set({ names = { ["valid.test"] = a({ "127.0.0.2" }, 3600) } })
+    local gw = start({ service("s", "valid.test", "/v") }, { dns_valid_ttl = 1 })
+    assert.equal(200, assert(gw:get("/v")).status)
+    dns.set({ names = { ["valid.test"] = a({ "127.0.0.3" }, 3600) } })
+    helpers.eventually(function()
+      assert.equal(200, assert(gw:get("/v")).status)
+      assert.is_true(up3:count() > 0)
+    end, 8, 0.2)
+    gw:stop()
+  end)
+
+  it("asks for the record types of dns_order in turn (AAAA, then A)", function()
+    local up6 = helpers.upstream({ host = "::1", port = port })
+    dns.set({ names = { ["six.test"] = { AAAA = { "::1" }, ttl = 60 },
+                        ["four.test"] = a({ "127.0.0.2" }) } })
+    local gw = start({ service("s6", "six.test", "/six"), service("s4", "four.test", "/four") },
+                     { dns_order = { "LAST", "AAAA", "A" } })
+    assert.equal(200, assert(gw:get("/six")).status)
+    assert.equal(1, up6:count())
+    -- four.test has no AAAA record (NODATA): its A record is used
+    assert.equal(200, assert(gw:get("/four")).status)
+    assert.equal(1, up2:count())
+    up6:stop()
+    gw:stop()
+  end)
+
   it("honours dns_hostsfile without asking the server", function()
     local hosts = os.tmpname()
     helpers.write_file(hosts, "# spec\n127.0.0.3   hosts.test  other.test\n")
@@ -285,11 +312,35 @@ describe("dns", function()
   end)
 
   it("makes a request that arrives before the first answer wait for it", function()
-    dns.set({ names = { ["slow.test"] = a({ "127.0.0.2" }) }, delay = { ["slow.test"] = 800 } })
-    local gw = start({ service("s", "slow.test", "/w") })
+    dns.set({ names = { ["slow.test"] = a({ "127.0.0.2" }), ["slowt.test"] = a({ "127.0.0.3" }) },
+              delay = { ["slow.test"] = 800, ["slowt.test"] = 800 } })
+    local gw = start({ service("s", "slow.test", "/w"), service("b", "pool", "/lb") }, {
+      upstreams = { { name = "pool", targets = { { target = "slowt.test:" .. port } } } },
+    })
     local res = assert(gw:get("/w"))
     assert.equal(200, res.status, res.body)
     assert.equal(1, up2:count())
+    -- a balanced service whose targets have no answer yet waits the same way
+    res = assert(gw:get("/lb"))
+    assert.equal(200, res.status, res.body)
+    assert.equal(1, up3:count())
+    gw:stop()
+  end)
+
+  it("remembers a failed look-up for dns_error_ttl, then asks again", function()
+    dns.set({ names = {}, servfail = { "broken.test" } })
+    local gw = start({ service("s", "broken.test", "/b") }, { dns_error_ttl = 3 })
+    local res = assert(gw:get("/b"))
+    assert.equal(503, res.status)
+    assert.same({ message = NAME_FAILED }, cjson.decode(res.body))
+    local asked = dns.queries("broken.test")
+    assert.equal(503, assert(gw:get("/b")).status) -- cached: no new query
+    assert.equal(asked, dns.queries("broken.test"))
+    assert.matches("DNS: looking up broken.test failed", gw:error_log(), 1, true)
+    dns.set({ names = { ["broken.test"] = a({ "127.0.0.2" }) } })
+    helpers.eventually(function()
+      assert.equal(200, assert(gw:get("/b")).status)
+    end, 8, 0.2)
     gw:stop()
   end)
 
