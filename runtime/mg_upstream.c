@@ -160,7 +160,20 @@ static int rebuild(const mg_config_t *cfg, size_t i)
         pool_drain(p);
         snprintf(p->addr_text, sizeof(p->addr_text), "%s", idbuf[k]);
     }
-    if (i < nbalancers) mg_balancer_free(&balancers[i]);
+    if (i < nbalancers) {
+        /* an address that stays keeps its measured latency (the slot names the address) */
+        for (size_t k = 0; k < n; k++) {
+            for (size_t o = 0; o < balancers[i].npeers; o++) {
+                if (lbs[i].peers[o].slot != peers[k].slot) continue;
+                const mg_lb_peer_t *was = &balancers[i].peers[o];
+                nb.peers[k].ewma = was->ewma;
+                nb.peers[k].ewma_at = was->ewma_at;
+                nb.peers[k].measured = was->measured;
+                break;
+            }
+        }
+        mg_balancer_free(&balancers[i]);
+    }
     balancers[i] = nb;
     free(lbs[i].peers);
     lbs[i].peers = peers;

@@ -59,18 +59,20 @@ local function a(ips, ttl)
 end
 
 describe("dns", function()
-  local dns, up2, up3, port
+  local dns, up2, up3, up4, port
 
   lazy_setup(function()
     dns = dns_server()
     up2 = helpers.upstream({ host = "127.0.0.2" })
     port = up2.port
     up3 = helpers.upstream({ host = "127.0.0.3", port = port })
+    up4 = helpers.upstream({ host = "127.0.0.4", port = port })
   end)
 
   lazy_teardown(function()
     if up2 then up2:stop() end
     if up3 then up3:stop() end
+    if up4 then up4:stop() end
     if dns then dns.stop() end
   end)
 
@@ -191,8 +193,9 @@ describe("dns", function()
     gw:stop()
   end)
 
-  it("rebuilds the balancer when a target's answer changes", function()
-    dns.set({ names = { ["grow.test"] = a({ "127.0.0.2" }, 1) } })
+  it("rebuilds the balancer when a target's answer changes, moving only the keys it must",
+     function()
+    dns.set({ names = { ["grow.test"] = a({ "127.0.0.2", "127.0.0.3", "127.0.0.4" }, 1) } })
     local gw = start({ service("s", "pool", "/lb") }, {
       upstreams = { { name = "pool", algorithm = "consistent-hashing", hash_on = "header",
                       hash_on_header = "x-key",
@@ -201,18 +204,44 @@ describe("dns", function()
     helpers.eventually(function()
       assert.equal(200, assert(gw:get("/lb", { headers = { ["x-key"] = "k" } })).status)
     end, 5, 0.1)
-    assert.equal(0, up3:count())
-    dns.set({ names = { ["grow.test"] = a({ "127.0.0.2", "127.0.0.3" }, 1) } })
-    helpers.eventually(function()
-      up2:clear()
-      up3:clear()
+    -- which address each key goes to, from the access log's upstream_addr
+    local function placement(round)
+      local where = {}
       for i = 1, 40 do
-        assert(gw:get("/lb", { headers = { ["x-key"] = "key" .. i } }))
+        local res = assert(gw:get(fmt("/lb/r%d/k%d", round, i),
+                                  { headers = { ["x-key"] = "key" .. i } }))
+        assert.equal(200, res.status)
       end
-      assert.is_true(up3:count() > 0 and up2:count() > 0)
-    end, 8, 0.3)
-    assert.matches("balancer rebuilt for the new addresses of grow.test", gw:error_log(), 1,
-                   true)
+      helpers.eventually(function()
+        local n = 0
+        for _, l in ipairs(gw:access_log_lines()) do
+          local r, k = l.path:match("^/lb/r(%d+)/k(%d+)")
+          if tonumber(r) == round then
+            where[tonumber(k)] = l.upstream_addr:match("^(.-):%d+$")
+            n = n + 1
+          end
+        end
+        assert.equal(40, n)
+      end, 3, 0.1)
+      return where
+    end
+    local before = placement(1)
+    local on = {}
+    for _, ip in pairs(before) do on[ip] = true end
+    assert.is_true(on["127.0.0.2"] and on["127.0.0.3"] and on["127.0.0.4"] or false)
+    dns.set({ names = { ["grow.test"] = a({ "127.0.0.2", "127.0.0.3" }, 1) } })
+    helpers.eventually(function() -- built at the first answer, then rebuilt for the second
+      local _, n = gw:error_log():gsub("balancer rebuilt for the new addresses of grow.test", "")
+      assert.equal(2, n)
+    end, 8, 0.2)
+    local after = placement(2)
+    for k = 1, 40 do
+      if before[k] == "127.0.0.4" then
+        assert.is_true(after[k] == "127.0.0.2" or after[k] == "127.0.0.3", tostring(after[k]))
+      else
+        assert.equal(before[k], after[k]) -- the keys of the addresses that stayed do not move
+      end
+    end
     gw:stop()
   end)
 
