@@ -275,6 +275,31 @@ describe("dns", function()
     gw:stop()
   end)
 
+  it("probes each address of a named target (active checks)", function()
+    dns.set({ names = { ["probe.test"] = a({ "127.0.0.2", "127.0.0.3" }) } })
+    up3:set_mode("status:500")
+    local gw = start({ service("s", "pool", "/lb", { retries = 0 }) }, {
+      upstreams = { { name = "pool", targets = { { target = "probe.test:" .. port } },
+                      healthchecks = { active = { type = "http", http_path = "/",
+                                                  healthy = { interval = 0.1 },
+                                                  unhealthy = { http_failures = 1 } } } } },
+    })
+    helpers.eventually(function()
+      assert.matches("target probe.test:" .. port .. " (127.0.0.3) is now unhealthy " ..
+                     "(1 http failures, last status 500) by active checks", gw:error_log(), 1,
+                     true)
+    end, 5, 0.1)
+    assert.is_nil(gw:error_log():find("(127.0.0.2) is now unhealthy", 1, true))
+    up3:set_mode(nil)
+    up3:clear()
+    for _ = 1, 4 do
+      assert.equal(200, assert(gw:get("/lb")).status)
+    end
+    -- the address that failed its probe gets nothing (nor probes: no unhealthy interval)
+    assert.equal(0, up3:count())
+    gw:stop()
+  end)
+
   it("sends one query for requests waiting on a name, or one each with dns_no_sync", function()
     for _, no_sync in ipairs({ false, true }) do
       local name = no_sync and "nosync.test" or "sync.test"
