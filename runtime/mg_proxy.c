@@ -487,6 +487,7 @@ static void dns_wait_cb(mg_dns_waiter_t *w)
 {
     mg_req_t *r = MG_CONTAINER_OF(w, mg_req_t, dns_waiter);
     mg_proxy_dns_cancel(r);
+    if (r->local_response) return; /* answered meanwhile (the client timed out: 408) */
     first_try(r);
 }
 
@@ -494,6 +495,7 @@ static void dns_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     mg_req_t *r = MG_CONTAINER_OF(w, mg_req_t, dns_timer);
     mg_proxy_dns_cancel(r);
+    if (r->local_response) return;
     mg_log_err("name resolution failed for %s: no answer within the connect timeout (%u ms)",
                mg_worker.cfg->dns_names[r->dns_name], r->service->connect_timeout);
     mg_conn_respond_error(r, 503, NAME_FAILED_MESSAGE);

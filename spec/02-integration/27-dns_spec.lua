@@ -368,6 +368,23 @@ describe("dns", function()
     gw:stop()
   end)
 
+  it("ends a parked request the client stops sending the body of, and only once", function()
+    dns.set({ names = {}, hang = { "stall.test" } })
+    local gw = start({ service("s", "stall.test", "/stall", { connect_timeout = 2500 }),
+                       service("ip", "127.0.0.2", "/ip") },
+                     { limits = { client_body_timeout = "1s" } })
+    local c = assert(helpers.connect(gw.port))
+    assert(c:send("POST /stall HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"))
+    local res = assert(c:read_response())
+    assert.equal(408, res.status)
+    c:close()
+    helpers.sleep(2) -- past the connect timeout: the parked wait must not answer again
+    assert.equal(200, assert(gw:get("/ip")).status)
+    assert.is_nil(gw:error_log():find("stall.test: no answer within", 1, true))
+    assert.is_true(gw:running())
+    gw:stop()
+  end)
+
   it("makes a request that arrives before the first answer wait for it", function()
     dns.set({ names = { ["slow.test"] = a({ "127.0.0.2" }), ["slowt.test"] = a({ "127.0.0.3" }) },
               delay = { ["slow.test"] = 800, ["slowt.test"] = 800 } })
