@@ -425,7 +425,8 @@ static bool connect_upstream(mg_req_t *r)
             return false;
         }
     }
-    r->upstream_addr = mg_upstream_uconn_addr(u);
+    snprintf(r->upstream_addr_text, sizeof(r->upstream_addr_text), "%s", mg_upstream_uconn_addr(u));
+    r->upstream_addr = r->upstream_addr_text;
     if (r->target)
         mg_log_debug("upstream \"%s\" try %u: target %s (%s)", s->upstream->name, r->tries,
                      r->target->target, r->upstream_addr);

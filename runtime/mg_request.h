@@ -131,6 +131,7 @@ struct mg_req_s {
     char request_id[33];
     mg_str_t rid;
     const char *upstream_addr;      /* "ip:port" of the service, for the log; "" before */
+    char upstream_addr_text[64];    /* its storage: the connection may be gone by the log */
     const char *body_limit_message; /* the 413's message when a plugin lowered the limit */
 
     /* balancing: a service whose host names an upstream */
@@ -247,7 +248,8 @@ int mg_upstream_init(const mg_config_t *cfg);
 void mg_upstream_dns_changed(unsigned name);
 /* "ip:port" of the service's address, formatted once per worker. */
 const char *mg_upstream_addr_text(const mg_service_t *s);
-/* "ip:port" of what u connects to (the service's address or its target's). */
+/* "ip:port" of what u connects to (the service's address or its target's); valid while u
+ * lives. */
 const char *mg_upstream_uconn_addr(const mg_uconn_t *u);
 
 /* mg_worker.c */
