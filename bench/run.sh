@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/run.sh — moongate against nginx and nginx+lua, on this machine, in about four minutes.
+# bench/run.sh — moongate against nginx and nginx+lua, on this machine.
 #
 #   bench/run.sh /abs/path/build/moongate        (what `make bench` runs)
 #   SCENARIOS=plugin,auth bench/run.sh …        (a subset; default: every scenario below)
@@ -27,6 +27,13 @@
 #                    the same response headers (bench/plugins/nginx/bench_ratelimit.lua)
 #   ratelimit_redis  the same with policy redis vs nginx+lua doing one EVALSHA per request over
 #                    a keepalive cosocket; one redis-server started by the bench
+#   tls_handshake    an `ssl` listener with an ECDSA P-256 certificate vs nginx with the same
+#                    certificate, protocols, ciphers and groups: a full handshake per request
+#                    (bench/tlsload.c: new connection, no session resumption, Connection: close)
+#   tls_handshake_rsa  the same with an RSA 2048 certificate
+#   tls_keepalive    the ECDSA listener again, wrk over TLS on keep-alive connections
+#   balance_rr       a service balanced round-robin over 3 targets (3 listeners of the upstream)
+#                    vs nginx `upstream` with the same 3 servers; keepalive 64 on both
 # and measures, for each proxy of each scenario:
 #   1. throughput and latency: wrk -t1 -c50, ROUNDS interleaved rounds, medians; worker CPU time
 #      per request; upstream connections opened per request (the upstream's stub_status);
@@ -45,7 +52,7 @@
 set -euo pipefail
 
 MG_BIN=${1:?usage: bench/run.sh /abs/path/to/moongate}
-SCENARIOS=${SCENARIOS:-proxy,plugin,auth,keyauth,jwt,ratelimit,ratelimit_redis}
+SCENARIOS=${SCENARIOS:-proxy,plugin,auth,keyauth,jwt,ratelimit,ratelimit_redis,tls_handshake,tls_handshake_rsa,tls_keepalive,balance_rr}
 BENCH_SECONDS=${BENCH_SECONDS:-5}
 ROUNDS=${ROUNDS:-5}
 WARMUP_SECONDS=${WARMUP_SECONDS:-2}
@@ -71,12 +78,12 @@ log() { printf '[%4ds] %s\n' $(($(date +%s) - T0)) "$*" >&2; }
 
 SCN_LIST=$(echo "$SCENARIOS" | tr ',' ' ')
 for scn in $SCN_LIST; do
-    case "$scn" in proxy | plugin | auth | keyauth | jwt | ratelimit | ratelimit_redis) ;; *) die "SCENARIOS: unknown scenario '$scn' (proxy, plugin, auth, keyauth, jwt, ratelimit, ratelimit_redis)" ;; esac
+    case "$scn" in proxy | plugin | auth | keyauth | jwt | ratelimit | ratelimit_redis | tls_handshake | tls_handshake_rsa | tls_keepalive | balance_rr) ;; *) die "SCENARIOS: unknown scenario '$scn' (proxy, plugin, auth, keyauth, jwt, ratelimit, ratelimit_redis, tls_handshake, tls_handshake_rsa, tls_keepalive, balance_rr)" ;; esac
 done
 [ -n "$SCN_LIST" ] || die "SCENARIOS is empty"
 
 [ -x "$MG_BIN" ] || die "$MG_BIN: not an executable"
-for tool in "$NGINX" wrk cc ss curl; do command -v "$tool" >/dev/null || die "$tool not found (make deps / scripts/deps.sh all)"; done
+for tool in "$NGINX" wrk cc ss curl openssl; do command -v "$tool" >/dev/null || die "$tool not found (make deps / scripts/deps.sh all)"; done
 [ "$SKIP_CALLGRIND" = 1 ] || command -v valgrind >/dev/null || { echo "bench: no valgrind, skipping callgrind" >&2; SKIP_CALLGRIND=1; }
 
 GIT=$(cd "$BENCH_DIR/.." && git rev-parse --short HEAD 2>/dev/null || echo "?")
@@ -240,6 +247,11 @@ lines_of() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
 
 free_port
 UP_PORT=$PORT_OUT
+# balance_rr's second and third targets: more listeners of the same upstream server
+free_port
+UP_PORT2=$PORT_OUT
+free_port
+UP_PORT3=$PORT_OUT
 
 # /__bench_echo answers the X-Bench header the proxy sent, so the script can check that the
 # "plugin" scenario's plugins did their job; nothing measured ever asks for it.
@@ -257,7 +269,10 @@ http {
     keepalive_timeout 75s;
     server {
         listen 127.0.0.1:$UP_PORT backlog=4096;
+        listen 127.0.0.1:$UP_PORT2 backlog=4096;
+        listen 127.0.0.1:$UP_PORT3 backlog=4096;
         location / { return 200 "hello world\n"; }
+        location = /__bench_port { return 200 "\$server_port\n"; }
         location = /__stub_status { stub_status; }
         location = /__bench_echo { return 200 "\$http_x_bench\n"; }
     }
@@ -268,6 +283,30 @@ EOF
 
 log "building the test client"
 cc -O2 -o "$TMP/mgclient" "$BENCH_DIR/mgclient.c" || die "cannot build bench/mgclient.c"
+
+# TLS scenarios: one ECDSA P-256 and one RSA 2048 certificate (self-signed: the clients do not
+# verify), served alike by both proxies; tlsload makes full handshakes, which wrk cannot.
+if [[ " $SCN_LIST " == *" tls_"* ]]; then
+    log "making the TLS certificates, building the handshake client"
+    # shellcheck disable=SC2015 # any step failing dies
+    openssl ecparam -name prime256v1 -genkey -noout -out "$TMP/tls_ec.key" 2>/dev/null &&
+        openssl req -x509 -new -key "$TMP/tls_ec.key" -out "$TMP/tls_ec.crt" -days 30 \
+            -subj /CN=bench.test -addext subjectAltName=DNS:bench.test 2>/dev/null &&
+        openssl genrsa -out "$TMP/tls_rsa.key" 2048 2>/dev/null &&
+        openssl req -x509 -new -key "$TMP/tls_rsa.key" -out "$TMP/tls_rsa.crt" -days 30 \
+            -subj /CN=bench.test -addext subjectAltName=DNS:bench.test 2>/dev/null ||
+        die "openssl could not make the TLS certificates"
+    cc -O2 -o "$TMP/tlsload" "$BENCH_DIR/tlsload.c" -lssl -lcrypto || die "cannot build bench/tlsload.c"
+fi
+tls_kind() { # SCENARIO: the certificate it uses (ec, rsa), or nothing
+    case "$1" in tls_handshake_rsa) echo rsa ;; tls_*) echo ec ;; esac
+}
+# moongate's policy (runtime/mg_tls.c), given to nginx too: TLS 1.2 and 1.3, Mozilla's
+# intermediate list in server order, X25519, P-256, P-384. Both issue session tickets
+# (moongate always does); tlsload never uses them.
+TLS_CIPHERS=$(sed -n '/^#define CIPHERS_INTERMEDIATE/,/^#define TICKET/p' "$BENCH_DIR/../runtime/mg_tls.c" |
+    grep -o '"[^"]*"' | tr -d '"\n')
+[ -n "$TLS_CIPHERS" ] || die "cannot read CIPHERS_INTERMEDIATE from runtime/mg_tls.c"
 
 # wrk script for "auth": 1000 prebuilt requests, key-1 .. key-1000 in turn (each wrk connection
 # has its own Lua state and counter, all starting at key-1).
@@ -402,14 +441,36 @@ EOF
         echo "    lua_package_path \"$BENCH_DIR/plugins/nginx/?.lua;;\";"
         echo "    init_by_lua_block { bench_jwt = require \"bench_jwt\"; bench_jwt.init(\"$TMP/jwt.pub\") }"
     fi
+    echo "    upstream backend {"
+    echo "        server 127.0.0.1:$UP_PORT;"
+    if [ "$scn" = balance_rr ]; then
+        echo "        server 127.0.0.1:$UP_PORT2;"
+        echo "        server 127.0.0.1:$UP_PORT3;"
+    fi
     cat <<EOF
-    upstream backend {
-        server 127.0.0.1:$UP_PORT;
         keepalive 64;
         keepalive_requests 100000;
     }
     server {
-        listen 127.0.0.1:$port backlog=4096;
+EOF
+    local kind
+    kind=$(tls_kind "$scn")
+    if [ -n "$kind" ]; then
+        cat <<EOF
+        listen 127.0.0.1:$port ssl backlog=4096;
+        ssl_certificate $TMP/tls_$kind.crt;
+        ssl_certificate_key $TMP/tls_$kind.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers $TLS_CIPHERS;
+        ssl_prefer_server_ciphers on;
+        ssl_ecdh_curve X25519:prime256v1:secp384r1;
+        ssl_session_cache off;
+        ssl_session_tickets on;
+EOF
+    else
+        echo "        listen 127.0.0.1:$port backlog=4096;"
+    fi
+    cat <<EOF
         location / {
 EOF
     case "$mode" in
@@ -437,8 +498,11 @@ EOF
 moongate_conf() { # SCENARIO NAME PORT MASTER(on|off)
     local scn=$1 name=$2 port=$3 master=$4 alog='"off"'
     [ "$scn" = auth ] && alog="$TMP/$name.access.log"
+    local ssl="" kind
+    kind=$(tls_kind "$scn")
+    [ -n "$kind" ] && ssl=" ssl"
     cat <<EOF
-proxy_listen: ["127.0.0.1:$port backlog=4096"]
+proxy_listen: ["127.0.0.1:$port backlog=4096$ssl"]
 worker_processes: 1
 master_process: $master
 access_log: $alog
@@ -461,11 +525,20 @@ EOF
         echo "shared_dicts: { bench_counters: 1m }"
         ;;
     esac
+    echo '_format_version: "3.0"'
+    [ -n "$kind" ] && echo "certificates: [{ cert: $TMP/tls_$kind.crt, key: $TMP/tls_$kind.key }]"
+    local url=http://127.0.0.1:$UP_PORT
+    if [ "$scn" = balance_rr ]; then
+        echo "upstreams:"
+        echo "  - name: bench-rr"
+        echo "    algorithm: round-robin"
+        echo "    targets: [{ target: \"127.0.0.1:$UP_PORT\" }, { target: \"127.0.0.1:$UP_PORT2\" }, { target: \"127.0.0.1:$UP_PORT3\" }]"
+        url=http://bench-rr
+    fi
     cat <<EOF
-_format_version: "3.0"
 services:
   - name: upstream
-    url: http://127.0.0.1:$UP_PORT
+    url: $url
     routes:
       - name: all
         paths: ["/"]
@@ -498,12 +571,13 @@ EOF
 
 # Results, keyed "scenario:server" (the report reads them through namerefs).
 declare -A RPS P50 P99 ERRS RSS_START RSS_LOAD ALIVE CPU_US BUSY UPCONN IR LOG_IR LOG_LINES
-declare -A IDLE_OK IDLE_BYTES RSS_IDLE RSS_AFTER_IDLE
+declare -A IDLE_OK IDLE_BYTES RSS_IDLE RSS_AFTER_IDLE RESUMED
 declare -A SCN_SERVERS SCN_ROUNDS SCN_FOREIGN SCN_LOAD SCN_NOTES SCN_TIME
 
 servers_of() {
     case "$1" in
     proxy) echo "moongate nginx nginx+lua" ;;
+    tls_* | balance_rr) echo "moongate nginx" ;;
     *) echo "moongate nginx+lua" ;;
     esac
 }
@@ -528,12 +602,26 @@ mgclient_header() { # SCENARIO: mgclient reqs's HEADER and ROTATE
 
 # check SCENARIO SERVER PORT: does the proxy do its job? Dies if not.
 check_proxy() {
-    local scn=$1 s=$2 port=$3 body code
+    local scn=$1 s=$2 port=$3 body code scheme=http
     local ok_hdr="apikey: key-1000"
     [ "$scn" = jwt ] && ok_hdr="Authorization: Bearer $JWT_FIRST"
-    body=$(curl -s --max-time 5 "http://127.0.0.1:$port/" -H "$ok_hdr" || true)
+    [ -n "$(tls_kind "$scn")" ] && scheme=https
+    body=$(curl -sk --max-time 5 "$scheme://127.0.0.1:$port/" -H "$ok_hdr" || true)
     [ "$body" = "hello world" ] || die "$scn/$s: GET / answered '$body', not 'hello world'"
     case "$scn" in
+    tls_*)
+        # TLS 1.3 suites do not name the key type: a TLS 1.2 handshake shows the certificate's
+        local kx=ECDSA
+        [ "$(tls_kind "$scn")" = rsa ] && kx=RSA
+        body=$(echo | timeout 10 openssl s_client -connect "127.0.0.1:$port" -servername bench.test -tls1_2 2>/dev/null |
+            awk '/^New, / {print $2 $5}' | tr -d ',')
+        [[ "$body" == "TLSv1.2ECDHE-$kx-"* ]] || die "$scn/$s: TLS 1.2 negotiated '$body', not ECDHE-$kx"
+        ;;
+    balance_rr)
+        # round-robin: six requests reach all three targets, twice each
+        body=$(for _ in 1 2 3 4 5 6; do curl -s --max-time 5 "http://127.0.0.1:$port/__bench_port"; done | sort | uniq -c | awk '{print $1}' | tr '\n' ' ')
+        [ "$body" = "2 2 2 " ] || die "$scn/$s: 6 requests spread over the targets as '$body', not '2 2 2'"
+        ;;
     plugin)
         body=$(curl -s --max-time 5 -H "X-In: hello" "http://127.0.0.1:$port/__bench_echo" || true)
         [ "$body" = hello ] || die "$scn/$s: the upstream saw X-Bench '$body', not 'hello'"
@@ -607,9 +695,18 @@ run_scenario() {
     # ---- 1. throughput
     local wargs
     wargs=$(wrk_args "$scn")
+    local scheme=http
+    [ -n "$(tls_kind "$scn")" ] && scheme=https
     run_wrk() { # SERVER SECONDS OUTFILE
-        # shellcheck disable=SC2086
-        $ON_LOAD wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency $wargs "http://127.0.0.1:${port_of[$1]}/" >"$3" 2>&1 || true
+        case "$scn" in
+        tls_handshake*) # wrk would resume sessions: tlsload makes a full handshake per request
+            $ON_LOAD "$TMP/tlsload" 127.0.0.1 "${port_of[$1]}" "$CONNECTIONS" "$2" >"$3" 2>&1 || true
+            ;;
+        *)
+            # shellcheck disable=SC2086
+            $ON_LOAD wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency $wargs "$scheme://127.0.0.1:${port_of[$1]}/" >"$3" 2>&1 || true
+            ;;
+        esac
     }
     log "$scn: warm-up, ${WARMUP_SECONDS}s each"
     for s in $servers; do run_wrk "$s" "$WARMUP_SECONDS" "$TMP/$scn.warmup.$(key "$s").txt"; done
@@ -684,6 +781,10 @@ run_scenario() {
             LOG_LINES[$scn:$s]=$(cat $parsed | awk -v l="$(($(lines_of "$TMP/$scn.$k.access.log") - ${lines0[$s]}))" \
                 '{n += $5} END { if (n > 0) printf "%.3f", l / n; else print "-" }')
         fi
+        RESUMED[$scn:$s]="-"
+        # shellcheck disable=SC2086
+        [[ "$scn" == tls_handshake* ]] && RESUMED[$scn:$s]=$(cat $TMP/$scn.wrk.$k.*.txt |
+            awk '/^Resumed handshakes:/ {n += $3} END {print n + 0}')
         if kill -0 "${WORKER[$scn.$s]}" 2>/dev/null; then ALIVE[$scn:$s]=yes; else ALIVE[$scn:$s]="NO (worker ${WORKER[$scn.$s]} gone)"; fi
     done
 
@@ -733,7 +834,8 @@ run_scenario() {
     local hdr
     hdr=$(mgclient_header "$scn")
     for s in $servers; do IR[$scn:$s]="-"; LOG_IR[$scn:$s]="-"; done
-    if [ "$SKIP_CALLGRIND" != 1 ]; then
+    # (not for the TLS scenarios: mgclient speaks plain HTTP only)
+    if [ "$SKIP_CALLGRIND" != 1 ] && [ -z "$(tls_kind "$scn")" ]; then
         for s in $servers; do
             k=$(key "$s")
             port=${cgport_of[$s]}
@@ -882,6 +984,23 @@ section() { # SCENARIO
         echo
         echo "The same with \`policy: redis\` (one EVALSHA per request on a pooled connection) vs nginx+lua sending one EVALSHA per request over an \`ngx.socket.tcp\` keepalive connection; one redis-server on the same machine. Not a target in the issue: reported beside the local policy."
         ;;
+    tls_handshake | tls_handshake_rsa)
+        local what="ECDSA P-256"
+        [ "$scn" = tls_handshake_rsa ] && what="RSA 2048"
+        echo "## $scn: a full TLS handshake per request, $what certificate"
+        echo
+        echo "moongate's \`ssl\` listener vs nginx with the same certificate, protocols (TLS 1.2 and 1.3), cipher list in server order (moongate's \`CIPHERS_INTERMEDIATE\`), groups (X25519, P-256, P-384), no session cache, session tickets issued on both (moongate always issues them). bench/tlsload.c, $CONNECTIONS connections: each request is a new connection, a full TLS 1.3 handshake (no session offered) and one \`GET /\` with \`Connection: close\`; requests/s = handshakes/s. The client pays more per handshake than the server with ECDSA (signature verification, OpenSSL 3's certificate decoding), so with the load on one CPU the ECDSA rows are client-bound: compare the worker CPU per request."
+        ;;
+    tls_keepalive)
+        echo "## tls_keepalive: keep-alive requests over TLS"
+        echo
+        echo "The ECDSA listener of tls_handshake, wrk over TLS (it negotiates TLS 1.3 with AES-256-GCM on both) on $CONNECTIONS keep-alive connections."
+        ;;
+    balance_rr)
+        echo "## balance_rr: round-robin over 3 targets"
+        echo
+        echo "moongate: an \`upstreams\` entity (\`algorithm: round-robin\`, three targets, default weights) as the service's host vs nginx \`upstream\` with the same three servers (round-robin by default); keepalive 64 per proxy on both (moongate's pool is per target). The three targets are three listeners of the upstream server."
+        ;;
     esac
     echo
     echo "- noise: ${SCN_LOAD[$scn]}; other processes took ${SCN_FOREIGN[$scn]}% of one CPU during the rounds"
@@ -892,10 +1011,11 @@ section() { # SCENARIO
         echo "|---|---:|---:|---:|---:|---:|"
         v() { local -n arr=$1; row "$2" "${arr[$scn:moongate]}" "${arr[$scn:nginx]}" "${arr[$scn:nginx+lua]}"; }
     else
+        local other=${servers##* } # nginx+lua, or nginx in the TLS and balancer scenarios
         row() { printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$(ratio "$2" "$3")"; }
-        echo "| | moongate | nginx+lua | moongate/nginx+lua |"
+        echo "| | moongate | $other | moongate/$other |"
         echo "|---|---:|---:|---:|"
-        v() { local -n arr=$1; row "$2" "${arr[$scn:moongate]}" "${arr[$scn:nginx+lua]}"; }
+        v() { local -n arr=$1; row "$2" "${arr[$scn:moongate]}" "${arr[$scn:$other]}"; }
     fi
     v RPS "requests/s (median)"
     v P50 "p50 latency, µs"
@@ -912,6 +1032,7 @@ section() { # SCENARIO
         v IDLE_BYTES "bytes per idle connection"
         v RSS_AFTER_IDLE "worker RSS after they closed, KiB"
     fi
+    [[ "$scn" == tls_handshake* ]] && v RESUMED "resumed handshakes (must be 0)"
     v IR "instructions per request"
     if [ "$scn" = auth ]; then
         v LOG_IR "… of which the JSON log line (inclusive cost of \`access_log()\` / \`ngx_http_lua_log_handler\`)"
@@ -922,6 +1043,13 @@ section() { # SCENARIO
     printf '%s' "${SCN_NOTES[$scn]}"
     if [ "$scn" = proxy ]; then
         echo "Ratios: above 1 is better for requests/s, below 1 is better for everything else (see bench/README.md)."
+    elif [[ "$scn" == tls_* ]] || [ "$scn" = balance_rr ]; then
+        local rr cpu
+        rr=$(ratio "${RPS[$scn:moongate]}" "${RPS[$scn:nginx]}")
+        cpu=$(ratio "${CPU_US[$scn:moongate]}" "${CPU_US[$scn:nginx]}")
+        echo "Target (from the issue, not asserted): requests/s ≥ 1.0× nginx: ${rr}×" \
+            "($(awk -v v="$rr" 'BEGIN { if (v == "-") print "not measured"; else if (v + 0 >= 1) print "met"; else print "**not met**" }'));" \
+            "worker CPU per request: ${cpu}× nginx's."
     elif [ "$scn" != jwt ] && [ "$scn" != ratelimit_redis ]; then
         targets "$scn"
     fi

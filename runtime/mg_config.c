@@ -32,7 +32,9 @@
 #include "mg_config.h"
 #include "mg_dns.h"
 #include "mg_health.h"
+#include "mg_ca.h"
 #include "mg_tls.h"
+#include "mg_utls.h"
 
 #define NONE SIZE_MAX     /* field offset: validate the value, store it nowhere */
 #define BAD_LIST SIZE_MAX /* list_of(): the node is not a list */
@@ -204,7 +206,6 @@ static void p_sub(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_entities(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_mapping(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_records(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
-static void p_unsupported(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_value(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_plugins(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
 static void p_plugin_ref(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f);
@@ -240,6 +241,7 @@ static const char *check_header_value(ctx_t *x, char *s);
 static const char *check_service_path(ctx_t *x, char *s);
 static const char *check_route_host(ctx_t *x, char *s);
 static const char *check_sni(ctx_t *x, char *s);
+static const char *check_probe_sni(ctx_t *x, char *s);
 static const char *check_path(ctx_t *x, char *s);
 static const char *check_method(ctx_t *x, char *s);
 static const char *check_resolver(ctx_t *x, char *s);
@@ -276,10 +278,11 @@ static const char *const log_levels[] = {"debug", "info", "notice", "warn", "err
 static const char *const format_versions[] = {"3.0", "2.1", "1.1", NULL};
 static const char *const route_protocols[] = {"http", "https", NULL};
 static const char *const path_handlings[] = {"v0", "v1", NULL};
+static const char *const verify_modes[] = {"off", "optional", "on", NULL};
 static const char *const redirect_codes[] = {"426", "301", "302", "307", "308", NULL};
 /* Kong's service protocols: known, but not proxied yet. */
-static const char *const later_protocols[] = {"https",           "grpc", "grpcs", "tcp", "tls",
-                                              "tls_passthrough", "udp",  "ws",    "wss", NULL};
+static const char *const later_protocols[] = {"grpc", "grpcs", "tcp", "tls", "tls_passthrough",
+                                              "udp",  "ws",    "wss", NULL};
 
 #define MEMBER_SIZE(T, m) sizeof(((T *)0)->m)
 #define ONE(n, it, T, m, ...)                                                                      \
@@ -400,9 +403,17 @@ static const field_t service_fields[] = {
     ONE("port", i_int, svc_item_t, s.port, .min = 1, .max = 65535),
     ONE("path", i_string, svc_item_t, s.path, .check = check_service_path),
     ONE("retries", i_int, svc_item_t, s.retries, .min = 0, .max = 32767),
+    ONE("retry_non_idempotent", i_bool, svc_item_t, s.retry_non_idempotent),
     TIMEOUT(connect_timeout),
     TIMEOUT(write_timeout),
     TIMEOUT(read_timeout),
+    ONE("tls_verify", i_bool, svc_item_t, s.tls_verify),
+    ONE("tls_verify_depth", i_int, svc_item_t, s.tls_verify_depth, .max = 64),
+    /* checked against the entities they name by mg_utls_load */
+    {.name = "ca_certificates", .parse = p_value, .off = offsetof(svc_item_t, s.ca_certificates)},
+    {.name = "client_certificate",
+     .parse = p_value,
+     .off = offsetof(svc_item_t, s.client_certificate)},
     {.name = "routes", .parse = p_entities, .entity = parse_route},
     NESTED_PLUGINS(parse_service_plugin),
     ONE("enabled", i_bool, svc_item_t, enabled),
@@ -413,6 +424,16 @@ static const field_t service_fields[] = {
 #define CREDENTIALS(n)                                                                             \
     {                                                                                              \
         .name = (n), .parse = p_records                                                            \
+    }
+
+const char *const mg_credential_kinds[MG_NCREDENTIAL_KINDS] = {
+    "keyauth_credentials", "basicauth_credentials", "jwt_secrets", "hmacauth_credentials", "acls"};
+
+/* The same lists at the top level, each item naming its consumer (kept for Lua too). */
+#define TOP_CREDENTIALS(n, i)                                                                      \
+    {                                                                                              \
+        .name = (n), .parse = p_value, .off = offsetof(mg_config_t, credentials[i]),               \
+        .flags = F_ENTITY                                                                          \
     }
 
 static const field_t consumer_fields[] = {
@@ -471,8 +492,8 @@ static const field_t hc_active_fields[] = {
     ONE("http_path", i_string, mg_healthchecks_t, active.http_path, .check = check_service_path),
     ONE("timeout", i_number, mg_healthchecks_t, active.timeout, .max = 65535),
     ONE("concurrency", i_int, mg_healthchecks_t, active.concurrency, .min = 1, .max = 2147483647),
-    SKIP("https_sni", i_string),
-    SKIP("https_verify_certificate", i_bool),
+    ONE("https_sni", i_string, mg_healthchecks_t, active.https_sni, .check = check_probe_sni),
+    ONE("https_verify_certificate", i_bool, mg_healthchecks_t, active.https_verify_certificate),
     {.name = "headers", .parse = p_mapping},
     HC_SIDE("healthy", active.healthy, hc_active_healthy),
     HC_SIDE("unhealthy", active.unhealthy, hc_active_unhealthy),
@@ -510,8 +531,8 @@ static const field_t upstream_fields[] = {
         .check = check_service_path),
     ONE("hash_on_query_arg", i_string, upstream_item_t, u.hash_on_query_arg),
     ONE("hash_fallback_query_arg", i_string, upstream_item_t, u.hash_fallback_query_arg),
-    SKIP("hash_on_uri_capture", i_string),
-    SKIP("hash_fallback_uri_capture", i_string),
+    ONE("hash_on_uri_capture", i_string, upstream_item_t, u.hash_on_uri_capture),
+    ONE("hash_fallback_uri_capture", i_string, upstream_item_t, u.hash_fallback_uri_capture),
     ONE("slots", i_int, upstream_item_t, u.slots, .min = 10, .max = 65536),
     ONE("host_header", i_host, upstream_item_t, u.host_header),
     {.name = "targets", .parse = p_entities, .entity = parse_target},
@@ -520,7 +541,9 @@ static const field_t upstream_fields[] = {
      .off = offsetof(upstream_item_t, u.healthchecks),
      .sub = hc_fields,
      .nsub = MG_ARRAY_SIZE(hc_fields)},
-    {.name = "client_certificate", .parse = p_unsupported},
+    {.name = "client_certificate",
+     .parse = p_value,
+     .off = offsetof(upstream_item_t, u.client_certificate)},
     SKIP("use_srv_name", i_bool),
     SKIP("id", i_string),
     TAGS,
@@ -529,11 +552,6 @@ static const field_t upstream_fields[] = {
 #define SETTING_LIST(m, it, ...)                                                                   \
     LIST(#m, it, mg_config_t, m, n##m, .flags = F_SETTING | F_ENV | F_LIST, __VA_ARGS__)
 #define SETTING(n, it, ...) ONE(#n, it, mg_config_t, n, .flags = F_SETTING | F_ENV, __VA_ARGS__)
-#define UNSUPPORTED(n)                                                                             \
-    {                                                                                              \
-        .name = (n), .parse = p_unsupported, .flags = F_ENTITY                                     \
-    }
-
 static const field_t top_fields[] = {
     SETTING_LIST(proxy_listen, i_listen, .min = 1),
     SETTING_LIST(admin_listen, i_listen),
@@ -577,13 +595,27 @@ static const field_t top_fields[] = {
     {.name = "services", .parse = p_entities, .entity = parse_service, .flags = F_ENTITY},
     {.name = "routes", .parse = p_entities, .entity = parse_route, .flags = F_ENTITY},
     {.name = "consumers", .parse = p_entities, .entity = parse_consumer, .flags = F_ENTITY},
+    TOP_CREDENTIALS("keyauth_credentials", 0),
+    TOP_CREDENTIALS("basicauth_credentials", 1),
+    TOP_CREDENTIALS("jwt_secrets", 2),
+    TOP_CREDENTIALS("hmacauth_credentials", 3),
+    TOP_CREDENTIALS("acls", 4),
     {.name = "upstreams", .parse = p_entities, .entity = parse_upstream, .flags = F_ENTITY},
     {.name = "targets", .parse = p_entities, .entity = parse_target, .flags = F_ENTITY},
     {.name = "certificates",
      .parse = p_value,
      .off = offsetof(mg_config_t, certificates),
      .flags = F_ENTITY},
-    UNSUPPORTED("ca_certificates"),
+    SETTING(ssl_verify_client, i_enum, .choices = verify_modes),
+    SETTING(ssl_verify_depth, i_int, .min = 0, .max = 100),
+    {.name = "ssl_client_ca_certificates",
+     .parse = p_value,
+     .off = offsetof(mg_config_t, ssl_client_ca_certificates),
+     .flags = F_SETTING},
+    {.name = "ca_certificates",
+     .parse = p_value,
+     .off = offsetof(mg_config_t, ca_certificates),
+     .flags = F_ENTITY},
     {.name = "snis", .parse = p_value, .off = offsetof(mg_config_t, snis), .flags = F_ENTITY},
 };
 
@@ -937,11 +969,6 @@ static void p_records(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
         if (items[i]->type != YAML_MAPPING_NODE) fail(x, "expected a mapping");
         path_set(x, mark);
     }
-}
-
-static void p_unsupported(ctx_t *x, yaml_node_t *n, void *obj, const field_t *f)
-{
-    fail(x, "not supported yet");
 }
 
 /* Kept as a value tree, validated by its owner (certificates and snis: mg_tls.c). */
@@ -1447,7 +1474,7 @@ static bool i_rate(ctx_t *x, const char *s, void *out, const field_t *f)
 
 static bool i_protocol(ctx_t *x, const char *s, void *out, const field_t *f)
 {
-    if (strcmp(s, "http") == 0) {
+    if (strcmp(s, "http") == 0 || strcmp(s, "https") == 0) {
         char *v = sdup(x, s);
         memcpy(out, &v, sizeof(v));
         return true;
@@ -1687,6 +1714,17 @@ static const char *check_sni(ctx_t *x, char *s)
     return host_error(x, s, strlen(s), s, true);
 }
 
+/* A probe's https_sni: one host name, no wildcard (RFC 6066 sends no IP addresses either). */
+static const char *check_probe_sni(ctx_t *x, char *s)
+{
+    unsigned char a[16];
+    lower(s);
+    if (inet_pton(AF_INET, s, a) == 1 || inet_pton(AF_INET6, s, a) == 1)
+        return "must be a host name, not an IP address";
+    if (strchr(s, '*')) return "must be one host name, not a wildcard";
+    return host_error(x, s, strlen(s), s, false);
+}
+
 /* "/prefix", or "~regex" which must compile. */
 static const char *check_path(ctx_t *x, char *s)
 {
@@ -1716,8 +1754,11 @@ static void parse_service(ctx_t *x, yaml_node_t *n, void *parent)
     s->retries = 5;
     s->dns = -1;
     s->connect_timeout = s->write_timeout = s->read_timeout = 60000;
+    s->tls_verify = true; /* stricter than Kong: a backend's certificate is checked */
+    s->tls_verify_depth = -1;
     it->enabled = true;
     it->path = tprintf(x, "%s", x->path);
+    s->conf_path = sdup(x, x->path);
 
     uint64_t seen = parse_map(x, n, it, service_fields, MG_ARRAY_SIZE(service_fields));
     bool url = HAS(seen, service_fields, "url");
@@ -1730,7 +1771,16 @@ static void parse_service(ctx_t *x, yaml_node_t *n, void *parent)
         fail(x, "must set 'url' or 'host'");
     }
     if (s->protocol == NULL) s->protocol = sdup(x, "http");
-    if (s->port == 0) s->port = 80;
+    bool https = strcmp(s->protocol, "https") == 0;
+    if (s->port == 0) s->port = https ? 443 : 80;
+    static const char *const tls_only[] = {"tls_verify", "tls_verify_depth", "ca_certificates",
+                                           "client_certificate"};
+    for (size_t i = 0; !https && i < MG_ARRAY_SIZE(tls_only); i++) { /* Kong refuses them too */
+        if (!HAS(seen, service_fields, tls_only[i])) continue;
+        size_t mark = path_key(x, tls_only[i]);
+        fail(x, "only for protocol \"https\"");
+        path_set(x, mark);
+    }
     it->to_resolve = x->nerrs == nerrs && it->enabled; /* finish(): unless an upstream */
 
     *x->svcs_tail = it;
@@ -2035,6 +2085,7 @@ static void hc_defaults(ctx_t *x, mg_healthchecks_t *hc)
     hc->active.http_path = sdup(x, "/");
     hc->active.timeout = 1;
     hc->active.concurrency = 10;
+    hc->active.https_verify_certificate = true;
     hc_statuses(x, &hc->active.healthy, active_ok, MG_ARRAY_SIZE(active_ok));
     hc_statuses(x, &hc->active.unhealthy, active_bad, MG_ARRAY_SIZE(active_bad));
     hc_statuses(x, &hc->passive.healthy, passive_ok, MG_ARRAY_SIZE(passive_ok));
@@ -2042,16 +2093,17 @@ static void hc_defaults(ctx_t *x, mg_healthchecks_t *hc)
 }
 
 /* Passive checks count live traffic once some unhealthy threshold is set; active checks
- * probe once some interval is set (https and grpc probes are refused, not silently skipped). */
+ * probe once some interval is set (grpc probes are refused, not silently skipped). */
 static void hc_finish(ctx_t *x, upstream_item_t *it)
 {
     mg_healthchecks_t *hc = &it->u.healthchecks;
     const mg_hc_side_t *u = &hc->passive.unhealthy;
     hc->passive_on = u->http_failures || u->tcp_failures || u->timeouts;
     hc->active_on = hc->active.healthy.interval > 0 || hc->active.unhealthy.interval > 0;
-    if (hc->active_on && hc->active.type != MG_HC_HTTP && hc->active.type != MG_HC_TCP)
+    if (hc->active_on && hc->active.type != MG_HC_HTTP && hc->active.type != MG_HC_HTTPS &&
+        hc->active.type != MG_HC_TCP)
         fail_field(x, it->path, "healthchecks.active.type",
-                   "only \"http\" and \"tcp\" probes are supported yet");
+                   "only \"http\", \"https\" and \"tcp\" probes are supported yet");
 }
 
 /* An upstream: its fields, nested targets, and the rules between its hash fields (checked
@@ -2060,6 +2112,7 @@ static void parse_upstream(ctx_t *x, yaml_node_t *n, void *parent)
 {
     upstream_item_t *it = zalloc(x, x->tmp, sizeof(*it));
     it->path = tprintf(x, "%s", x->path);
+    it->u.conf_path = sdup(x, x->path);
     it->u.slots = 10000;
     it->targets_tail = &it->targets;
     hc_defaults(x, &it->u.healthchecks);
@@ -2193,14 +2246,10 @@ static void check_hash_input(ctx_t *x, upstream_item_t *it, bool fallback)
             fail_field(x, it->path, fallback ? "hash_fallback_query_arg" : "hash_on_query_arg",
                        "required when %s is \"query_arg\"", field);
         break;
-    case MG_HASH_CONSUMER:
-        fail_field(x, it->path, field,
-                   "\"consumer\" is not supported yet: the consumer is known only to plugins, "
-                   "after the balancer's inputs are read; use \"header\" or \"ip\"");
-        break;
     case MG_HASH_URI_CAPTURE:
-        fail_field(x, it->path, field,
-                   "\"uri_capture\" is not supported yet: routes do not expose captures");
+        if (!(fallback ? u->hash_fallback_uri_capture : u->hash_on_uri_capture))
+            fail_field(x, it->path, fallback ? "hash_fallback_uri_capture" : "hash_on_uri_capture",
+                       "required when %s is \"uri_capture\"", field);
         break;
     }
 }
@@ -2246,8 +2295,22 @@ static void finish_upstreams(ctx_t *x)
                        "must be \"none\" when hash_on is \"cookie\" (the gateway sets the "
                        "cookie when it is missing)");
         else if (u->hash_fallback != MG_HASH_NONE && u->hash_fallback == u->hash_on &&
-                 u->hash_on != MG_HASH_HEADER && u->hash_on != MG_HASH_QUERY_ARG)
+                 u->hash_on != MG_HASH_HEADER && u->hash_on != MG_HASH_QUERY_ARG &&
+                 u->hash_on != MG_HASH_URI_CAPTURE)
             fail_field(x, it->path, "hash_fallback", "must differ from hash_on");
+        /* the same input twice under one name would never fall back (Kong: distinct) */
+        if (u->hash_on == MG_HASH_QUERY_ARG && u->hash_fallback == MG_HASH_QUERY_ARG &&
+            u->hash_on_query_arg && u->hash_fallback_query_arg &&
+            strcmp(u->hash_on_query_arg, u->hash_fallback_query_arg) == 0)
+            fail_field(x, it->path, "hash_fallback_query_arg",
+                       "values of these fields must be distinct: 'hash_on_query_arg', "
+                       "'hash_fallback_query_arg'");
+        if (u->hash_on == MG_HASH_URI_CAPTURE && u->hash_fallback == MG_HASH_URI_CAPTURE &&
+            u->hash_on_uri_capture && u->hash_fallback_uri_capture &&
+            strcmp(u->hash_on_uri_capture, u->hash_fallback_uri_capture) == 0)
+            fail_field(x, it->path, "hash_fallback_uri_capture",
+                       "values of these fields must be distinct: 'hash_on_uri_capture', "
+                       "'hash_fallback_uri_capture'");
         if (u->hash_on_header) lower(u->hash_on_header);
         if (u->hash_fallback_header) lower(u->hash_fallback_header);
         if (u->hash_on == MG_HASH_HEADER && u->hash_fallback == MG_HASH_HEADER &&
@@ -2835,6 +2898,7 @@ static void set_defaults(ctx_t *x, mg_config_t *cfg)
     cfg->real_ip_header = sdup(x, "X-Real-IP");
     cfg->request_id_header = sdup(x, "X-Request-ID");
     cfg->worker_stall_timeout = 5000;
+    cfg->ssl_verify_depth = 1; /* nginx's default */
     cfg->lua_memory_limit = (size_t)256 << 20;
     cfg->dns_hostsfile = sdup(x, "/etc/hosts");
     static const char *const order[] = {"LAST", "A", "CNAME"}; /* Kong's, less SRV */
@@ -2944,6 +3008,8 @@ void mg_config_free(mg_config_t *cfg)
     if (cfg == NULL) return;
     mg_health_destroy(cfg);
     mg_tls_free(cfg->tls);
+    mg_ca_free(cfg->ca);
+    mg_utls_free(cfg->utls);
     mg_pool_destroy(cfg->pool);
 }
 

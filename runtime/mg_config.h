@@ -16,6 +16,10 @@
 #include "mg_ip.h"
 #include "mg_pool.h"
 
+/* Consumer credential kinds (Kong's entity names), nested in consumers or at the top level. */
+#define MG_NCREDENTIAL_KINDS 5
+extern const char *const mg_credential_kinds[MG_NCREDENTIAL_KINDS];
+
 typedef struct {
     char *text;                   /* as written, e.g. "127.0.0.1:8000 ssl" (for messages) */
     struct sockaddr_storage addr; /* resolved numeric address (IPv4 or IPv6, or "*"=0.0.0.0) */
@@ -118,6 +122,8 @@ typedef struct {
         char *http_path;
         double timeout;
         unsigned concurrency;
+        char *https_sni;               /* type https: the SNI sent; NULL = as for traffic */
+        bool https_verify_certificate; /* type https: default true */
         mg_hc_side_t healthy, unhealthy;
     } active;
     struct {
@@ -138,18 +144,25 @@ typedef struct mg_upstream_s {
     char *hash_on_header, *hash_fallback_header; /* lower-cased */
     char *hash_on_cookie, *hash_on_cookie_path;  /* path default "/" */
     char *hash_on_query_arg, *hash_fallback_query_arg;
+    char *hash_on_uri_capture, *hash_fallback_uri_capture; /* named groups of route regexes */
     /* the Host sent to the targets; NULL = the target's host:port (Kong) */
     char *host_header;
     unsigned slots; /* 10..65536, default 10000 */
     mg_target_t *targets;
     size_t ntargets;
     mg_healthchecks_t healthchecks;
-    unsigned index; /* position in mg_config_t.upstreams */
+    /* mTLS to the targets of https services: `{id: <certificates id>}` as written, checked
+     * by mg_utls_load (NULL = none) */
+    struct mg_value_s *client_certificate;
+    /* the client TLS context of `https` probes (mg_utls.h), made by mg_utls_load */
+    struct mg_utls_ctx_s *probe_tls;
+    char *conf_path; /* "upstreams[1]", for messages after the load */
+    unsigned index;  /* position in mg_config_t.upstreams */
 } mg_upstream_t;
 
 typedef struct mg_service_s {
     char *name;     /* may be NULL for unnamed services */
-    char *protocol; /* "http" (https arrives with the TLS issue) */
+    char *protocol; /* "http" or "https" (TLS to the backend, mg_utls.c) */
     char *host;
     uint16_t port;
     char *path;                                            /* NULL or starts with "/" */
@@ -162,6 +175,15 @@ typedef struct mg_service_s {
     unsigned index;
     const mg_upstream_t *upstream; /* `host` names an upstream: balanced over its targets
                                       (addr is then unset) */
+    /* upstream TLS (protocol https), Kong 3.x fields, checked and built by mg_utls_load */
+    bool tls_verify;                       /* default true (Kong: false) */
+    int tls_verify_depth;                  /* 0..64; -1 = unset (OpenSSL's default, 100) */
+    struct mg_value_s *ca_certificates;    /* ids as written; NULL = the system store */
+    struct mg_value_s *client_certificate; /* {id: <certificates id>} as written, or NULL */
+    struct mg_utls_ctx_s *tls;             /* the client context, NULL for plain http */
+    char *conf_path;                       /* "services[2]", for messages after the load */
+    /* retry POST, PATCH, ... even after sending them (default false: idempotent only) */
+    bool retry_non_idempotent;
 } mg_service_t;
 
 typedef struct {
@@ -247,6 +269,9 @@ typedef struct {
     size_t size; /* bytes */
 } mg_shdict_conf_t;
 
+/* ssl_verify_client */
+enum { MG_VERIFY_OFF, MG_VERIFY_OPTIONAL, MG_VERIFY_ON };
+
 typedef enum {
     MG_LOG_DEBUG,
     MG_LOG_INFO,
@@ -291,6 +316,10 @@ typedef struct mg_config_s {
     size_t nplugins;
     mg_consumer_t *consumers;
     size_t nconsumers;
+    /* Kong's top-level credential lists (`keyauth_credentials: [{consumer: alice, key: ...}]`),
+     * as written: moongate.consumers validates them and files each under its consumer. In the
+     * order of mg_credential_kinds. */
+    mg_value_t *credentials[MG_NCREDENTIAL_KINDS];
 
     mg_service_t *services;
     size_t nservices;
@@ -327,6 +356,20 @@ typedef struct mg_config_s {
     mg_value_t *certificates;
     mg_value_t *snis;
     struct mg_tls_s *tls;
+    /* the `ca_certificates` entities as written, and the set mg_ca_load validated (mg_ca.h),
+     * made in the master before mg_tls_load; empty when none */
+    mg_value_t *ca_certificates;
+    struct mg_ca_set_s *ca;
+    /* client certificates on `ssl` listeners (nginx's names): MG_VERIFY_*, default off; the
+     * CA ids they are verified against (required unless off, checked by mg_tls_load); the
+     * most intermediate CAs a chain may hold, default 1 */
+    int ssl_verify_client;
+    mg_value_t *ssl_client_ca_certificates;
+    int ssl_verify_depth;
+    /* upstream TLS: the client contexts of https services and probes (mg_utls.c), made in
+     * the master after mg_ca_load and mg_tls_load; NULL when nothing speaks TLS to a
+     * backend */
+    struct mg_utls_s *utls;
 } mg_config_t;
 
 /* A list of "PATH: message" strings collected while loading; owned by its pool. */

@@ -566,6 +566,13 @@ static void conn_dispatch(mg_req_t *r)
             return;
         }
     }
+    if (MG_UNLIKELY(c->s.ssl != NULL)) { /* ssl_verify_client on: nginx's 400, before Lua */
+        const char *refused = mg_tls_client_refused(mg_worker.cfg->tls, &c->s);
+        if (refused) {
+            mg_conn_respond_error(r, 400, refused);
+            return;
+        }
+    }
     if (mg_lua_global_mask(mg_lua) & MG_PHASE_REWRITE) {
         r->lua_stage = MG_LUA_STAGE_REWRITE;
         int rc = mg_lua_run_yieldable(r, MG_PHASE_REWRITE, -1);
@@ -639,6 +646,7 @@ static void stage_route(mg_req_t *r)
     r->route = m.route;
     r->service = m.route->service;
     r->prefix_len = m.path_prefix_len;
+    r->route_regex = m.regex;
 
     /* Kong's rule: only a route limited to https turns plain http away (426, or the
      * redirect its https_redirect_status_code asks for); an http-only route over TLS is
@@ -853,7 +861,13 @@ static void access_log(mg_req_t *r)
     MG_OUT_LIT(&o, ",\"request_body_bytes\":");
     mg_out_u64(&o, r->msg.body_seen);
     MG_OUT_LIT(&o, ",\"upstream_addr\":\"");
-    if (r->upstream_addr) mg_out_cstr(&o, r->upstream_addr);
+    /* every try's address, as nginx's $upstream_addr ("a, b") */
+    for (unsigned i = 0; i < r->tries && i < MG_LOGGED_TRIES; i++) {
+        if (i) MG_OUT_LIT(&o, ", ");
+        mg_out_cstr(&o, r->try_addrs[i]);
+    }
+    if (r->tries > MG_LOGGED_TRIES) MG_OUT_LIT(&o, ", ...");
+    if (r->tries == 0 && r->upstream_addr) mg_out_cstr(&o, r->upstream_addr);
     /* upstream latency: until the response head arrived (time to first byte), or until now
      * when none came */
     ev_tstamp upstream_end = r->upstream_head > 0 ? r->upstream_head : now;
@@ -874,6 +888,10 @@ static void access_log(mg_req_t *r)
         mg_out_put(&o, esc,
                    mg_json_escape(esc, sizeof(esc), r->service->name, strlen(r->service->name)));
     MG_OUT_LIT(&o, "\"");
+    if (r->tries) {
+        MG_OUT_LIT(&o, ",\"tries\":");
+        mg_out_u64(&o, r->tries);
+    }
     if (r->client_aborted) MG_OUT_LIT(&o, ",\"aborted\":true");
     MG_OUT_LIT(&o, "}\n");
     if (!o.overflow) mg_access_log_commit((size_t)(o.p - p));
@@ -914,9 +932,9 @@ void mg_conn_request_done(mg_req_t *r)
     mg_buf_put(c->in);
     c->in = NULL;
     mg_conn_update(c);
-    /* TLS: the rest of a record read only in part (our buffer was full) waits inside
-     * OpenSSL, where epoll cannot see it: go and read it */
-    if (c->s.ssl && c->s.rready && SSL_pending(c->s.ssl) > 0)
+    /* TLS: the rest of a record read only in part (our buffer was full), or records read
+     * ahead, wait inside OpenSSL, where epoll cannot see them: go and read them */
+    if (c->s.ssl && c->s.rready && SSL_has_pending(c->s.ssl))
         ev_feed_event(mg_worker.loop, &c->s.io, EV_CUSTOM);
 }
 

@@ -8,13 +8,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
+#include <arpa/inet.h>
 
 #include "mg_base64.h"
 #include "mg_ffi.h"
+#include "mg_health.h"
 #include "mg_ip.h"
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_shdict.h"
+#include "mg_tls.h"
 #include "mg_watchdog.h"
 
 #define CUR(r)                                                                                     \
@@ -191,6 +194,52 @@ int mg_ffi_client_get_port(void)
     return r->c->peer_port;
 }
 
+int mg_ffi_client_tls_get(int what, const char **s, size_t *len)
+{
+    CUR(r);
+    if (what == 7) {
+        const char *v = mg_tls_client_verify(mg_worker.cfg->tls, &r->c->s);
+        return out_str((mg_str_t){strlen(v), v}, s, len);
+    }
+    const mg_tls_peer_t *p = mg_tls_peer(&r->c->s);
+    if (p == NULL) return MG_DECLINED;
+    const char *v;
+    switch (what) {
+    case 0:
+        v = p->chain_pem;
+        break;
+    case 1:
+        v = p->subject_dn;
+        break;
+    case 2:
+        v = p->issuer_dn;
+        break;
+    case 3:
+        v = p->cn;
+        break;
+    case 4:
+        v = p->sans;
+        break;
+    case 5:
+        v = p->serial;
+        break;
+    case 6:
+        v = p->fingerprint;
+        break;
+    default:
+        return MG_ERROR;
+    }
+    return out_str((mg_str_t){strlen(v), v}, s, len);
+}
+
+int mg_ffi_client_tls_verdict(const char *key, size_t klen, const char **why, size_t *wlen)
+{
+    CUR(r);
+    int rc = mg_tls_peer_verdict(mg_worker.cfg->tls, &r->c->s, key, klen, why);
+    *wlen = strlen(*why);
+    return rc;
+}
+
 /* Copies name/value into the request pool and appends an op to the list. */
 static int add_op(mg_req_t *r, mg_hdr_op_t **head, mg_hdr_op_t ***tail, int op, const char *name,
                   size_t nlen, const char *value, size_t vlen)
@@ -223,6 +272,16 @@ static int set_override(mg_req_t *r, mg_str_t *dst, const char *s, size_t len)
     if (copy == NULL) return MG_ERROR;
     *dst = (mg_str_t){len, copy};
     return MG_OK;
+}
+
+int mg_ffi_client_set_consumer_id(const char *id, size_t len)
+{
+    CUR(r);
+    if (len == 0) {
+        r->lb_consumer = MG_NULL_STR;
+        return MG_OK;
+    }
+    return set_override(r, &r->lb_consumer, id, len);
 }
 
 int mg_ffi_upstream_set_path(const char *path, size_t len)
@@ -298,6 +357,93 @@ void mg_ffi_log(int level, const char *msg, size_t len)
 int mg_ffi_worker_id(void)
 {
     return (int)mg_worker.slot;
+}
+
+int mg_ffi_upstream_find(const char *name, size_t len)
+{
+    const mg_config_t *cfg = mg_worker.cfg;
+    if (cfg == NULL) return MG_ERROR;
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const char *n = cfg->upstreams[i].name;
+        if (n && strlen(n) == len && memcmp(n, name, len) == 0) return (int)i;
+    }
+    return MG_DECLINED;
+}
+
+/* Target i of upstream up, or NULL. */
+static const mg_target_t *ffi_target(const mg_config_t *cfg, int up, int i)
+{
+    if (cfg == NULL || up < 0 || (size_t)up >= cfg->nupstreams) return NULL;
+    const mg_upstream_t *u = &cfg->upstreams[up];
+    if (i < 0 || (size_t)i >= u->ntargets) return NULL;
+    return &u->targets[i];
+}
+
+/* The health slot of t's address j (its j-th slot in use, in slot order) with the address,
+ * or -1. The slots' addresses are the shared zone's (mg_health_assign), so every worker
+ * lists the same ones. */
+static int ffi_addr_slot(const mg_config_t *cfg, const mg_target_t *t, int j,
+                         struct sockaddr_storage *addr)
+{
+    unsigned nslots = t->dns >= 0 ? MG_DNS_MAX_ADDRS : 1;
+    for (unsigned k = 0; k < nslots; k++) {
+        if (!mg_health_slot_addr(cfg, t->slot + k, addr)) continue;
+        if (j-- == 0) return (int)(t->slot + k);
+    }
+    return -1;
+}
+
+int mg_ffi_upstream_target(int up, int i, const char **target, size_t *tlen, unsigned *weight,
+                           int *health)
+{
+    const mg_config_t *cfg = mg_worker.cfg;
+    const mg_target_t *t = ffi_target(cfg, up, i);
+    if (t == NULL) return MG_DECLINED;
+    const mg_upstream_t *u = &cfg->upstreams[up];
+    *target = t->target;
+    *tlen = strlen(t->target);
+    *weight = t->weight;
+    /* Kong: a target without addresses (its name did not resolve, or not yet) is DNS_ERROR;
+     * else HEALTHCHECKS_OFF unless active or passive checks are on; else HEALTHY while some
+     * address takes traffic */
+    struct sockaddr_storage a;
+    int naddrs = 0, healthy = 0, slot;
+    while ((slot = ffi_addr_slot(cfg, t, naddrs, &a)) >= 0) {
+        naddrs++;
+        healthy += mg_health_is_healthy(cfg, (unsigned)slot);
+    }
+    if (naddrs == 0)
+        *health = 3;
+    else if (!u->healthchecks.passive_on && !u->healthchecks.active_on)
+        *health = 0;
+    else
+        *health = healthy ? 1 : 2;
+    return MG_OK;
+}
+
+int mg_ffi_upstream_address(int up, int i, int j, char *ipbuf, size_t iplen, size_t *ipout,
+                            int *port, int *health)
+{
+    const mg_config_t *cfg = mg_worker.cfg;
+    const mg_target_t *t = ffi_target(cfg, up, i);
+    struct sockaddr_storage a;
+    int slot = t && j >= 0 ? ffi_addr_slot(cfg, t, j, &a) : -1;
+    if (slot < 0) return MG_DECLINED;
+    const mg_upstream_t *u = &cfg->upstreams[up];
+    const struct sockaddr *sa = (const struct sockaddr *)&a;
+    const void *in = sa->sa_family == AF_INET6
+                         ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
+                         : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
+    if (inet_ntop(sa->sa_family == AF_INET6 ? AF_INET6 : AF_INET, in, ipbuf, (socklen_t)iplen) ==
+        NULL)
+        ipbuf[0] = '\0';
+    *ipout = strlen(ipbuf);
+    *port = t->port; /* a name's slots keep no port: every address has the target's */
+    if (!u->healthchecks.passive_on && !u->healthchecks.active_on)
+        *health = 0;
+    else
+        *health = mg_health_is_healthy(cfg, (unsigned)slot) ? 1 : 2;
+    return MG_OK;
 }
 
 int mg_ffi_worker_pid(void)

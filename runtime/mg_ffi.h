@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MG_FFI_ABI 2
+#define MG_FFI_ABI 4
 
 int mg_ffi_abi(void);
 
@@ -49,9 +49,22 @@ int mg_ffi_req_get_service_name(const char **s, size_t *len);
 int mg_ffi_req_read_body(const char **s, size_t *len);
 
 /* ---- the client ---------------------------------------------------------------------- */
+/* The id of the consumer (else credential) the request was authenticated as, for hash_on:
+ * consumer (copied; len 0 clears it). */
+int mg_ffi_client_set_consumer_id(const char *id, size_t len);
 int mg_ffi_client_get_ip(char *buf, size_t buflen, size_t *len);
 int mg_ffi_client_get_forwarded_ip(char *buf, size_t buflen, size_t *len);
 int mg_ffi_client_get_port(void);
+/* The client certificate of the request's TLS connection, parsed once per connection:
+ * what = 0 the chain (PEM, leaf first), 1 subject DN (RFC 2253), 2 issuer DN, 3 subject CN,
+ * 4 subjectAltNames ("DNS:x\nURI:y\nemail:z\nIP:a", one per line), 5 serial (hex),
+ * 6 SHA-256 fingerprint (hex), 7 the listener's verification as nginx's $ssl_client_verify
+ * ("SUCCESS", "FAILED:reason", "NONE"; always MG_OK). MG_DECLINED: no certificate. */
+int mg_ffi_client_tls_get(int what, const char **s, size_t *len);
+/* The verdict of an mtls-auth plugin's CA list (key: its CA ids joined by '\n', then
+ * "|partial" with allow_partial_chain) on the client's certificate: MG_OK verified,
+ * MG_DECLINED no certificate, MG_ERROR refused (why: non-empty when the key is unknown). */
+int mg_ffi_client_tls_verdict(const char *key, size_t klen, const char **why, size_t *wlen);
 
 /* ---- the request to the service (applied when the upstream request is written) -------- */
 /* op: 0 = set (replace every value), 1 = add, 2 = clear */
@@ -88,6 +101,21 @@ int mg_ffi_sleep(double seconds);
 int mg_ffi_timer_start(double delay, double every, unsigned id);
 /* Tells the watchdog which plugin's handler runs now (its name goes in the stall report). */
 void mg_ffi_plugin_enter(const char *name, size_t len);
+
+/* ---- upstream health (moongate.upstream.get_health; read from the shared health zone) -- */
+/* The index of the upstream named `name` in the running config, or MG_DECLINED. */
+int mg_ffi_upstream_find(const char *name, size_t len);
+/* Target i of upstream `up`: its "host:port", weight and health: 0 health checks off, 1
+ * healthy (some address is), 2 unhealthy (every address is), 3 no address (a name without
+ * an answer: Kong's DNS_ERROR). MG_DECLINED past the last target or for an unknown
+ * upstream. */
+int mg_ffi_upstream_target(int up, int i, const char **target, size_t *tlen, unsigned *weight,
+                           int *health);
+/* Address j of target i of upstream `up` (an IP target has one, a name one per address of
+ * its current answer): ip into ipbuf, port, and health (0, 1 or 2 as above). MG_DECLINED
+ * past the last address. */
+int mg_ffi_upstream_address(int up, int i, int j, char *ipbuf, size_t iplen, size_t *ipout,
+                            int *port, int *health);
 
 /* ---- body_filter ---------------------------------------------------------------------- */
 /* the piece of the response body being filtered; *eof = 1 on the last call */

@@ -289,6 +289,14 @@ static void push_conf(lua_State *L, const mg_config_t *cfg)
     }
     lua_setfield(L, -2, "consumers");
 
+    lua_newtable(L); /* top-level credential lists by kind */
+    for (size_t k = 0; k < MG_NCREDENTIAL_KINDS; k++) {
+        if (!cfg->credentials[k]) continue;
+        push_value(L, cfg->credentials[k]);
+        lua_setfield(L, -2, mg_credential_kinds[k]);
+    }
+    lua_setfield(L, -2, "credentials");
+
     uint8_t raw[16];
     char id[37];
     if (getrandom(raw, sizeof(raw), 0) != sizeof(raw)) memset(raw, 0x5a, sizeof(raw));

@@ -24,7 +24,9 @@
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_request.h"
+#include "mg_ca.h"
 #include "mg_tls.h"
+#include "mg_utls.h"
 #include "mg_watchdog.h"
 
 #define MAX_WORKERS 256
@@ -81,7 +83,9 @@ static mg_config_t *load_config(bool print_errors, mg_lua_t **lua)
     }
     if (cfg) { /* certificates: built here, in the master, before the workers fork */
         size_t before = errs.n;
-        cfg->tls = mg_tls_load(cfg, &errs);
+        cfg->ca = mg_ca_load(cfg, &errs); /* first: listeners and services refer to it */
+        if (errs.n == before) cfg->tls = mg_tls_load(cfg, &errs);
+        if (errs.n == before) cfg->utls = mg_utls_load(cfg, &errs); /* names both above */
         if (errs.n > before) {
             mg_config_free(cfg);
             cfg = NULL;

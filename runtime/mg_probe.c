@@ -5,7 +5,11 @@
  * together probe each target once per `healthy.interval` while it is healthy and once per
  * `unhealthy.interval` while not). A probe is a non-blocking connect on the event loop, for
  * `type: tcp` the connect is the answer; for `type: http` an HTTP/1.0 GET of `http_path` with
- * the target's Host, whose status line is the answer. `timeout` bounds the whole probe.
+ * the target's Host, whose status line is the answer; `type: https` sends it over TLS
+ * (mg_utls.c) after a handshake with `https_sni` (else the upstream's host_header, else the
+ * target's host name), verifying the certificate when `https_verify_certificate` (Kong's
+ * default) against what the traffic trusts (mg_utls_load). A failed handshake counts as a
+ * tcp failure, like a refused connect. `timeout` bounds the whole probe.
  * Results are counted against the active thresholds by mg_health.c, which logs transitions.
  * Nothing is allocated per tick; one small block per probe in flight. A target named by host
  * is probed at each address of its current answer (its address slots in the health zone).
@@ -22,12 +26,18 @@
 #include "mg_health.h"
 #include "mg_log.h"
 #include "mg_request.h"
+#include "mg_utls.h"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 typedef struct probe_s {
     ev_io io;
     ev_timer timer;
     int fd;
     bool connected;
+    SSL *ssl;      /* type https */
+    bool tls_done; /* the handshake finished: requests go through ssl */
     const mg_upstream_t *up;
     const mg_target_t *t;
     unsigned slot; /* the address slot probed */
@@ -54,6 +64,12 @@ static void probe_free(probe_t *p)
 {
     ev_io_stop(mg_worker.loop, &p->io);
     ev_timer_stop(mg_worker.loop, &p->timer);
+    if (p->ssl) {
+        ERR_clear_error();
+        if (p->tls_done) SSL_shutdown(p->ssl); /* close_notify, never waited for */
+        SSL_free(p->ssl);
+        ERR_clear_error();
+    }
     if (p->fd >= 0) close(p->fd);
     *p->prev = p->next;
     if (p->next) p->next->prev = p->prev;
@@ -82,6 +98,72 @@ static int status_of(const char *b, size_t len)
     return st;
 }
 
+static void watch(probe_t *p, int events)
+{
+    if (ev_is_active(&p->io) && (p->io.events & (EV_READ | EV_WRITE)) == events) return;
+    ev_io_stop(mg_worker.loop, &p->io);
+    ev_io_set(&p->io, p->fd, events);
+    ev_io_start(mg_worker.loop, &p->io);
+}
+
+/* The name an https probe sends as SNI and verifies (NULL: none). */
+static const char *probe_name(const probe_t *p)
+{
+    const mg_upstream_t *up = p->up;
+    if (up->healthchecks.active.https_sni) return up->healthchecks.active.https_sni;
+    return up->host_header ? up->host_header : p->t->host;
+}
+
+/* The TLS handshake of an https probe: true once done; false when it waits (watched) or
+ * failed (the probe is over). */
+static bool probe_tls(probe_t *p)
+{
+    if (p->ssl == NULL) {
+        p->ssl = mg_utls_new(p->up->probe_tls, p->fd, probe_name(p), NULL);
+        if (p->ssl == NULL) {
+            probe_free(p); /* a local shortage says nothing about the target */
+            return false;
+        }
+    }
+    int want;
+    char why[224];
+    int rc = mg_utls_handshake(p->ssl, &want, why, sizeof(why));
+    if (rc == MG_AGAIN) {
+        watch(p, want);
+        return false;
+    }
+    if (rc == MG_ERROR) {
+        mg_log_info("active health check of upstream \"%s\" target %s: TLS %s", p->up->name,
+                    p->t->target, why);
+        probe_done(p, MG_HC_EV_TCP_FAILURE, 0);
+        return false;
+    }
+    p->tls_done = true;
+    watch(p, EV_WRITE);
+    return true;
+}
+
+/* send()/recv() or their TLS equivalents: bytes moved, 0 at the end of the stream, -1 with
+ * *again when the probe must wait for `*again` (EV_READ or EV_WRITE), else a failure. */
+static ssize_t probe_xfer(probe_t *p, bool out, char *buf, size_t len, int *again)
+{
+    *again = 0;
+    if (p->ssl == NULL) {
+        ssize_t n = out ? send(p->fd, buf, len, MSG_NOSIGNAL) : recv(p->fd, buf, len, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) *again = out ? EV_WRITE : EV_READ;
+        return n;
+    }
+    ERR_clear_error();
+    int n = out ? SSL_write(p->ssl, buf, (int)len) : SSL_read(p->ssl, buf, (int)len);
+    if (n > 0) return n;
+    int e = SSL_get_error(p->ssl, n);
+    ERR_clear_error();
+    if (e == SSL_ERROR_WANT_READ) *again = EV_READ;
+    if (e == SSL_ERROR_WANT_WRITE) *again = EV_WRITE;
+    if (e == SSL_ERROR_ZERO_RETURN) return 0;
+    return -1;
+}
+
 static void probe_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     probe_t *p = MG_CONTAINER_OF(w, probe_t, io);
@@ -99,22 +181,23 @@ static void probe_io_cb(struct ev_loop *loop, ev_io *w, int revents)
             return;
         }
     }
+    if (p->up->healthchecks.active.type == MG_HC_HTTPS && !p->tls_done && !probe_tls(p)) return;
+    int again;
     if (p->sent < p->reqlen) {
-        ssize_t n = send(p->fd, p->req + p->sent, p->reqlen - p->sent, MSG_NOSIGNAL);
-        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+        ssize_t n = probe_xfer(p, true, p->req + p->sent, p->reqlen - p->sent, &again);
+        if (n <= 0 && !again) {
             probe_done(p, MG_HC_EV_TCP_FAILURE, 0);
             return;
         }
         if (n > 0) p->sent += (size_t)n;
-        if (p->sent == p->reqlen) {
-            ev_io_stop(loop, &p->io);
-            ev_io_set(&p->io, p->fd, EV_READ);
-            ev_io_start(loop, &p->io);
-        }
+        watch(p, p->sent == p->reqlen ? EV_READ : again ? again : EV_WRITE);
         return;
     }
-    ssize_t n = recv(p->fd, p->buf + p->len, sizeof(p->buf) - p->len, 0);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    ssize_t n = probe_xfer(p, false, p->buf + p->len, sizeof(p->buf) - p->len, &again);
+    if (n < 0 && again) {
+        watch(p, again);
+        return;
+    }
     if (n > 0) p->len += (size_t)n;
     if (n > 0 && p->len < 12) return;
     int st = status_of(p->buf, p->len);
@@ -138,7 +221,7 @@ static void probe_start(const mg_upstream_t *up, const mg_target_t *t, unsigned 
     p->up = up;
     p->t = t;
     p->slot = slot;
-    if (hc->active.type == MG_HC_HTTP) {
+    if (hc->active.type == MG_HC_HTTP || hc->active.type == MG_HC_HTTPS) {
         int n = snprintf(p->req, sizeof(p->req),
                          "GET %s HTTP/1.0\r\nHost: %s\r\nUser-Agent: moongate-healthcheck\r\n"
                          "Connection: close\r\n\r\n",

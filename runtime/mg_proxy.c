@@ -205,15 +205,15 @@ static int write_request_head(mg_req_t *r, mg_buf_t *b)
         PUT_STR(&o, m->host);
     } else if (s->upstream && s->upstream->host_header) {
         put_cstr(&o, s->upstream->host_header);
-    } else if (r->target) { /* Kong: the target's host and port */
+    } else if (r->target) { /* Kong: the target's host and port (unless the scheme's) */
         put_cstr(&o, r->target->host);
-        if (r->target->port != 80) {
+        if (r->target->port != (s->tls ? 443 : 80)) {
             PUT_LIT(&o, ":");
             put_u64(&o, r->target->port);
         }
     } else {
         put_cstr(&o, s->host);
-        if (s->port != 80) {
+        if (s->port != (s->tls ? 443 : 80)) {
             PUT_LIT(&o, ":");
             put_u64(&o, s->port);
         }
@@ -303,6 +303,7 @@ static int write_request_head(mg_req_t *r, mg_buf_t *b)
     }
     PUT_LIT(&o, "\r\n");
     if (o.overflow) return MG_ERROR;
+    r->up_head_len = (size_t)(o.p - mg_buf_last(b));
     b->end = (size_t)(o.p - b->data);
     return MG_OK;
 }
@@ -385,6 +386,23 @@ static int write_response_head(mg_req_t *r)
     return MG_OK;
 }
 
+/* Whether r may take one more try after a failed one: `retries` counts the tries after the
+ * first, and a stale pooled connection's free retry (nginx's too) is not one of them. */
+static bool retry_budget_left(const mg_req_t *r)
+{
+    return r->tries - r->stale_retried <= r->service->retries;
+}
+
+/* Notes the address try number r->tries went to, for the logs: copied, since a named
+ * target's address may leave (its balancer entry and connection freed) before the log. */
+static void record_try(mg_req_t *r, const char *addr)
+{
+    snprintf(r->upstream_addr_text, sizeof(r->upstream_addr_text), "%s", addr);
+    r->upstream_addr = r->upstream_addr_text;
+    if (r->tries >= 1 && r->tries <= MG_LOGGED_TRIES)
+        memcpy(r->try_addrs[r->tries - 1], r->upstream_addr_text, sizeof(r->try_addrs[0]));
+}
+
 static bool connect_upstream(mg_req_t *r)
 {
     const mg_service_t *s = r->service;
@@ -394,39 +412,64 @@ static bool connect_upstream(mg_req_t *r)
         mg_upstream_release(r->u, false);
         r->u = NULL;
     }
-    r->tries++;
     if (s->upstream && !r->lb_keyed) balancer_key(r);
-    mg_uconn_t *u = mg_upstream_get(s, r);
+    mg_uconn_t *u;
+    for (;;) { /* a connect refused at once is a try too: the next one follows now */
+        r->tries++;
+        u = mg_upstream_get(s, r);
+        if (u != NULL || r->lb_no_peer || r->dns_wait || r->dns_failed) break;
+        int err = errno;
+        record_try(r, mg_upstream_try_addr());
+        if (r->target)
+            mg_log_err("cannot connect to upstream \"%s\" target %s (try %u): %s",
+                       s->upstream->name, r->target->target, r->tries, strerror(err));
+        else
+            mg_log_err("cannot connect to upstream %s:%u (try %u): %s", s->host, s->port, r->tries,
+                       strerror(err));
+        if (!retry_budget_left(r)) break;
+    }
     if (u == NULL) {
         mg_buf_put(pending);
-        if (r->dns_wait)
+        if (r->dns_wait) {
             r->tries--; /* no try yet: the request waits for the name's answer */
-        else if (r->dns_failed)
+        } else if (r->dns_failed) {
+            r->tries--; /* no address, no try */
             mg_log_err("name resolution failed for %s (service %s)", s->host,
                        s->name ? s->name : "(unnamed)");
-        else if (r->lb_no_peer)
+        } else if (r->lb_no_peer) {
+            r->tries--; /* no target, no try */
             mg_log_err("upstream \"%s\": no target can take traffic (weights 0 or none)",
                        s->upstream->name);
-        else if (r->target)
-            mg_log_err("cannot connect to upstream \"%s\" target %s (try %u): %s",
-                       s->upstream->name, r->target->target, r->tries, strerror(errno));
-        else
-            mg_log_err("cannot connect to upstream %s:%u: %s", s->host, s->port, strerror(errno));
+        }
         return false;
     }
     r->u = u;
-    if (pending) {
+    size_t need = r->msg.head_len + 2048 + (s->path ? strlen(s->path) : 0);
+    if (pending && pending->start == 0 && mg_buf_len(pending) >= r->up_head_len) {
+        /* nothing of it was written (the connect failed): body bytes streamed from the
+         * client follow the head, which is written again for this try (its Host names the
+         * new target) */
+        size_t body = mg_buf_len(pending) - r->up_head_len;
+        unsigned chunked = r->msg.out_chunked; /* 0 once the last chunk is queued */
+        u->out = mg_buf_get_size(need + MG_MAX(body, (size_t)MG_BUF_SIZE));
+        if (u->out == NULL || write_request_head(r, u->out) != MG_OK) {
+            mg_buf_put(pending);
+            mg_log_err("request head does not fit the upstream buffer");
+            return false;
+        }
+        r->msg.out_chunked = chunked;
+        mg_buf_append(u->out, mg_buf_pos(pending) + r->up_head_len, body);
+        mg_buf_put(pending);
+    } else if (pending) {
         u->out = pending;
     } else {
-        size_t need = r->msg.head_len + 2048 + (s->path ? strlen(s->path) : 0);
         u->out = mg_buf_get_size(need);
         if (u->out == NULL || write_request_head(r, u->out) != MG_OK) {
             mg_log_err("request head does not fit the upstream buffer");
             return false;
         }
     }
-    snprintf(r->upstream_addr_text, sizeof(r->upstream_addr_text), "%s", mg_upstream_uconn_addr(u));
-    r->upstream_addr = r->upstream_addr_text;
+    record_try(r, mg_upstream_uconn_addr(u));
     if (r->target)
         mg_log_debug("upstream \"%s\" try %u: target %s (%s)", s->upstream->name, r->tries,
                      r->target->target, r->upstream_addr);
@@ -604,6 +647,13 @@ static bool hash_input(mg_req_t *r, const mg_upstream_t *up, int how, bool fallb
     case MG_HASH_QUERY_ARG:
         return find_query_arg(r->msg.query,
                               fallback ? up->hash_fallback_query_arg : up->hash_on_query_arg, v);
+    case MG_HASH_CONSUMER: /* set by moongate.client.authenticate, in access at the latest */
+        *v = r->lb_consumer;
+        return v->len > 0;
+    case MG_HASH_URI_CAPTURE:
+        return mg_router_capture(r->route_regex, r->msg.path,
+                                 fallback ? up->hash_fallback_uri_capture : up->hash_on_uri_capture,
+                                 v) == MG_OK;
     default:
         return false;
     }
@@ -655,6 +705,31 @@ static void finish_upstream_failure(mg_req_t *r, unsigned status)
     mg_conn_respond_error(r, status, NULL);
 }
 
+/* Whether the method that goes upstream (a plugin may have changed it) is idempotent. */
+static bool upstream_idempotent(const mg_req_t *r)
+{
+    if (r->up_method.data == NULL) return is_idempotent(&r->msg);
+    static const mg_str_t safe[] = {{3, "GET"},    {4, "HEAD"},    {3, "PUT"},
+                                    {6, "DELETE"}, {7, "OPTIONS"}, {5, "TRACE"}};
+    for (size_t i = 0; i < MG_ARRAY_SIZE(safe); i++)
+        if (r->up_method.len == safe[i].len &&
+            memcmp(r->up_method.data, safe[i].data, safe[i].len) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * A try failed before the client got a byte of the response: the next try goes to another
+ * target (or the same host again) when
+ *  - the connect failed: nothing was sent, any method, within `retries`;
+ *  - the connection failed or timed out after the request (or part of it) went out, nothing
+ *    came back yet, the method is idempotent (RFC 9110 9.2.2) or the service has
+ *    retry_non_idempotent, and the body can be sent again: none, or held whole in body_buf
+ *    (a streamed body's bytes are gone); within `retries`, except that a pooled connection
+ *    the backend had closed gets one more try for free (nginx does the same).
+ * Anything else ends the request: 504 after a timeout, 502 otherwise, or an aborted client
+ * connection once the response has started.
+ */
 void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout)
 {
     mg_uconn_t *u = r->u;
@@ -666,32 +741,39 @@ void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout)
      * connection the backend had closed is not the target failing (the retry will tell) */
     if (u && !r->resp.head_done && !(u->reused && !timeout))
         u->hc_failure = timeout ? MG_HC_EV_TIMEOUT : MG_HC_EV_TCP_FAILURE;
+    const char *why = timeout              ? "timed out"
+                      : u && u->tls_failed ? mg_upstream_tls_error(u)
+                                           : strerror(err);
+    bool replayable = r->msg.body_kind == MG_BODY_NONE || r->body_buffered;
+    bool may_resend = replayable && (upstream_idempotent(r) || s->retry_non_idempotent);
+    bool stale = u && u->reused && !connecting && !timeout && !r->stale_retried;
+    bool retry =
+        !r->head_sent && nothing_received &&
+        (connecting ? retry_budget_left(r) : may_resend && (stale || retry_budget_left(r)));
+    const char *next = retry ? "; trying again" : "";
     if (r->target)
-        mg_log_err("upstream %s (upstream \"%s\" target %s, %s, try %u): %s",
+        mg_log_err("upstream %s (upstream \"%s\" target %s, %s, try %u): %s%s",
                    connecting ? "connect failed" : "failed", s->upstream->name, r->target->target,
-                   r->upstream_addr, r->tries, timeout ? "timed out" : strerror(err));
+                   r->upstream_addr, r->tries, why, next);
     else
-        mg_log_err("upstream %s (%s:%u, try %u): %s", connecting ? "connect failed" : "failed",
-                   s->host, s->port, r->tries, timeout ? "timed out" : strerror(err));
-    /* a failed connect has sent nothing, so any method may be retried; later failures only
-     * for a stale pooled connection of an idempotent request without a body */
-    bool retry = !r->head_sent && nothing_received &&
-                 ((connecting && r->tries <= s->retries) ||
-                  (u && u->reused && !connecting && !timeout && !r->stale_retried &&
-                   is_idempotent(&r->msg) && r->msg.body_kind == MG_BODY_NONE));
-    if (retry && !connecting) r->stale_retried = 1;
-    /* the next try of a balanced service goes to another target: its head (Host) is rebuilt
-     * unless body bytes streamed from the client already follow it in the buffer */
-    bool rebuild =
-        !connecting || (s->upstream && (r->msg.body_kind == MG_BODY_NONE || r->body_buffered));
+        mg_log_err("upstream %s (%s:%u, try %u): %s%s", connecting ? "connect failed" : "failed",
+                   s->host, s->port, r->tries, why, next);
+    if (retry && stale) r->stale_retried = 1;
+    /* what the next try sends: everything again from scratch when the body can be, else (a
+     * failed connect, nothing written) the pending bytes, behind a head written anew for the
+     * new target by connect_upstream() */
+    bool rebuild = !connecting || (s->upstream && replayable);
     if (retry) {
+        /* the next try's response is parsed from scratch (this one may have seen its EOF) */
+        if (r->resp.headers)
+            mg_http_msg_init(&r->resp, HTTP_RESPONSE, r->resp_headers, MAX_RESP_HEADERS);
         if (rebuild && u) {
             mg_buf_put(u->out); /* rebuild the head for the fresh connection */
             u->out = NULL;
-            if (r->body_buffered) { /* and send a plugin's body again */
+            r->req_sent = 0;
+            if (r->body_buffered) { /* and send the held body again */
                 r->body_sent = 0;
                 r->req_body_done = 0;
-                r->req_sent = 0;
             }
         }
         if (connect_upstream(r)) {
@@ -707,6 +789,8 @@ void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout)
             mg_conn_respond_error(r, 503, NAME_FAILED_MESSAGE);
             return;
         }
+        finish_upstream_failure(r, 502); /* the last try's connect failed */
+        return;
     }
     finish_upstream_failure(r, timeout ? 504 : 502);
 }
@@ -924,7 +1008,7 @@ void mg_proxy_pump(mg_req_t *r)
             r->req_sent = 1;
         if (r->tunnel && c->s.eof && mg_buf_len(c->in) == 0 && u->out && mg_buf_len(u->out) == 0 &&
             !r->tunnel_client_done) {
-            shutdown(u->s.fd, SHUT_WR); /* half-close travels through the tunnel */
+            mg_sock_shutdown_write(&u->s); /* half-close travels through the tunnel */
             r->tunnel_client_done = 1;
             progress = true;
         }
@@ -1072,7 +1156,7 @@ void mg_proxy_pump(mg_req_t *r)
         /* tunnel: a side that finished sending half-closes the other */
         if (r->tunnel) {
             if (u->s.eof && mg_buf_len(u->in) == 0 && mg_buf_len(r->out) == 0 && !r->resp_done) {
-                shutdown(c->s.fd, SHUT_WR);
+                mg_sock_shutdown_write(&c->s);
                 r->resp_done = 1;
             }
             if (r->resp_done && r->tunnel_client_done) {

@@ -27,6 +27,8 @@
 #include "mg_sock.h"
 
 typedef struct mg_req_s mg_req_t;
+/* Tries whose address the access log names (more are counted, not named). */
+#define MG_LOGGED_TRIES 8
 typedef struct mg_conn_s mg_conn_t;
 typedef struct mg_uconn_s mg_uconn_t;
 
@@ -75,7 +77,13 @@ enum { MG_CONN_IDLE, MG_CONN_HEAD, MG_CONN_ACTIVE, MG_CONN_LINGER, MG_CONN_TLS }
 
 struct mg_uconn_s {
     mg_sock_t s; /* the upstream socket, its watcher, timer and readiness */
+    /* connected: ready for the request (TCP up and, for https, the handshake done) */
     unsigned connected : 1, reused : 1;
+    unsigned tcp_done : 1;           /* https: TCP is up, the TLS handshake runs (hs_want) */
+    unsigned tls_failed : 1;         /* the handshake failed: mg_upstream_tls_error() says why */
+    int hs_want;                     /* EV_READ or EV_WRITE: what the handshake waits for */
+    const struct mg_utls_ctx_s *tls; /* the client context (s->ssl), NULL for plain TCP: a
+                                        pooled connection serves only its own context */
     unsigned requests;
     const mg_service_t *service;  /* timeouts */
     unsigned pool;                /* keepalive pool: the service's, or its target address's */
@@ -130,8 +138,13 @@ struct mg_req_s {
     unsigned client_aborted : 1;
     char request_id[33];
     mg_str_t rid;
-    const char *upstream_addr;      /* "ip:port" of the service, for the log; "" before */
-    char upstream_addr_text[64];    /* its storage: the connection may be gone by the log */
+    /* "ip:port" of the last try, for logs ("" before); the texts are copies: the connection,
+     * or the balancer entry of a named target's address, may be gone by the log */
+    const char *upstream_addr;
+    char upstream_addr_text[64];
+    /* "ip:port" of each try, in order: the access log lists them, like nginx's
+     * $upstream_addr; tries past MG_LOGGED_TRIES are only counted */
+    char try_addrs[MG_LOGGED_TRIES][64];
     const char *body_limit_message; /* the 413's message when a plugin lowered the limit */
 
     /* balancing: a service whose host names an upstream */
@@ -142,6 +155,8 @@ struct mg_req_s {
     unsigned lb_keyed : 1;   /* lb_hash was computed (once per request) */
     unsigned lb_no_peer : 1; /* no target can take traffic: 503 */
     int lb_last1;            /* the previous try's peer + 1 (0: none) */
+    const void *route_regex; /* the route's regex path that matched (uri_capture), or NULL */
+    mg_str_t lb_consumer;    /* the authenticated consumer's id (else credential's), or none */
 
     /* DNS (mg_dns.c): a service host or an upstream's targets waiting for their first answer
      * park the request (bounded by connect_timeout); a failed name answers 503 */
@@ -174,6 +189,7 @@ struct mg_req_s {
     mg_buf_t *body_buf;         /* the request body read for plugins (get_raw_body), or the
                                    one they set (set_raw_body); sent upstream from here */
     size_t body_sent;           /* bytes of body_buf already queued for the upstream */
+    size_t up_head_len;         /* bytes of the upstream request head last written */
     mg_buf_t *filter_in;        /* a decoded piece of the upstream body, for the filter */
     mg_buf_t *filtered;         /* the filter's framed output, waiting for room in r->out */
     char *filter_chunk;         /* what set_chunk() gave (malloc), NULL = unchanged */
@@ -233,7 +249,10 @@ void mg_proxy_dns_cancel(mg_req_t *r);
  * r->lb_hash for consistent hashing): none available sets r->lb_no_peer (errno EHOSTUNREACH);
  * the pool is the target address's, so a connection to one never serves another. A host
  * (or every target) still waiting for its first DNS answer sets r->dns_wait and r->dns_name
- * (errno EAGAIN); a service host that did not resolve sets r->dns_failed. */
+ * (errno EAGAIN); a service host that did not resolve sets r->dns_failed. For an https
+ * service (s->tls) a pooled connection must share s's client context, and a new one runs its
+ * TLS handshake after the connect (u->connected once it is done; a failure reaches
+ * mg_proxy_upstream_error as a connect failure). */
 mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r);
 /* Returns u to the keepalive pool when `reusable`, otherwise closes it. */
 void mg_upstream_release(mg_uconn_t *u, bool reusable);
@@ -251,6 +270,12 @@ const char *mg_upstream_addr_text(const mg_service_t *s);
 /* "ip:port" of what u connects to (the service's address or its target's); valid while u
  * lives. */
 const char *mg_upstream_uconn_addr(const mg_uconn_t *u);
+/* Why u's TLS handshake failed (u->tls_failed), for the error log. */
+const char *mg_upstream_tls_error(const mg_uconn_t *u);
+/* "ip:port" of the address the last mg_upstream_get went to when it returned NULL without
+ * a connection (a try that failed at once still names where it went; "" when no address
+ * was picked); valid until the next mg_upstream_get. */
+const char *mg_upstream_try_addr(void);
 
 /* mg_worker.c */
 /* Runs a worker's event loop on listen_fds (one per cfg->proxy_listen entry) until it is

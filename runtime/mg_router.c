@@ -101,6 +101,9 @@ typedef struct {
     size_t nheaders;
 } rinfo_t;
 
+/* Groups mg_router_capture can see (a named group numbered higher is not found). */
+#define CAPTURE_PAIRS 32
+
 /* One (route, host, path) triple in a bucket. */
 typedef struct {
     uint32_t rank; /* position in the global precedence order: lower wins */
@@ -1010,5 +1013,24 @@ int mg_router_match(const mg_router_t *rt, const mg_router_req_t *req, mg_router
     if (x.win == NULL) return MG_DECLINED;
     m->route = x.win->ri->route;
     m->path_prefix_len = x.plen;
+    m->regex = x.win->re;
+    return MG_OK;
+}
+
+int mg_router_capture(const void *regex, mg_str_t path, const char *name, mg_str_t *out)
+{
+    static pcre2_match_data *md; /* one per worker, for the life of the process */
+    const pcre2_code *re = regex;
+    if (re == NULL) return MG_DECLINED;
+    int group = pcre2_substring_number_from_name(re, (PCRE2_SPTR)name);
+    if (group <= 0) return MG_DECLINED;
+    if (md == NULL && (md = pcre2_match_data_create(CAPTURE_PAIRS, NULL)) == NULL)
+        return MG_DECLINED;
+    if (group >= CAPTURE_PAIRS) return MG_DECLINED;
+    int rc = pcre2_match(re, (PCRE2_SPTR)(path.data ? path.data : ""), path.len, 0, 0, md, NULL);
+    if (rc <= group && rc != 0) return MG_DECLINED; /* no match, or the group is unset */
+    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+    if (ov[2 * group] == PCRE2_UNSET || ov[2 * group + 1] < ov[2 * group]) return MG_DECLINED;
+    *out = (mg_str_t){ov[2 * group + 1] - ov[2 * group], path.data + ov[2 * group]};
     return MG_OK;
 }

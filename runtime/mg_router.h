@@ -29,6 +29,7 @@ typedef struct {
     const mg_route_t *route;
     size_t path_prefix_len; /* bytes of the path the route matched (prefix or regex match
                                end), for strip_path; 0 when the route has no paths */
+    const void *regex;      /* the regex path that matched (its captures), or NULL */
 } mg_router_match_t;
 
 /*
@@ -41,5 +42,11 @@ void mg_router_free(mg_router_t *rt);
 
 /* Fills m and returns MG_OK, or returns MG_DECLINED when no route matches. */
 int mg_router_match(const mg_router_t *rt, const mg_router_req_t *req, mg_router_match_t *m);
+
+/* The value of named group `name` when `regex` (a match's m->regex) matches `path`: MG_OK with
+ * *out pointing into path, MG_DECLINED when the regex has no such group, does not match or the
+ * group took no part. Matches again (only hash_on: uri_capture asks), in a match block reused
+ * by the worker: nothing is allocated per call. */
+int mg_router_capture(const void *regex, mg_str_t path, const char *name, mg_str_t *out);
 
 #endif

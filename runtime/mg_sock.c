@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -164,4 +165,14 @@ int mg_sock_write(mg_sock_t *s, mg_buf_t *b, uint64_t *counter)
     }
     if (mg_buf_len(b) == 0) b->start = b->end = 0;
     return MG_OK;
+}
+
+void mg_sock_shutdown_write(mg_sock_t *s)
+{
+    if (s->ssl) {
+        ERR_clear_error();
+        SSL_shutdown(s->ssl); /* queues close_notify; reading continues until the peer's */
+        ERR_clear_error();
+    }
+    shutdown(s->fd, SHUT_WR);
 }

@@ -51,4 +51,8 @@ ssize_t mg_sock_read(mg_sock_t *s, mg_buf_t *b);
  */
 int mg_sock_write(mg_sock_t *s, mg_buf_t *b, uint64_t *counter);
 
+/* Half-closes the sending side: a TLS socket sends close_notify first (without waiting for
+ * the peer's), so the peer sees the end of the stream, not a truncation; reads go on. */
+void mg_sock_shutdown_write(mg_sock_t *s);
+
 #endif

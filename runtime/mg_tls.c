@@ -28,6 +28,18 @@
  * renegotiation, no compression, ALPN http/1.1 only (a client offering only other
  * protocols gets no_application_protocol, as nginx does).
  *
+ * Client certificates (mTLS). With `ssl_verify_client: optional | on` every context asks for
+ * a client certificate and names `ssl_client_ca_certificates` in its CertificateRequest; an
+ * mtls-auth plugin anywhere makes it ask too (optionally) whatever the setting, as Kong
+ * does. The handshake never fails over a certificate: OpenSSL's own verification is
+ * replaced (cert_verify_cb) by ours, which checks the chain once against every "verifier"
+ * (the listener's CAs, and each distinct CA list of the mtls-auth plugins) and keeps one bit
+ * per verifier on the connection. `on` turns an unverified client away at its first request
+ * (400, as nginx), `optional` lets it through; plugins read the bits. The bits travel in the
+ * session ticket (ticket appdata), so a resumed session keeps its verdicts without the
+ * chain, which tickets do not carry. The certificate's names and PEM are parsed once per
+ * connection, on first use (mg_tls_peer).
+ *
  * Session tickets: the master draws a random secret at load, before forking; every
  * ticket key is HMAC(secret, label || hour number), so all workers agree without sharing
  * memory, keys rotate every hour, and tickets of the previous hour are still accepted (and
@@ -48,7 +60,9 @@
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
+#include "mg_ca.h"
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_tls.h"
@@ -58,13 +72,22 @@
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                                   \
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"                                   \
     "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
-#define TICKET_PERIOD 3600 /* seconds a ticket key encrypts new tickets */
+#define TICKET_PERIOD 3600   /* seconds a ticket key encrypts new tickets */
+#define MAX_VERIFIERS 32     /* one bit each in a connection's verdicts */
+#define APPDATA_MAGIC 0x6d67 /* "mg": ticket appdata holding verdicts */
 
 typedef struct {
     char *name; /* lower-case; "*.example.com" or "example.*" for wildcards */
     size_t cert;
     char *path; /* where it was declared, for duplicate messages */
 } sni_t;
+
+/* A trust store client certificates are checked against: [0] the listener's, the others
+ * one per distinct (CA list, allow_partial_chain) of the mtls-auth plugins. */
+typedef struct {
+    X509_STORE *store; /* NULL: [0] with ssl_verify_client off */
+    char *key;         /* the CA ids joined by '\n', then "|partial" when partial chains count */
+} verifier_t;
 
 struct mg_tls_s {
     SSL_CTX **ctxs; /* one per certificate entity */
@@ -74,6 +97,11 @@ struct mg_tls_s {
     sni_t *snis; /* sorted by name */
     size_t nsnis, capsnis;
     unsigned char secret[32];
+    int verify_mode; /* MG_VERIFY_* */
+    bool ask_cert;   /* contexts send a CertificateRequest */
+    verifier_t verifiers[MAX_VERIFIERS];
+    size_t nverifiers;
+    STACK_OF(X509_NAME) * ca_names; /* named in the CertificateRequest */
 };
 
 typedef struct {
@@ -112,22 +140,7 @@ static int no_password(char *buf, int size, int rwflag, void *u)
 /* A BIO over the PEM text, or over the file the value names. NULL with a message in why. */
 static BIO *pem_bio(load_t *L, const char *v, char *why, size_t wlen)
 {
-    if (strstr(v, "-----BEGIN")) return BIO_new_mem_buf(v, -1);
-    if (*v == '\0') {
-        snprintf(why, wlen, "must be PEM text or the path of a PEM file");
-        return NULL;
-    }
-    char path[4096];
-    if (v[0] == '/' || L->cfg->prefix == NULL)
-        snprintf(path, sizeof(path), "%s", v);
-    else
-        snprintf(path, sizeof(path), "%s/%s", L->cfg->prefix, v);
-    BIO *b = BIO_new_file(path, "r");
-    if (b == NULL) {
-        snprintf(why, wlen, "cannot read '%s': %s", path, strerror(errno ? errno : ENOENT));
-        ERR_clear_error();
-    }
-    return b;
+    return mg_pem_bio(L->cfg, v, why, wlen);
 }
 
 typedef struct {
@@ -524,6 +537,400 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
     return 0; /* unknown or expired key: a full handshake */
 }
 
+/* ---- client certificates -------------------------------------------------------------- */
+
+static int peer_index = -1; /* SSL ex_data slot of a connection's mg_tls_peer_t */
+
+static void peer_free_strings(mg_tls_peer_t *p)
+{
+    free(p->chain_pem);
+    free(p->subject_dn);
+    free(p->issuer_dn);
+    free(p->cn);
+    free(p->sans);
+    free(p->serial);
+    free(p->fingerprint);
+}
+
+static void peer_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                         void *argp)
+{
+    mg_tls_peer_t *p = ptr;
+    if (p == NULL) return;
+    peer_free_strings(p);
+    free(p);
+}
+
+static mg_tls_peer_t *peer_new(SSL *ssl)
+{
+    mg_tls_peer_t *p = SSL_get_ex_data(ssl, peer_index);
+    if (p) return p;
+    p = calloc(1, sizeof(*p));
+    if (p && SSL_set_ex_data(ssl, peer_index, p) != 1) {
+        free(p);
+        p = NULL;
+    }
+    return p;
+}
+
+/* Checks leaf (+ untrusted chain) against one verifier; its X509_V_ERR_* in *err. */
+static bool verify_with(const verifier_t *v, X509 *leaf, STACK_OF(X509) * chain, int *err)
+{
+    *err = X509_V_ERR_UNSPECIFIED;
+    if (v->store == NULL) return false;
+    X509_STORE_CTX *vc = X509_STORE_CTX_new();
+    bool ok =
+        vc && X509_STORE_CTX_init(vc, v->store, leaf, chain) == 1 && X509_verify_cert(vc) == 1;
+    if (vc) *err = ok ? X509_V_OK : X509_STORE_CTX_get_error(vc);
+    X509_STORE_CTX_free(vc);
+    ERR_clear_error();
+    return ok;
+}
+
+/* Replaces OpenSSL's verification of a client's chain: one verdict per verifier, kept on the
+ * connection; the handshake goes on whatever they are. */
+static int cert_verify_cb(X509_STORE_CTX *xs, void *arg)
+{
+    const mg_tls_t *t = arg;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx());
+    X509 *leaf = X509_STORE_CTX_get0_cert(xs);
+    STACK_OF(X509) *chain = X509_STORE_CTX_get0_untrusted(xs);
+    mg_tls_peer_t *p = ssl ? peer_new(ssl) : NULL;
+    if (p == NULL || leaf == NULL) return 0; /* out of memory: fail the handshake */
+    p->ok = 0;
+    p->err0 = X509_V_ERR_UNSPECIFIED;
+    for (size_t i = 0; i < t->nverifiers; i++) {
+        int err;
+        if (verify_with(&t->verifiers[i], leaf, chain, &err)) p->ok |= 1u << i;
+        if (i == 0) p->err0 = err;
+    }
+    X509_STORE_CTX_set_error(xs, X509_V_OK);
+    return 1;
+}
+
+/* A new ticket carries the connection's verdicts (its chain is not in the ticket). */
+static int ticket_gen_cb(SSL *ssl, void *arg)
+{
+    const mg_tls_peer_t *p = SSL_get_ex_data(ssl, peer_index);
+    SSL_SESSION *sess = SSL_get0_session(ssl);
+    if (p == NULL || sess == NULL) return 1;
+    uint32_t data[3] = {APPDATA_MAGIC, p->ok, (uint32_t)p->err0};
+    return SSL_SESSION_set1_ticket_appdata(sess, data, sizeof(data));
+}
+
+/* A resumed session gets its verdicts back from the ticket; OpenSSL's decision stands. */
+static SSL_TICKET_RETURN ticket_dec_cb(SSL *ssl, SSL_SESSION *sess, const unsigned char *name,
+                                       size_t nlen, SSL_TICKET_STATUS status, void *arg)
+{
+    switch (status) {
+    case SSL_TICKET_SUCCESS:
+    case SSL_TICKET_SUCCESS_RENEW: {
+        void *data = NULL;
+        size_t len = 0;
+        uint32_t v[3];
+        if (SSL_SESSION_get0_ticket_appdata(sess, &data, &len) == 1 && len == sizeof(v)) {
+            memcpy(v, data, sizeof(v));
+            mg_tls_peer_t *p = v[0] == APPDATA_MAGIC ? peer_new(ssl) : NULL;
+            if (p) {
+                p->ok = v[1];
+                p->err0 = (int)v[2];
+            }
+        }
+        return status == SSL_TICKET_SUCCESS ? SSL_TICKET_RETURN_USE : SSL_TICKET_RETURN_USE_RENEW;
+    }
+    case SSL_TICKET_EMPTY:
+    case SSL_TICKET_NO_DECRYPT:
+        return SSL_TICKET_RETURN_IGNORE_RENEW;
+    default:
+        return SSL_TICKET_RETURN_ABORT;
+    }
+}
+
+/* Joins ids with '\n', then "|partial": the key mtls-auth's handler computes alike. */
+static char *verifier_key(const char *const *ids, size_t n, bool partial)
+{
+    size_t len = 16;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(ids[i]) + 1;
+    char *k = malloc(len), *o = k;
+    if (k == NULL) return NULL;
+    for (size_t i = 0; i < n; i++)
+        o += sprintf(o, "%s%s", i ? "\n" : "", ids[i]);
+    strcpy(o, partial ? "|partial" : "");
+    return k;
+}
+
+/* Builds verifier `slot` from refs; false when out of memory (reported). */
+static bool set_verifier(load_t *L, size_t slot, const mg_ca_refs_t *refs, char *key, int depth,
+                         bool partial, const char *path)
+{
+    verifier_t *v = &L->t->verifiers[slot];
+    v->key = key;
+    v->store = mg_ca_store(L->cfg->ca, refs);
+    if (v->key == NULL || v->store == NULL) {
+        mg_config_errors_add(L->errs, "%s: out of memory", path);
+        return false;
+    }
+    /* chain, validity and the clientAuth usage (an extendedKeyUsage without it is refused) */
+    X509_STORE_set_purpose(v->store, X509_PURPOSE_SSL_CLIENT);
+    if (depth >= 0) X509_STORE_set_depth(v->store, depth);
+    if (partial) X509_STORE_set_flags(v->store, X509_V_FLAG_PARTIAL_CHAIN);
+    return true;
+}
+
+/* Adds the CA names of refs to the CertificateRequest list (once each). */
+static void add_ca_names(load_t *L, const mg_ca_refs_t *refs)
+{
+    STACK_OF(X509_NAME) *names = mg_ca_names(L->cfg->ca, refs);
+    if (L->t->ca_names == NULL) L->t->ca_names = sk_X509_NAME_new_null();
+    for (int i = 0; names && i < sk_X509_NAME_num(names); i++) {
+        X509_NAME *nm = sk_X509_NAME_value(names, i);
+        bool seen = false;
+        for (int j = 0; L->t->ca_names && j < sk_X509_NAME_num(L->t->ca_names) && !seen; j++)
+            seen = X509_NAME_cmp(nm, sk_X509_NAME_value(L->t->ca_names, j)) == 0;
+        if (!seen && L->t->ca_names && sk_X509_NAME_push(L->t->ca_names, nm))
+            sk_X509_NAME_set(names, i, NULL);
+    }
+    sk_X509_NAME_pop_free(names, X509_NAME_free);
+}
+
+static bool bool_field(const mg_value_t *conf, const char *key)
+{
+    const mg_value_t *v = get(conf, key);
+    return v && v->kind == MG_VAL_BOOL && v->u.boolean;
+}
+
+/*
+ * The listener's settings and every mtls-auth plugin's `ca_certificates`: references are
+ * checked (also without an `ssl` listener, t == NULL); with t, the verifiers are built. The
+ * plugin's other fields are its schema's (Lua) to check; here only what the handshake needs.
+ */
+static void load_client_verify(const mg_config_t *cfg, mg_config_errors_t *errs, mg_tls_t *t)
+{
+    load_t L = {cfg, errs, t};
+    mg_ca_refs_t refs;
+    int mode = cfg->ssl_verify_client;
+    bool listener = mg_ca_refs(cfg->ca, cfg->ssl_client_ca_certificates,
+                               "ssl_client_ca_certificates", false, errs, &refs);
+    if (listener && mode != MG_VERIFY_OFF && refs.n == 0) {
+        mg_config_errors_add(errs,
+                             "ssl_client_ca_certificates: required when "
+                             "ssl_verify_client is '%s'",
+                             mode == MG_VERIFY_ON ? "on" : "optional");
+        listener = false;
+    }
+    if (t) {
+        t->verify_mode = mode;
+        t->nverifiers = 1;
+        if (listener && mode != MG_VERIFY_OFF) {
+            if (set_verifier(&L, 0, &refs, strdup(""), cfg->ssl_verify_depth, false,
+                             "ssl_client_ca_certificates"))
+                add_ca_names(&L, &refs);
+            t->ask_cert = true;
+        }
+    }
+    mg_ca_refs_free(&refs);
+
+    for (size_t i = 0; i < cfg->nplugins; i++) {
+        const mg_plugin_conf_t *pc = &cfg->plugins[i];
+        if (strcmp(pc->name, "mtls-auth") != 0) continue;
+        const mg_value_t *ids = get(pc->config, "ca_certificates");
+        bool strings = ids && ids->kind == MG_VAL_ARRAY;
+        for (size_t j = 0; strings && j < ids->len; j++)
+            strings = ids->items[j].kind == MG_VAL_STRING;
+        if (!strings || ids->len == 0) continue; /* the schema says what is wrong */
+        char path[512];
+        snprintf(path, sizeof(path), "%s.config.ca_certificates", pc->path);
+        if (!mg_ca_refs(cfg->ca, ids, path, true, errs, &refs) || t == NULL || !pc->enabled) {
+            mg_ca_refs_free(&refs);
+            continue;
+        }
+        t->ask_cert = true;
+        bool partial = bool_field(pc->config, "allow_partial_chain");
+        if (bool_field(pc->config, "send_ca_dn")) add_ca_names(&L, &refs);
+        const char **idv = malloc(ids->len * sizeof(char *));
+        for (size_t j = 0; idv && j < ids->len; j++)
+            idv[j] = ids->items[j].str;
+        char *key = idv ? verifier_key(idv, ids->len, partial) : NULL;
+        free(idv);
+        bool known = false;
+        for (size_t k = 1; key && k < t->nverifiers && !known; k++)
+            known = strcmp(t->verifiers[k].key, key) == 0;
+        if (known) {
+            free(key);
+        } else if (t->nverifiers == MAX_VERIFIERS) {
+            mg_config_errors_add(errs, "%s: more than %d distinct CA lists in mtls-auth plugins",
+                                 path, MAX_VERIFIERS - 1);
+            free(key);
+        } else {
+            set_verifier(&L, t->nverifiers++, &refs, key, -1, partial, path);
+        }
+        mg_ca_refs_free(&refs);
+    }
+}
+
+/* One line per subjectAltName of a kind nginx and Kong know; "" when none. */
+static char *format_sans(X509 *x)
+{
+    GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    BIO *b = BIO_new(BIO_s_mem());
+    for (int i = 0; b && gens && i < sk_GENERAL_NAME_num(gens); i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+        const char *kind = NULL;
+        const ASN1_STRING *str = NULL;
+        if (g->type == GEN_DNS) {
+            kind = "DNS";
+            str = g->d.dNSName;
+        } else if (g->type == GEN_URI) {
+            kind = "URI";
+            str = g->d.uniformResourceIdentifier;
+        } else if (g->type == GEN_EMAIL) {
+            kind = "email";
+            str = g->d.rfc822Name;
+        } else if (g->type == GEN_IPADD) {
+            char ip[64] = "";
+            const ASN1_OCTET_STRING *o = g->d.iPAddress;
+            if (o->length == 4) inet_ntop(AF_INET, o->data, ip, sizeof(ip));
+            if (o->length == 16) inet_ntop(AF_INET6, o->data, ip, sizeof(ip));
+            if (*ip) BIO_printf(b, "%sIP:%s", BIO_pending(b) ? "\n" : "", ip);
+            continue;
+        }
+        if (kind == NULL || str == NULL) continue;
+        const unsigned char *d = ASN1_STRING_get0_data(str);
+        int n = ASN1_STRING_length(str);
+        if (memchr(d, '\n', (size_t)n) || memchr(d, '\0', (size_t)n)) continue; /* forged */
+        BIO_printf(b, "%s%s:%.*s", BIO_pending(b) ? "\n" : "", kind, n, (const char *)d);
+    }
+    GENERAL_NAMES_free(gens);
+    char *out = NULL;
+    if (b) {
+        char *data;
+        long n = BIO_get_mem_data(b, &data);
+        out = strndup(n > 0 ? data : "", n > 0 ? (size_t)n : 0);
+    }
+    BIO_free(b);
+    return out;
+}
+
+static char *name_str(const X509_NAME *nm)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *out = NULL, *data;
+    if (b && X509_NAME_print_ex(b, nm, 0, XN_FLAG_RFC2253) >= 0) {
+        long n = BIO_get_mem_data(b, &data);
+        out = strndup(n > 0 ? data : "", n > 0 ? (size_t)n : 0);
+    }
+    BIO_free(b);
+    return out;
+}
+
+static char *first_cn(const X509_NAME *nm)
+{
+    int i = X509_NAME_get_index_by_NID(nm, NID_commonName, -1);
+    const ASN1_STRING *d = i >= 0 ? X509_NAME_ENTRY_get_data(X509_NAME_get_entry(nm, i)) : NULL;
+    unsigned char *utf8 = NULL;
+    int n = d ? ASN1_STRING_to_UTF8(&utf8, d) : -1;
+    char *out = n >= 0 ? strndup((const char *)utf8, (size_t)n) : strdup("");
+    OPENSSL_free(utf8);
+    return out;
+}
+
+static char *hex_of(const unsigned char *d, size_t n)
+{
+    char *out = malloc(2 * n + 1);
+    for (size_t i = 0; out && i < n; i++)
+        sprintf(out + 2 * i, "%02x", d[i]);
+    if (out) out[2 * n] = '\0';
+    return out;
+}
+
+static bool peer_parse(SSL *ssl, mg_tls_peer_t *p, X509 *leaf)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    bool ok = b && PEM_write_bio_X509(b, leaf) == 1;
+    STACK_OF(X509) *chain = SSL_get_peer_cert_chain(ssl); /* without the leaf (server side) */
+    for (int i = 0; ok && chain && i < sk_X509_num(chain); i++)
+        ok = X509_cmp(sk_X509_value(chain, i), leaf) == 0 ||
+             PEM_write_bio_X509(b, sk_X509_value(chain, i)) == 1;
+    if (ok) {
+        char *data;
+        long n = BIO_get_mem_data(b, &data);
+        p->chain_pem = strndup(data, (size_t)n);
+    }
+    BIO_free(b);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(leaf), NULL);
+    char *ser = bn ? BN_bn2hex(bn) : NULL;
+    BN_free(bn);
+    p->serial = ser ? strdup(ser) : NULL;
+    OPENSSL_free(ser);
+    p->subject_dn = name_str(X509_get_subject_name(leaf));
+    p->issuer_dn = name_str(X509_get_issuer_name(leaf));
+    p->cn = first_cn(X509_get_subject_name(leaf));
+    p->sans = format_sans(leaf);
+    p->fingerprint = X509_digest(leaf, EVP_sha256(), md, &mdlen) == 1 ? hex_of(md, mdlen) : NULL;
+    ERR_clear_error();
+    if (!p->chain_pem || !p->serial || !p->subject_dn || !p->issuer_dn || !p->cn || !p->sans ||
+        !p->fingerprint) {
+        peer_free_strings(p);
+        p->chain_pem = p->subject_dn = p->issuer_dn = p->cn = p->sans = NULL;
+        p->serial = p->fingerprint = NULL;
+        return false;
+    }
+    p->parsed = true;
+    return true;
+}
+
+const mg_tls_peer_t *mg_tls_peer(const mg_sock_t *s)
+{
+    SSL *ssl = s->ssl;
+    X509 *leaf = ssl ? SSL_get0_peer_certificate(ssl) : NULL;
+    if (leaf == NULL) return NULL;
+    mg_tls_peer_t *p = SSL_get_ex_data(ssl, peer_index);
+    if (p == NULL) return NULL; /* a certificate no verifier saw: never asked for */
+    if (!p->parsed && !peer_parse(ssl, p, leaf)) return NULL;
+    return p;
+}
+
+int mg_tls_peer_verdict(const mg_tls_t *t, const mg_sock_t *s, const char *key, size_t klen,
+                        const char **why)
+{
+    *why = "";
+    if (t == NULL || s->ssl == NULL || SSL_get0_peer_certificate(s->ssl) == NULL)
+        return MG_DECLINED;
+    const mg_tls_peer_t *p = SSL_get_ex_data(s->ssl, peer_index);
+    if (p == NULL) return MG_DECLINED;
+    for (size_t i = 1; i < t->nverifiers; i++) {
+        if (strlen(t->verifiers[i].key) == klen && memcmp(t->verifiers[i].key, key, klen) == 0)
+            return (p->ok >> i) & 1 ? MG_OK : MG_ERROR;
+    }
+    *why = "no mtls-auth plugin has this CA list";
+    return MG_ERROR;
+}
+
+const char *mg_tls_client_verify(const mg_tls_t *t, const mg_sock_t *s)
+{
+    static char failed[160];
+    if (t == NULL || s->ssl == NULL || t->verify_mode == MG_VERIFY_OFF) return "NONE";
+    if (SSL_get0_peer_certificate(s->ssl) == NULL) return "NONE";
+    const mg_tls_peer_t *p = SSL_get_ex_data(s->ssl, peer_index);
+    if (p && (p->ok & 1)) return "SUCCESS";
+    snprintf(failed, sizeof(failed), "FAILED:%s",
+             X509_verify_cert_error_string(p ? p->err0 : X509_V_ERR_UNSPECIFIED));
+    return failed;
+}
+
+const char *mg_tls_client_refused(const mg_tls_t *t, const mg_sock_t *s)
+{
+    if (t == NULL || t->verify_mode != MG_VERIFY_ON || s->ssl == NULL) return NULL;
+    const char *v = mg_tls_client_verify(t, s);
+    if (v[0] == 'S') return NULL;
+    if (v[0] == 'N') return "No required SSL certificate was sent";
+    mg_log_info("client certificate refused: %s", v + 7);
+    return "The SSL certificate error";
+}
+
 /* ---- contexts ------------------------------------------------------------------------------- */
 
 static SSL_CTX *new_ctx(mg_tls_t *t)
@@ -535,6 +942,10 @@ static SSL_CTX *new_ctx(mg_tls_t *t)
                                  SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
+    /* one read(2) per record instead of two (header, then body), as nginx does; what is read
+     * beyond a record waits in OpenSSL: mg_sock reads until WANT_READ, and an idle connection
+     * checks SSL_has_pending */
+    SSL_CTX_set_read_ahead(ctx, 1);
     if (SSL_CTX_set_cipher_list(ctx, CIPHERS_INTERMEDIATE) != 1 ||
         SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384") != 1) {
         SSL_CTX_free(ctx);
@@ -550,6 +961,14 @@ static SSL_CTX *new_ctx(mg_tls_t *t)
                                                                  cache to miss */
     SSL_CTX_set_timeout(ctx, TICKET_PERIOD);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
+    SSL_CTX_set_session_ticket_cb(ctx, ticket_gen_cb, ticket_dec_cb, t);
+    if (t->ask_cert) {
+        /* asked, never required in the handshake: `on` answers 400 at the first request */
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_CLIENT_ONCE, NULL);
+        SSL_CTX_set_cert_verify_callback(ctx, cert_verify_cb, t);
+        STACK_OF(X509_NAME) *names = t->ca_names ? SSL_dup_CA_list(t->ca_names) : NULL;
+        if (names) SSL_CTX_set_client_CA_list(ctx, names);
+    }
     return ctx;
 }
 
@@ -676,6 +1095,8 @@ mg_tls_t *mg_tls_load(const mg_config_t *cfg, mg_config_errors_t *errs)
     const mg_value_t *certs = cfg->certificates, *snis = cfg->snis;
     if (certs && certs->kind == MG_VAL_NULL) certs = NULL;
     if (snis && snis->kind == MG_VAL_NULL) snis = NULL;
+    if (peer_index < 0) peer_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, peer_ex_free);
+    if (!ssl) load_client_verify(cfg, errs, NULL); /* the references are checked all the same */
     if (!ssl && certs == NULL && snis == NULL) return NULL;
 
     mg_tls_t *t = calloc(1, sizeof(*t));
@@ -685,6 +1106,7 @@ mg_tls_t *mg_tls_load(const mg_config_t *cfg, mg_config_errors_t *errs)
     }
     load_t L = {cfg, errs, t};
     size_t n0 = errs->n;
+    if (ssl) load_client_verify(cfg, errs, t); /* before the contexts, which use it */
     if (certs && certs->kind != MG_VAL_ARRAY) {
         mg_config_errors_add(errs, "certificates: must be a list");
         certs = NULL;
@@ -747,8 +1169,47 @@ void mg_tls_free(mg_tls_t *t)
         free(t->snis[i].path);
     }
     free(t->snis);
+    for (size_t i = 0; i < t->nverifiers; i++) {
+        X509_STORE_free(t->verifiers[i].store);
+        free(t->verifiers[i].key);
+    }
+    sk_X509_NAME_pop_free(t->ca_names, X509_NAME_free);
     OPENSSL_cleanse(t->secret, sizeof(t->secret));
     free(t);
+}
+
+/* ---- client certificates (upstream mTLS) ------------------------------------------------- */
+
+int mg_tls_use_cert_id(const mg_config_t *cfg, const char *id, SSL_CTX *ctx, char *why, size_t wlen)
+{
+    const mg_value_t *certs = cfg->certificates;
+    for (size_t i = 0; certs && certs->kind == MG_VAL_ARRAY && i < certs->len; i++) {
+        const mg_value_t *cid = get(&certs->items[i], "id");
+        if (cid == NULL || cid->kind != MG_VAL_STRING || strcmp(cid->str, id) != 0) continue;
+        /* mg_tls_load has reported whatever is wrong with the entity itself: the problems
+         * found again here go to a scratch list, and only a summary to the caller */
+        mg_config_errors_t scratch;
+        mg_config_errors_init(&scratch);
+        load_t L = {cfg, &scratch, NULL};
+        char path[64];
+        snprintf(path, sizeof(path), "certificates[%zu]", i);
+        pair_t p = {0};
+        bool ok = load_pair(&L, &certs->items[i], path, "cert", "key", &p);
+        mg_config_errors_free(&scratch);
+        if (!ok) {
+            snprintf(why, wlen, "%s cannot be loaded", path);
+            return MG_ERROR;
+        }
+        ok = ctx_use(ctx, &p);
+        pair_free(&p);
+        if (!ok) {
+            snprintf(why, wlen, "%s cannot be used (%s)", path, ssl_reason());
+            return MG_ERROR;
+        }
+        return MG_OK;
+    }
+    snprintf(why, wlen, "no certificate has id '%s'", id);
+    return MG_DECLINED;
 }
 
 /* ---- connections ---------------------------------------------------------------------------- */

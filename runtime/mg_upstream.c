@@ -17,6 +17,15 @@
  * addresses that came or went move), each address keeping its keepalive pool and health slot.
  * A service whose host is a name connects to the addresses of its answer in turn; when they
  * change its idle connections are closed.
+ *
+ * Upstream TLS (protocol https, mg_utls.c): the handshake runs on the loop between connect
+ * and the first write, under the connect timeout, and its failure is a connect failure
+ * (retried, counted by passive health). A pool may hold connections of several services
+ * balanced over the same target address: a connection is only handed to a request whose service has
+ * the same client context (TLS or not, verification, client certificate), and each pool
+ * remembers one TLS session to resume (forgotten when the pool's address changes). An idle TLS
+ * connection may receive a session ticket; that keeps it, anything else closes it. Closing a
+ * connection the gateway owns sends close_notify, best effort.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -31,14 +40,20 @@
 #include "mg_health.h"
 #include "mg_log.h"
 #include "mg_request.h"
+#include "mg_tls.h"
+#include "mg_utls.h"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 typedef struct {
     mg_uconn_t *head;
     unsigned count;
-    char addr_text[64]; /* "ip:port", for logs */
-    uint64_t gen;       /* bumped when the address changes: older connections are not kept */
-    uint64_t dns_gen;   /* a named service's answer the pool holds connections of */
-    unsigned rr;        /* a named service: the next address of its answer */
+    char addr_text[64];    /* "ip:port", for logs */
+    uint64_t gen;          /* bumped when the address changes: older connections are not kept */
+    uint64_t dns_gen;      /* a named service's answer the pool holds connections of */
+    unsigned rr;           /* a named service: the next address of its answer */
+    mg_utls_cache_t cache; /* the TLS session new connections resume (the address's) */
 } pool_t;
 
 /* One balancer entry: a target's address (a named target has one per address). */
@@ -62,8 +77,12 @@ static lb_t *lbs;
 static size_t nbalancers;
 static uint64_t health_seen;  /* mg_health_generation when the down marks were copied */
 static bool *below_threshold; /* per upstream: its healthy weight under `threshold` % */
+static char tls_error[256];   /* the last handshake failure (one loop: one at a time) */
+static char failed_addr[64];  /* "ip:port" of the try mg_upstream_get could not start */
 
 static void uconn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
+static int tls_step(mg_uconn_t *u);
+static bool idle_tls_ok(mg_uconn_t *u);
 static void uconn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void uconn_close(mg_uconn_t *u);
 static void report_try(mg_uconn_t *u);
@@ -79,6 +98,15 @@ static void addr_text(char *buf, size_t len, const struct sockaddr_storage *ss, 
     else
         inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host, sizeof(host));
     snprintf(buf, len, sa->sa_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
+}
+
+/* addr_text with the port ss carries. */
+static void addr_port_text(char *buf, size_t len, const struct sockaddr_storage *ss)
+{
+    const struct sockaddr *sa = (const struct sockaddr *)ss;
+    unsigned port = ntohs(sa->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
+                                                    : ((const struct sockaddr_in *)sa)->sin_port);
+    addr_text(buf, len, ss, port);
 }
 
 int mg_upstream_init(const mg_config_t *cfg)
@@ -288,6 +316,9 @@ static void report_try(mg_uconn_t *u)
 static void uconn_close(mg_uconn_t *u)
 {
     report_try(u);
+    /* close_notify on a sound session the gateway ends; never after a failure or the
+     * backend's own close */
+    if (u->s.ssl) mg_tls_close(&u->s, u->connected && !u->s.eof && !u->tls_failed);
     ev_io_stop(mg_worker.loop, &u->s.io);
     ev_timer_stop(mg_worker.loop, &u->s.timer);
     if (u->s.fd >= 0) close(u->s.fd);
@@ -296,7 +327,7 @@ static void uconn_close(mg_uconn_t *u)
     free(u);
 }
 
-/* Closes p's idle connections: its address changed. */
+/* Closes p's idle connections and forgets its TLS session: its address changed. */
 static void pool_drain(pool_t *p)
 {
     while (p->head) {
@@ -306,6 +337,7 @@ static void pool_drain(pool_t *p)
     }
     p->count = 0;
     p->gen++;
+    mg_utls_cache_clear(&p->cache);
 }
 
 static void pool_unlink(mg_uconn_t *u)
@@ -328,6 +360,7 @@ mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r)
     socklen_t addrlen = s->addrlen;
     const peer_t *pe = NULL;
     struct sockaddr_storage named;
+    failed_addr[0] = '\0';
     if (s->upstream) {
         pe = pick_target(s, r, &peer);
         r->target = pe ? pe->t : NULL;
@@ -377,9 +410,12 @@ mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r)
         addr = &named;
     }
     pool_t *p = &pools[pool];
-    mg_uconn_t *u = p->head;
+    mg_uconn_t **pp = &p->head;
+    while (*pp && (*pp)->tls != s->tls) /* TLS and plain, or other TLS settings, never mix */
+        pp = &(*pp)->next;
+    mg_uconn_t *u = *pp;
     if (u && !r->stale_retried) {
-        p->head = u->next;
+        *pp = u->next;
         p->count--;
         u->next = NULL;
         u->reused = 1;
@@ -402,6 +438,7 @@ mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r)
     int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         int err = errno;
+        addr_port_text(failed_addr, sizeof(failed_addr), addr);
         if (peer >= 0) mg_balancer_done(&balancers[s->upstream->index], peer, -1, 0);
         errno = err;
         return NULL;
@@ -411,32 +448,33 @@ mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r)
     u = calloc(1, sizeof(*u));
     if (u == NULL) {
         close(fd);
+        addr_port_text(failed_addr, sizeof(failed_addr), addr);
         if (peer >= 0) mg_balancer_done(&balancers[s->upstream->index], peer, -1, 0);
         errno = ENOMEM;
         return NULL;
     }
     u->s.fd = fd;
     u->service = s;
+    u->tls = s->tls;
     u->pool = pool;
     u->pool_gen = p->gen;
     u->lb_peer = peer;
     u->lb_gen = s->upstream ? lbs[s->upstream->index].gen : 0;
     u->lb_target = pe ? pe->t : NULL;
     u->hc_slot = pe ? pe->slot : 0;
-    addr_text(u->addr_text, sizeof(u->addr_text), addr,
-              ntohs(addr->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)addr)->sin6_port
-                                                : ((const struct sockaddr_in *)addr)->sin_port));
+    addr_port_text(u->addr_text, sizeof(u->addr_text), addr);
     u->r = r;
     ev_io_init(&u->s.io, uconn_io_cb, fd, EV_WRITE);
     ev_init(&u->s.timer, uconn_timer_cb);
     u->s.last_io = ev_now(mg_worker.loop);
     u->started = u->s.last_io;
     if (connect(fd, (const struct sockaddr *)addr, addrlen) == 0) {
-        u->connected = 1;
+        if (u->tls == NULL) u->connected = 1; /* else: writable at once, the handshake next */
         u->s.wready = 1;
     } else if (errno != EINPROGRESS) {
         int err = errno;
         u->hc_failure = MG_HC_EV_TCP_FAILURE;
+        memcpy(failed_addr, u->addr_text, sizeof(failed_addr));
         uconn_close(u);
         errno = err;
         return NULL;
@@ -451,8 +489,8 @@ void mg_upstream_release(mg_uconn_t *u, bool reusable)
     report_try(u);
     pool_t *p = &pools[u->pool];
     if (!reusable || mg_worker.draining || u->s.eof || u->pool_gen != p->gen ||
-        (u->in && mg_buf_len(u->in) > 0) || (u->out && mg_buf_len(u->out) > 0) ||
-        u->requests >= lim->upstream_keepalive_max_requests ||
+        (u->in && mg_buf_len(u->in) > 0) || (u->s.ssl && SSL_pending(u->s.ssl) > 0) ||
+        (u->out && mg_buf_len(u->out) > 0) || u->requests >= lim->upstream_keepalive_max_requests ||
         p->count >= lim->upstream_keepalive_pool_size) {
         uconn_close(u);
         return;
@@ -464,6 +502,9 @@ void mg_upstream_release(mg_uconn_t *u, bool reusable)
     u->next = p->head;
     p->head = u;
     p->count++;
+    /* idle, only readability matters: a TLS cross-want left from the last request would
+     * arm EV_WRITE, and an idle writable socket would wake the loop without end */
+    u->s.rwantw = u->s.wwantr = 0;
     mg_sock_set_events(&u->s, EV_READ);
     mg_sock_set_deadline(&u->s,
                          ev_now(mg_worker.loop) + lim->upstream_keepalive_idle_timeout * 0.001);
@@ -476,9 +517,9 @@ void mg_upstream_update(mg_uconn_t *u)
     ev_tstamp ms = 0.001;
     int ev = 0;
     ev_tstamp deadline = 0;
-    if (!u->connected) {
-        ev = EV_WRITE;
-        deadline = u->s.last_io + s->connect_timeout * ms;
+    if (!u->connected) { /* the connect timeout covers the TLS handshake too */
+        ev = u->tcp_done ? u->hs_want : EV_WRITE;
+        deadline = u->started + s->connect_timeout * ms;
     } else {
         bool want_write = u->out && mg_buf_len(u->out) > 0;
         bool in_room = u->in == NULL || mg_buf_free(u->in) + u->in->start > 0;
@@ -499,14 +540,16 @@ static void uconn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     mg_uconn_t *u = MG_CONTAINER_OF(w, mg_uconn_t, s.io);
     if (u->r == NULL) {
-        /* idle in the pool: the backend closed it or sent unsolicited bytes */
+        /* idle in the pool: the backend closed it or sent unsolicited bytes (a TLS session
+         * ticket is neither) */
+        if (u->s.ssl && idle_tls_ok(u)) return;
         pool_unlink(u);
         uconn_close(u);
         return;
     }
     if (revents & EV_READ) u->s.rready = 1;
     if (revents & EV_WRITE) u->s.wready = 1;
-    if (!u->connected && (revents & EV_WRITE)) {
+    if (!u->connected && !u->tcp_done && (revents & EV_WRITE)) {
         int err = 0;
         socklen_t len = sizeof(err);
         getsockopt(u->s.fd, SOL_SOCKET, SO_ERROR, &err, &len);
@@ -514,10 +557,70 @@ static void uconn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
             mg_proxy_upstream_error(u->r, err, false);
             return;
         }
-        u->connected = 1;
+        u->tcp_done = 1;
         u->s.last_io = ev_now(loop);
+        if (u->tls == NULL) u->connected = 1;
     }
+    if (!u->connected && u->tcp_done && tls_step(u) != MG_OK) return;
     mg_proxy_pump(u->r);
+}
+
+/* The name u's backend is known by: SNI and the name its certificate must carry. A
+ * balanced service uses the upstream's host_header, else the target's host (Kong). */
+static const char *tls_name(const mg_uconn_t *u)
+{
+    const mg_service_t *s = u->service;
+    if (s->upstream == NULL) return s->host;
+    if (s->upstream->host_header) return s->upstream->host_header;
+    const mg_req_t *r = u->r;
+    return r && r->target ? r->target->host : NULL;
+}
+
+/* Starts or advances u's handshake: MG_OK once connected; MG_AGAIN waiting (the watcher is
+ * re-armed); MG_ERROR when it failed (the request was told: 502 or the next try). */
+static int tls_step(mg_uconn_t *u)
+{
+    if (u->s.ssl == NULL) {
+        u->s.ssl = mg_utls_new(u->tls, u->s.fd, tls_name(u), &pools[u->pool].cache);
+        if (u->s.ssl == NULL) {
+            snprintf(tls_error, sizeof(tls_error), "cannot create a TLS session");
+            u->tls_failed = 1;
+            mg_proxy_upstream_error(u->r, ENOMEM, false);
+            return MG_ERROR;
+        }
+    }
+    char why[224];
+    int rc = mg_utls_handshake(u->s.ssl, &u->hs_want, why, sizeof(why));
+    if (rc == MG_AGAIN) {
+        mg_upstream_update(u);
+        return MG_AGAIN;
+    }
+    if (rc == MG_ERROR) {
+        const char *name = tls_name(u);
+        snprintf(tls_error, sizeof(tls_error), "TLS %s (name \"%s\")", why, name ? name : "");
+        u->tls_failed = 1;
+        u->s.eof = 1; /* no close_notify after an alert */
+        mg_proxy_upstream_error(u->r, EPROTO, false);
+        return MG_ERROR;
+    }
+    u->connected = 1;
+    u->s.rready = u->s.wready = 1;
+    u->s.last_io = ev_now(mg_worker.loop);
+    return MG_OK;
+}
+
+/* An idle pooled TLS connection became readable: true when that was only a post-handshake
+ * message (a TLS 1.3 session ticket), so it stays in the pool. */
+static bool idle_tls_ok(mg_uconn_t *u)
+{
+    char b[1];
+    ERR_clear_error();
+    int n = SSL_read(u->s.ssl, b, sizeof(b));
+    int e = n > 0 ? SSL_ERROR_NONE : SSL_get_error(u->s.ssl, n);
+    ERR_clear_error();
+    if (e == SSL_ERROR_WANT_READ) return true;
+    if (n <= 0) u->s.eof = 1; /* closed (close_notify or not): no reply */
+    return false;
 }
 
 static void uconn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -541,6 +644,7 @@ void mg_upstream_pool_close_all(void)
             uconn_close(u);
         }
         pools[i].count = 0;
+        mg_utls_cache_clear(&pools[i].cache);
     }
 }
 
@@ -552,4 +656,14 @@ const char *mg_upstream_addr_text(const mg_service_t *s)
 const char *mg_upstream_uconn_addr(const mg_uconn_t *u)
 {
     return u->addr_text;
+}
+
+const char *mg_upstream_tls_error(const mg_uconn_t *u)
+{
+    return u->tls_failed ? tls_error : "";
+}
+
+const char *mg_upstream_try_addr(void)
+{
+    return failed_addr;
 }

@@ -6,8 +6,8 @@
 set -euo pipefail
 
 BUILD_PKGS="make gcc pkg-config libluajit2-5.1-dev luajit2 libev-dev libhttp-parser-dev libssl-dev libyaml-dev libpcre2-dev libc-ares-dev"
-TEST_PKGS="lua-cjson lua-busted lua-socket luarocks openssl curl wrk redis-server slowhttptest"
-EXTRA_PKGS="clang libclang-rt-14-dev valgrind nginx libnginx-mod-http-lua clang-format procps iproute2"
+TEST_PKGS="lua-cjson lua-busted lua-socket luarocks openssl curl wrk redis-server slowhttptest testssl.sh nginx"
+EXTRA_PKGS="clang libclang-rt-14-dev valgrind libnginx-mod-http-lua clang-format procps iproute2"
 
 want="$BUILD_PKGS"
 case "${1:-build}" in

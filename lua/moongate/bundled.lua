@@ -3,6 +3,7 @@
 return {
   "key-auth",
   "basic-auth",
+  "mtls-auth",
   "jwt",
   "hmac-auth",
   "acl",

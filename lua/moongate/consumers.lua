@@ -9,8 +9,9 @@
 local schema = require "moongate.schema"
 local crypto = require "moongate.crypto"
 
-local type, ipairs, tostring, tonumber, setmetatable, unpack, format, concat = type, ipairs,
-  tostring, tonumber, setmetatable, unpack, string.format, table.concat
+local type, ipairs, pairs, next, tostring, tonumber, setmetatable, unpack, format, concat =
+  type, ipairs, pairs, next, tostring, tonumber, setmetatable, unpack, string.format,
+  table.concat
 
 local _M = {}
 
@@ -206,24 +207,76 @@ local PREPARE = {
   end,
 }
 
+local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+
+-- The consumer a top-level credential names: Kong's `consumer: <id or username>`, or the
+-- record forms `{ id = ... }` / `{ username = ... }`. nil and a message when there is none.
+local function named_consumer(new, ref)
+  if type(ref) == "string" then
+    local c = new.by_id[ref] or new.by_username[ref]
+    if c then return c end
+    return nil, format("no consumer with id or username \"%s\"", ref)
+  end
+  if type(ref) == "table" and (ref.id ~= nil or ref.username ~= nil) then
+    local key = ref.id ~= nil and "id" or "username"
+    local c = (key == "id" and new.by_id or new.by_username)[tostring(ref[key])]
+    if c then return c end
+    return nil, format("no consumer with %s \"%s\"", key, tostring(ref[key]))
+  end
+  return nil, "required: the consumer's id or username"
+end
+
 --- Validates and indexes the consumers of a config.
 -- @param list { { index, path, username, custom_id, entity } } as the C loader hands it
 -- @param errors array the "PATH: message" strings are appended to
+-- @param[opt] top kind -> list of top-level credentials (Kong's form, each with `consumer`)
 -- @return the consumer tables (config order), each paired with its C index in `.index_of`
-function _M.load(list, errors)
+function _M.load(list, errors, top)
   local function fail(fmt_, ...) errors[#errors + 1] = format(fmt_, ...) end
   local new = { consumers = {}, by_id = {}, by_username = {}, by_custom_id = {}, creds = {},
                 groups_of = setmetatable({}, { __mode = "k" }), index_of = {} }
   for _, kind in ipairs(KIND_ORDER) do new.creds[kind] = {} end
   local first_use = {}   -- kind -> unique value -> path of its first use
 
+  -- validates one credential of `consumer`, declared at `cpath`, and indexes it
+  local function add_credential(kind, raw, cpath, consumer)
+    local K = KINDS[kind]
+    local cred, errs = schema.validate_plugin_config(K.schema, raw, cpath)
+    if not cred then
+      for _, m in ipairs(errs) do errors[#errors + 1] = m end
+      return
+    end
+    local field, msg
+    if PREPARE[kind] then field, msg = PREPARE[kind](cred) end
+    if field then return fail("%s.%s: %s", cpath, field, msg) end
+    local u = K.unique and cred[K.unique]
+    cred.id = cred.id or _M.stable_id(kind, consumer.id, u or cred.group or "")
+    cred.consumer = { id = consumer.id }
+    if u then
+      local prev = first_use[kind] and first_use[kind][u]
+      if prev then
+        -- never echo the value: it may be a secret
+        return fail("%s.%s: must be unique (also used by %s)", cpath, K.unique, prev)
+      end
+      first_use[kind] = first_use[kind] or {}
+      first_use[kind][u] = cpath
+      new.creds[kind][u] = { cred, consumer }
+    elseif kind == "acls" then
+      local groups = new.groups_of[consumer]
+      if not groups.set[cred.group] then
+        groups.list[#groups.list + 1] = cred.group
+        groups.set[cred.group] = true
+      end
+    end
+  end
+
+  local declared = {}   -- consumer -> its entity and path, for the nested credentials
   for _, c in ipairs(list or {}) do
     local e = c.entity or {}
     local path = c.path or format("consumers[%d]", c.index)
     local consumer = { username = c.username, custom_id = c.custom_id, tags = e.tags }
     if e.id ~= nil then
-      if type(e.id) ~= "string" or not e.id:find(
-          "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$") then
+      if type(e.id) ~= "string" or not e.id:find(UUID) then
         fail("%s.id: expected a valid UUID", path)
       end
       consumer.id = tostring(e.id)
@@ -236,48 +289,48 @@ function _M.load(list, errors)
     if c.custom_id then new.by_custom_id[c.custom_id] = consumer end
     new.consumers[#new.consumers + 1] = consumer
     new.index_of[consumer] = c.index
+    new.groups_of[consumer] = { list = {}, set = {} }
+    declared[#declared + 1] = { consumer, e, path }
+  end
 
-    local groups = { list = {}, set = {} }
+  for _, d in ipairs(declared) do
+    local consumer, e, path = d[1], d[2], d[3]
     for _, kind in ipairs(KIND_ORDER) do
       local items = e[kind]
       if items ~= nil and type(items) ~= "table" then
         fail("%s.%s: expected an array", path, kind)
       elseif items then
-        local K = KINDS[kind]
         for i, raw in ipairs(items) do
-          local cpath = format("%s.%s[%d]", path, kind, i - 1)
-          local cred, errs = schema.validate_plugin_config(K.schema, raw, cpath)
-          if not cred then
-            for _, m in ipairs(errs) do errors[#errors + 1] = m end
+          add_credential(kind, raw, format("%s.%s[%d]", path, kind, i - 1), consumer)
+        end
+      end
+    end
+  end
+
+  -- Kong's top-level form: each credential names its consumer
+  for _, kind in ipairs(KIND_ORDER) do
+    local items = top and top[kind]
+    if items ~= nil and (type(items) ~= "table" or (next(items) and not items[1])) then
+      fail("%s: expected an array", kind)
+    elseif items then
+      for i, raw in ipairs(items) do
+        local cpath = format("%s[%d]", kind, i - 1)
+        if type(raw) ~= "table" then
+          fail("%s: expected a record", cpath)
+        else
+          local consumer, err = named_consumer(new, raw.consumer)
+          if not consumer then
+            fail("%s.consumer: %s", cpath, err)
           else
-            local field, msg
-            if PREPARE[kind] then field, msg = PREPARE[kind](cred) end
-            if field then
-              fail("%s.%s: %s", cpath, field, msg)
-            else
-              local u = K.unique and cred[K.unique]
-              cred.id = cred.id or _M.stable_id(kind, consumer.id, u or cred.group or "")
-              cred.consumer = { id = consumer.id }
-              if u then
-                local prev = first_use[kind] and first_use[kind][u]
-                if prev then
-                  -- never echo the value: it may be a secret
-                  fail("%s.%s: must be unique (also used by %s)", cpath, K.unique, prev)
-                else
-                  first_use[kind] = first_use[kind] or {}
-                  first_use[kind][u] = cpath
-                  new.creds[kind][u] = { cred, consumer }
-                end
-              elseif kind == "acls" and not groups.set[cred.group] then
-                groups.list[#groups.list + 1] = cred.group
-                groups.set[cred.group] = true
-              end
+            local copy = {}
+            for k, v in pairs(raw) do
+              if k ~= "consumer" then copy[k] = v end
             end
+            add_credential(kind, copy, cpath, consumer)
           end
         end
       end
     end
-    new.groups_of[consumer] = groups
   end
   return new
 end
@@ -306,6 +359,14 @@ function _M.get(key, by_username)
   local c = by_id[key] or by_custom_id[key]
   if c then return c end
   if by_username then return by_name[key] end
+  return nil
+end
+
+--- A consumer whose username (field "username") or custom_id (field "custom_id") is value;
+-- nil when none (mtls-auth's consumer_by).
+function _M.get_by(field, value)
+  if field == "username" then return by_name[value] end
+  if field == "custom_id" then return by_custom_id[value] end
   return nil
 end
 

@@ -221,7 +221,7 @@ function _M.load(conf)
     end
   end
   -- consumers and their credentials: what authentication plugins look up
-  local loaded_consumers = consumers_mod.load(conf.consumers, errors)
+  local loaded_consumers = consumers_mod.load(conf.consumers, errors, conf.credentials)
   if #errors > 0 then return errors end
   consumers_mod.activate(loaded_consumers)
 

@@ -542,9 +542,9 @@ TEST(unknown_fields_and_duplicate_keys)
                   "services[0].routes[1].pathz: unknown field", "proxy_lisen: unknown field");
     EXPECT_ERRORS("log_level: info\nlog_level: warn\nlimits: {bogus: 1}\n",
                   "log_level: duplicate key", "limits.bogus: unknown field");
-    EXPECT_ERRORS("services: [{name: s, host: 127.0.0.1, tls_verify: true, "
+    EXPECT_ERRORS("services: [{name: s, host: 127.0.0.1, tls_verifyy: true, "
                   "routes: [{paths: [/]}]}]\n",
-                  "services[0].tls_verify: unknown field");
+                  "services[0].tls_verifyy: unknown field");
 }
 
 TEST(type_errors_say_what_was_expected)
@@ -623,7 +623,7 @@ TEST(service_problems)
 {
     EXPECT_ERRORS(
         "services:\n"
-        "  - {name: a, url: 'https://127.0.0.1', routes: [{paths: [/]}]}\n"
+        "  - {name: a, url: 'wss://127.0.0.1', routes: [{paths: [/]}]}\n"
         "  - {name: b, url: 'ftp://127.0.0.1'}\n"
         "  - {name: c, url: 'http//x'}\n"
         "  - {name: d, url: 'http://127.0.0.1:99999'}\n"
@@ -632,7 +632,7 @@ TEST(service_problems)
         "  - {name: 'g h', host: 'bad host', path: nope, protocol: grpc}\n"
         "  - {name: i, url: 'http://127.0.0.1/?q=1'}\n"
         "  - {name: j, host: '[::1', tags: ['a,b']}\n",
-        "services[0].url: protocol \"https\" is not supported yet",
+        "services[0].url: protocol \"wss\" is not supported yet",
         "services[1].url: unknown protocol \"ftp\"",
         "services[2].url: invalid url \"http//x\": expected \"http://host[:port][/path]\"",
         "services[3].url: invalid port in url \"http://127.0.0.1:99999\"",
@@ -646,6 +646,35 @@ TEST(service_problems)
         "\"http://host[:port][/path]\"",
         "services[8].host: invalid host \"[::1\"",
         "services[8].tags[0]: invalid tag \"a,b\": no ',', '/' or control bytes");
+}
+
+TEST(https_services_default_to_port_443_and_verification)
+{
+    mg_config_errors_t e;
+    mg_config_t *cfg =
+        LOAD_OK("services:\n"
+                "  - {name: a, url: 'https://127.0.0.1', routes: [{paths: [/a]}]}\n"
+                "  - {name: b, protocol: https, host: 127.0.0.1, tls_verify: false,\n"
+                "     tls_verify_depth: 3, ca_certificates: [x], client_certificate: {id: c},\n"
+                "     routes: [{paths: [/b]}]}\n"
+                "  - {name: c, url: 'http://127.0.0.1', routes: [{paths: [/c]}]}\n",
+                &e);
+    if (cfg) {
+        CHECK_STR(cfg->services[0].protocol, "https");
+        CHECK_INT(cfg->services[0].port, 443);
+        CHECK(cfg->services[0].tls_verify);
+        CHECK_INT(cfg->services[0].tls_verify_depth, -1);
+        CHECK(cfg->services[0].ca_certificates == NULL);
+        CHECK_INT(cfg->services[1].port, 443);
+        CHECK(!cfg->services[1].tls_verify);
+        CHECK_INT(cfg->services[1].tls_verify_depth, 3);
+        CHECK(cfg->services[1].ca_certificates && cfg->services[1].ca_certificates->len == 1);
+        CHECK(cfg->services[1].client_certificate != NULL);
+        CHECK_INT(cfg->services[2].port, 80);
+        CHECK_STR(cfg->services[1].conf_path, "services[1]");
+    }
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
 }
 
 TEST(names_are_left_to_the_workers_resolver)

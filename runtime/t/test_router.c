@@ -151,7 +151,7 @@ static const char *match_full(const mg_router_t *rt, const char *method, const c
     hdrs_t hs = {headers};
     mg_router_req_t req = {
         S(method), S(host), S(path), S(sni), https, headers ? fake_get_header : NULL, &hs};
-    mg_router_match_t m = {NULL, 12345};
+    mg_router_match_t m = {NULL, 12345, NULL};
     int rc = mg_router_match(rt, &req, &m);
     if (plen) *plen = rc == MG_OK ? m.path_prefix_len : (size_t)-1;
     if (rc == MG_DECLINED) return "-";
@@ -473,6 +473,33 @@ TEST(ties_are_broken_by_route_index)
     b->index = 3;
     rt = tc_build(&t);
     CHECK_STR(match(rt, "GET", "x.com", "/same/1", NULL), "b");
+    tc_free(&t, rt);
+}
+
+/* hash_on: uri_capture: the winning regex is reported and its named groups read again */
+TEST(a_regex_match_reports_its_regex_and_named_captures_are_read_from_it)
+{
+    tconf_t t;
+    tc_init(&t, 4);
+    tc_add(&t, "items", NONE_L, L("~/items/(?<item>[a-z]+)(/(?<part>\\d+))?"), NONE_L);
+    tc_add(&t, "plain", NONE_L, L("/plain"), NONE_L);
+    mg_router_t *rt = tc_build(&t);
+    mg_router_match_t m = {NULL, 0, NULL};
+    mg_router_req_t req = {S("GET"), S(NULL), S("/items/abc/42/x"), S(NULL), false, NULL, NULL};
+    CHECK_INT(mg_router_match(rt, &req, &m), MG_OK);
+    CHECK(m.regex != NULL);
+    mg_str_t v;
+    CHECK_INT(mg_router_capture(m.regex, req.path, "item", &v), MG_OK);
+    CHECK(v.len == 3 && memcmp(v.data, "abc", 3) == 0);
+    CHECK_INT(mg_router_capture(m.regex, req.path, "part", &v), MG_OK);
+    CHECK(v.len == 2 && memcmp(v.data, "42", 2) == 0);
+    CHECK_INT(mg_router_capture(m.regex, req.path, "nope", &v), MG_DECLINED);
+    CHECK_INT(mg_router_capture(m.regex, S("/items/abc"), "part", &v), MG_DECLINED); /* unset */
+    CHECK_INT(mg_router_capture(m.regex, S("/other"), "item", &v), MG_DECLINED);
+    req.path = S("/plain/x");
+    CHECK_INT(mg_router_match(rt, &req, &m), MG_OK);
+    CHECK(m.regex == NULL);
+    CHECK_INT(mg_router_capture(m.regex, req.path, "item", &v), MG_DECLINED);
     tc_free(&t, rt);
 }
 

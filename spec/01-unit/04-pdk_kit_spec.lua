@@ -28,7 +28,7 @@ end
 
 local PDK_MODULES = { "moongate.core.base", "moongate.pdk", "moongate.pdk.request",
                       "moongate.pdk.response", "moongate.pdk.service", "moongate.pdk.client",
-                      "moongate.pdk.log", "moongate.pdk.shared" }
+                      "moongate.pdk.log", "moongate.pdk.shared", "moongate.pdk.upstream" }
 
 -- Calls with out-parameters answer "declined" (nothing to report), so the real functions
 -- return nil without reading them; everything else answers OK (0).
@@ -38,7 +38,8 @@ local DECLINES = {
   mg_ffi_req_header_at = true, mg_ffi_req_get_id = true, mg_ffi_req_get_route_name = true,
   mg_ffi_req_get_service_name = true, mg_ffi_client_get_ip = true,
   mg_ffi_client_get_forwarded_ip = true, mg_ffi_upstream_resp_get_header = true,
-  mg_ffi_body_get_chunk = true, mg_ffi_req_read_body = true,
+  mg_ffi_body_get_chunk = true, mg_ffi_req_read_body = true, mg_ffi_upstream_find = true,
+  mg_ffi_upstream_target = true,
 }
 
 local function load_real_pdk()
@@ -242,6 +243,8 @@ local CASES = {
   { "log.serialize", function(m) return m.log.serialize() end },
 
   { "node.get_id", function(m) return m.node.get_id() end },
+  { "upstream.get_health", function(m) return m.upstream.get_health("none") end, true },
+  { "upstream.get_health(1)", function(m) return m.upstream.get_health(1) end },
   { "node.get_worker_id", function(m) return m.node.get_worker_id() end },
   { "node.get_worker_pid", function(m) return m.node.get_worker_pid() end },
   { "sleep", function(m) m.sleep(0) end },
@@ -332,7 +335,7 @@ describe("moongate.spec.pdk mirrors the real PDK", function()
     -- the runtime's hooks, not PDK
     local INTERNAL = { ["client.current"] = true, ["timer.run"] = true,
                        ["socket.close_all"] = true, ["tls._begin"] = true,
-                       ["tls._end"] = true }
+                       ["tls._end"] = true, ["upstream._node_id"] = true }
     local real_names = without(function_names(real, ""), INTERNAL)
     local kit_names = function_names(pdk.moongate, "")
     assert.same(real_names, kit_names)
@@ -415,6 +418,71 @@ end
 describe("moongate.spec.pdk", function()
   after_each(function()
     pdk.flush_shared_dicts()
+  end)
+
+  describe("the client certificate", function()
+    it("is what client_certificate says, and nil without one", function()
+      local kit = pdk.new({ client_certificate = {
+        chain = "PEM", verify = "SUCCESS", verified = true, subject_dn = "O=acme,CN=alice",
+        cn = "alice", san_list = { "DNS:a.test", "email:a@test" } } })
+      in_phase(kit, "access", function()
+        local tls = moongate.client.tls
+        assert.equal("PEM", tls.get_full_client_certificate_chain())
+        assert.equal("SUCCESS", tls.get_client_verify())
+        local c = tls.get_client_certificate()
+        assert.equal("alice", c.cn)
+        assert.same({ "a.test" }, c.sans.dns)
+        assert.same({ "a@test" }, c.sans.email)
+        assert.is_true(tls.verify_client({ "ca" }))
+      end)
+      kit = pdk.new()
+      in_phase(kit, "access", function()
+        local tls = moongate.client.tls
+        assert.is_nil(tls.get_full_client_certificate_chain())
+        assert.equal("NONE", tls.get_client_verify())
+        assert.is_nil(tls.get_client_certificate())
+        assert.same({ nil, "no certificate" }, { tls.verify_client({ "ca" }) })
+      end)
+    end)
+  end)
+
+  it("reports the upstreams' health it was given, in Kong's shape", function()
+    local kit = pdk.new({ node_id = "node-1", upstreams = { pool = {
+      { target = "10.0.0.1:8080", health = "UNHEALTHY" }, { target = "[::1]:81", weight = 5 },
+    } } })
+    in_phase(kit, "access", function()
+      assert.same({ total = 2, node_id = "node-1", data = {
+        { target = "10.0.0.1:8080", weight = 100, health = "UNHEALTHY",
+          upstream = { name = "pool" },
+          data = { addresses = { { ip = "10.0.0.1", port = 8080, health = "UNHEALTHY",
+                                   weight = 100 } } } },
+        { target = "[::1]:81", weight = 5, health = "HEALTHCHECKS_OFF",
+          upstream = { name = "pool" },
+          data = { addresses = { { ip = "::1", port = 81, health = "HEALTHCHECKS_OFF",
+                                   weight = 5 } } } },
+      } }, moongate.upstream.get_health("pool"))
+      local none, err = moongate.upstream.get_health("other")
+      assert.is_nil(none)
+      assert.equal("upstream not found", err)
+    end)
+  end)
+
+  it("reports every address of a named target, and DNS_ERROR for one without", function()
+    local kit = pdk.new({ upstreams = { pool = {
+      { target = "api.test:80", health = "HEALTHY",
+        addresses = { { ip = "10.0.0.7" }, { ip = "10.0.0.8", health = "UNHEALTHY" } } },
+      { target = "gone.test:80", health = "HEALTHY", addresses = {} },
+    } } })
+    in_phase(kit, "access", function()
+      local data = moongate.upstream.get_health("pool").data
+      assert.same({ addresses = {
+        { ip = "10.0.0.7", port = 80, health = "HEALTHY", weight = 100 },
+        { ip = "10.0.0.8", port = 80, health = "UNHEALTHY", weight = 100 },
+      } }, data[1].data)
+      assert.equal("HEALTHY", data[1].health)
+      assert.equal("DNS_ERROR", data[2].health)
+      assert.same({}, data[2].data.addresses)
+    end)
   end)
 
   describe("the request", function()

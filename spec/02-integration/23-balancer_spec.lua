@@ -176,16 +176,25 @@ describe("balancer", function()
       local log = gw:error_log()
       assert.matches(fmt('upstream connect failed %%(upstream "pool" target 127%%.0%%.0%%.1:%d, '
                          .. '127%%.0%%.0%%.1:%d, try 1%%)', dead, dead), log)
-      -- the access log's upstream_addr is the target that answered
+      -- the access log's upstream_addr lists the tries (nginx's "a, b"), the one that
+      -- answered last
       local lines = helpers.eventually(function()
         local l = gw:access_log_lines()
         assert.equal(6, #l)
         return l
       end)
+      local good, dead_first = "127.0.0.1:" .. ups[1].port, 0
       for _, line in ipairs(lines) do
         assert.equal(200, line.status)
-        assert.equal("127.0.0.1:" .. ups[1].port, line.upstream_addr)
+        if line.tries == 2 then
+          dead_first = dead_first + 1
+          assert.equal("127.0.0.1:" .. dead .. ", " .. good, line.upstream_addr)
+        else
+          assert.equal(1, line.tries)
+          assert.equal(good, line.upstream_addr)
+        end
       end
+      assert.is_true(dead_first >= 1, "no request tried the dead target first")
     end)
 
     it("answers 502 when every target is down, after trying them in turn", function()
@@ -426,10 +435,23 @@ describe("balancer", function()
                                    hash_fallback = "header", hash_fallback_header = "x-a" },
         "upstreams[0].hash_fallback_header: values of these fields must be distinct: "
         .. "'hash_on_header', 'hash_fallback_header'" },
-      { "hash_on consumer", { hash_on = "consumer" }, 'upstreams[0].hash_on: "consumer" is not '
-        .. "supported yet" },
-      { "hash_on uri_capture", { hash_on = "uri_capture" },
-        'upstreams[0].hash_on: "uri_capture" is not supported yet: routes do not expose captures' },
+      { "hash_on uri_capture without its name", { hash_on = "uri_capture" },
+        'upstreams[0].hash_on_uri_capture: required when hash_on is "uri_capture"' },
+      { "hash_fallback uri_capture without its name", { hash_on = "ip",
+                                                        hash_fallback = "uri_capture" },
+        'upstreams[0].hash_fallback_uri_capture: required when hash_fallback is "uri_capture"' },
+      { "consumer twice", { hash_on = "consumer", hash_fallback = "consumer" },
+        "upstreams[0].hash_fallback: must differ from hash_on" },
+      { "the same capture twice", { hash_on = "uri_capture", hash_on_uri_capture = "id",
+                                    hash_fallback = "uri_capture",
+                                    hash_fallback_uri_capture = "id" },
+        "upstreams[0].hash_fallback_uri_capture: values of these fields must be distinct: "
+        .. "'hash_on_uri_capture', 'hash_fallback_uri_capture'" },
+      { "the same query argument twice", { hash_on = "query_arg", hash_on_query_arg = "u",
+                                           hash_fallback = "query_arg",
+                                           hash_fallback_query_arg = "u" },
+        "upstreams[0].hash_fallback_query_arg: values of these fields must be distinct: "
+        .. "'hash_on_query_arg', 'hash_fallback_query_arg'" },
       { "an unknown hash input", { hash_on = "body" }, "upstreams[0].hash_on: expected one of" },
       { "a bad cookie path", { hash_on = "cookie", hash_on_cookie = "c",
                                hash_on_cookie_path = "x" },
@@ -453,8 +475,8 @@ describe("balancer", function()
                                                               upstream = "pool" } } },
         "upstreams[0].targets[0].upstream: not allowed on a target nested under an upstream" },
       { "an unknown field", { foo = 1 }, "upstreams[0].foo: unknown field" },
-      { "a client certificate", { client_certificate = { id = "x" } },
-        "upstreams[0].client_certificate: not supported yet" },
+      { "an unknown client certificate", { client_certificate = { id = "x" } },
+        "upstreams[0].client_certificate: no certificate has id 'x'" },
     }
     for _, case in ipairs(cases) do
       it("reports " .. case[1], function()

@@ -147,8 +147,9 @@ describe("passive health checks", function()
   end)
 
   it("takes out a target that times out (timeouts)", function()
+    -- retries: 0, or a timed-out GET would be retried on the good target (28-retries)
     gw = helpers.start(conf_with({ target_of(good), target_of(bad) }, { timeouts = 2 }, nil,
-                                 { read_timeout = 200 }))
+                                 { read_timeout = 200, retries = 0 }))
     bad:set_mode("delay:2000")
     local timeouts = 0
     for _ = 1, 12 do
@@ -423,8 +424,10 @@ describe("healthchecks in moongate check", function()
       P .. "passive.healthy.interval: unknown field" },
     { "a bad http_path", { active = { http_path = "health" } },
       P .. 'active.http_path: must start with "/"' },
-    { "https probes (not yet)", { active = { type = "https", healthy = { interval = 5 } } },
-      P .. 'active.type: only "http" and "tcp" probes are supported yet' },
+    { "grpc probes (not yet)", { active = { type = "grpc", healthy = { interval = 5 } } },
+      P .. 'active.type: only "http", "https" and "tcp" probes are supported yet' },
+    { "an IP address as https_sni", { active = { type = "https", https_sni = "127.0.0.1" } },
+      P .. "active.https_sni: must be a host name, not an IP address" },
   }
   for _, case in ipairs(cases) do
     it("reports " .. case[1], function()

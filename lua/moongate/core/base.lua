@@ -25,9 +25,12 @@ int mg_ffi_req_limit_body(uint64_t limit, const char *msg, size_t mlen);
 int mg_ffi_req_get_id(const char **s, size_t *len);
 int mg_ffi_req_get_route_name(const char **s, size_t *len);
 int mg_ffi_req_get_service_name(const char **s, size_t *len);
+int mg_ffi_client_set_consumer_id(const char *id, size_t len);
 int mg_ffi_client_get_ip(char *buf, size_t buflen, size_t *len);
 int mg_ffi_client_get_forwarded_ip(char *buf, size_t buflen, size_t *len);
 int mg_ffi_client_get_port(void);
+int mg_ffi_client_tls_get(int what, const char **s, size_t *len);
+int mg_ffi_client_tls_verdict(const char *key, size_t klen, const char **why, size_t *wlen);
 int mg_ffi_upstream_header(int op, const char *name, size_t nlen, const char *value, size_t vlen);
 int mg_ffi_upstream_set_path(const char *path, size_t len);
 int mg_ffi_upstream_set_query(const char *query, size_t len);
@@ -42,6 +45,11 @@ int mg_ffi_log_enabled(int level);
 void mg_ffi_log(int level, const char *msg, size_t len);
 int mg_ffi_worker_id(void);
 int mg_ffi_worker_pid(void);
+int mg_ffi_upstream_find(const char *name, size_t len);
+int mg_ffi_upstream_target(int up, int i, const char **target, size_t *tlen, unsigned *weight,
+                           int *health);
+int mg_ffi_upstream_address(int up, int i, int j, char *ipbuf, size_t iplen, size_t *ipout,
+                            int *port, int *health);
 double mg_ffi_now(void);
 int mg_ffi_sleep(double seconds);
 int mg_ffi_timer_start(double delay, double every, unsigned id);
@@ -90,7 +98,7 @@ void mg_ffi_ipset_build(void *set);
 int mg_ffi_ipset_contains(const void *set, const char *ip, size_t len);
 ]]
 
-local ABI = 2
+local ABI = 4
 
 _M.C = ffi.C
 _M.OK, _M.ERROR, _M.AGAIN, _M.BUSY, _M.DONE, _M.DECLINED = 0, -1, -2, -3, -4, -5

@@ -7,10 +7,10 @@ local phases = require "moongate.phases"
 local C, OK = base.C, base.OK
 local ffi_string = ffi.string
 local check, REQUEST = phases.check, phases.REQUEST
-local type, error = type, error
+local type, error, tostring = type, error, tostring
 local bor = require("bit").bor
 
-local _M = {}
+local _M = { tls = require "moongate.pdk.client_tls" }
 local ipbuf = ffi.new("char[64]")
 local len_out = base.len_out
 
@@ -50,6 +50,10 @@ function _M.authenticate(consumer, credential)
   end
   local req = _M.current()
   req.consumer, req.credential = consumer, credential
+  -- the balancer's hash_on: consumer input (Kong: the consumer's id, else the credential's)
+  local id = consumer and consumer.id or credential and credential.id
+  id = id ~= nil and tostring(id) or ""
+  C.mg_ffi_client_set_consumer_id(id, #id)
 end
 
 --- A configured consumer by id (or custom_id), or by username when by_username is true;

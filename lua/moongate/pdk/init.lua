@@ -25,6 +25,7 @@ local moongate = {
 }
 moongate.socket = require "moongate.pdk.socket"
 moongate.tls = require "moongate.pdk.tls"
+moongate.upstream = require "moongate.pdk.upstream"
 
 local function current()
   -- replaced by the runtime with the running request's state
@@ -73,6 +74,7 @@ moongate.client.current = function() return _M.current() end
 function moongate.node.get_id()
   return _M.node_id
 end
+moongate.upstream._node_id = moongate.node.get_id
 
 --- The worker's number (0-based) and process id. @phases any
 function moongate.node.get_worker_id()

@@ -3,8 +3,9 @@
 -- A small facade in Kong's manner (DESIGN.md §5): `start()` writes a config table as JSON into
 -- a fresh prefix directory under /tmp and runs `$MOONGATE_BIN run -c FILE` in the background;
 -- `upstream()` runs moongate.spec.upstream (an HTTP/1.1 echo server with failure modes) as a
--- child process; a plain HTTP/1.1 client, a raw-bytes client and a response parser talk to
--- either; `eventually()` waits for asynchronous effects.
+-- child process; `nginx()` a real nginx (an HTTPS backend, for upstream TLS); a plain
+-- HTTP/1.1 client, a raw-bytes client and a response parser talk to any of them;
+-- `eventually()` waits for asynchronous effects.
 --
 -- Processes: every process started here runs under a small sh wrapper that records its exit
 -- status and kills it (SIGTERM, then SIGKILL) within a second or so of this Lua process
@@ -320,17 +321,34 @@ local function proc_wait(p, timeout)
   return nil
 end
 
+-- Directory listing through libc (FFI): no userdata with a C finalizer is left behind. lfs's
+-- directory objects have one, and when one is still uncollected at lua_close it can run after
+-- lfs.so is unloaded: busted then segfaults at exit, which counts as a failed run.
+local dirent_ok = pcall(ffi.cdef, [[
+  typedef struct moongate_dir moongate_dir_t;
+  struct moongate_dirent { uint64_t d_ino; int64_t d_off; unsigned short d_reclen;
+                           unsigned char d_type; char d_name[256]; };
+  moongate_dir_t *opendir(const char *name);
+  struct moongate_dirent *readdir(moongate_dir_t *dirp);
+  int closedir(moongate_dir_t *dirp);
+]])
+
 local function list_dir(path)
-  local ok, lfs = pcall(require, "lfs")
   local names = {}
-  if ok then
-    local iter_ok, iter, state = pcall(lfs.dir, path)
-    if not iter_ok then
+  if dirent_ok and ffi.os == "Linux" then
+    local d = C.opendir(path)
+    if d == nil then
       return names
     end
-    for name in iter, state do
-      names[#names + 1] = name
+    for _ = 1, 1000000 do
+      local e = C.readdir(d)
+      if e == nil then break end
+      local name = ffi.string(e.d_name)
+      if name ~= "." and name ~= ".." then
+        names[#names + 1] = name
+      end
     end
+    C.closedir(d)
   else
     local out = run("ls -1 " .. shell_quote(path) .. " 2>/dev/null")
     names = split_lines(out)
@@ -1172,6 +1190,71 @@ function Upstream:set_mode(mode)
 end
 
 --------------------------------------------------------------------------------------------
+-- Any other server a spec needs (nginx as a TLS backend, an OCSP responder, a DNS server)
+--------------------------------------------------------------------------------------------
+
+local Process = {}
+Process.__index = Process
+
+--- Starts `cmd` (a shell command line; `exec` is prepended so the pid is the server's own)
+-- in the background, tracked like every process started here: stopped when this Lua process
+-- goes away even if the spec forgets. stdout and stderr go to `.out` and `.err` files in a
+-- fresh prefix directory.
+-- @tparam string cmd e.g. "nginx -p DIR -c DIR/nginx.conf -g 'daemon off;'"
+-- @tparam[opt] table opts `ready` (a Lua pattern awaited in stdout or stderr, or a function
+-- returning truthy when the server is up, e.g. one that connects to its port), `timeout`
+-- (seconds to wait for `ready`, default 10), `dir` (run it in this directory)
+-- @return a process: `.pid`, `.prefix`, `.out`, `.err` (paths), `:running()`, `:stop()`
+-- (SIGTERM, then SIGKILL after 5 s), `:kill()` (SIGKILL at once), `:exit_code()`,
+-- `:output()` (stdout .. stderr). Raises, with its output, if it exits or is not ready in time.
+function _M.process(cmd, opts)
+  opts = opts or {}
+  local prefix = make_prefix("process")
+  local line = "exec " .. cmd
+  if opts.dir then line = "cd " .. shell_quote(opts.dir) .. " && " .. line end
+  local proc = spawn(line, prefix)
+  local p = setmetatable({ proc = proc, pid = proc.pid, prefix = prefix, out = proc.out,
+                           err = proc.err }, Process)
+  tracked[#tracked + 1] = p
+  if opts.ready == nil then return p end
+  local deadline = _M.now() + (opts.timeout or START_TIMEOUT)
+  while _M.now() < deadline do
+    local ok
+    if type(opts.ready) == "function" then
+      ok = opts.ready(p)
+    else
+      ok = find(p:output(), opts.ready)
+    end
+    if ok then return p end
+    if not proc_running(proc) then break end
+    _M.sleep(0.02)
+  end
+  p:stop()
+  error(fmt("process did not start: %s\n%s", cmd, p:output()), 2)
+end
+
+function Process:output()
+  return (read_file(self.out) or "") .. (read_file(self.err) or "")
+end
+
+function Process:running()
+  return proc_running(self.proc)
+end
+
+function Process:exit_code()
+  return proc_exit_code(self.proc)
+end
+
+function Process:stop()
+  terminate({ self.proc }, nil, 5)
+end
+
+function Process:kill()
+  signal_pid(self.proc.pid, "KILL")
+  proc_wait(self.proc, 5)
+end
+
+--------------------------------------------------------------------------------------------
 -- Redis
 --------------------------------------------------------------------------------------------
 
@@ -1234,6 +1317,79 @@ function _M.redis_server(opts)
 
   start()
   return srv
+end
+
+--------------------------------------------------------------------------------------------
+-- nginx (a real HTTPS backend)
+--------------------------------------------------------------------------------------------
+
+--- Starts a real nginx ($MOONGATE_NGINX, default "/usr/sbin/nginx") as a backend: one
+-- process (`master_process off`, so its pid is the server), logs and temporary files in a
+-- fresh prefix. `http_body` is the inside of the `http {}` block; each `%PORT%`, `%PORT_B%`,
+-- ... in it becomes a free 127.0.0.1 port (the same tag, the same port), and `%PREFIX%` the
+-- prefix directory. Like every process started here it is stopped when this Lua process
+-- goes away.
+--   local ng = helpers.nginx([[server { listen 127.0.0.1:%PORT% ssl; ... }]])
+-- @tparam string http_body
+-- @return a server: `.port` (for %PORT%), `.ports` (tag -> port, e.g. ports.PORT_B), `.pid`,
+-- `.prefix`, `.stop()`, `.error_log()`, `.access_log()` (of `access_log %PREFIX%/access.log`).
+-- Raises when it does not accept on every port within 10 s.
+function _M.nginx(http_body)
+  local bin = os.getenv("MOONGATE_NGINX") or "/usr/sbin/nginx"
+  local srv = { prefix = make_prefix("nginx"), ports = {} }
+  tracked[#tracked + 1] = srv
+  local body = gsub(http_body, "%%(PORT[%w_]*)%%", function(tag)
+    srv.ports[tag] = srv.ports[tag] or _M.get_free_port()
+    return tostring(srv.ports[tag])
+  end)
+  body = gsub(body, "%%PREFIX%%", function() return srv.prefix end)
+  srv.port = srv.ports.PORT
+  local p = srv.prefix
+  assert(os.execute("mkdir -p " .. shell_quote(p .. "/tmp")))
+  write_file(p .. "/nginx.conf", fmt([[
+error_log %s/logs/error.log info;
+events { worker_connections 128; }
+http {
+  access_log off;
+  client_body_temp_path %s/tmp/body;
+  proxy_temp_path %s/tmp/proxy;
+  fastcgi_temp_path %s/tmp/fastcgi;
+  uwsgi_temp_path %s/tmp/uwsgi;
+  scgi_temp_path %s/tmp/scgi;
+  default_type text/plain;
+%s
+}
+]], p, p, p, p, p, p, body))
+  local cmd = fmt("exec %s -p %s -c %s -e %s -g %s", shell_quote(bin), shell_quote(p .. "/"),
+                  shell_quote(p .. "/nginx.conf"), shell_quote(p .. "/logs/error.log"),
+                  shell_quote(fmt("daemon off; master_process off; pid %s/nginx.pid;", p)))
+  srv.proc = spawn(cmd, p)
+  srv.pid = srv.proc.pid
+
+  function srv.stop()
+    terminate({ srv.proc }, nil, 5)
+  end
+
+  function srv.error_log()
+    return read_file(p .. "/logs/error.log") or ""
+  end
+
+  function srv.access_log()
+    return read_file(p .. "/access.log") or ""
+  end
+
+  local deadline = _M.now() + START_TIMEOUT
+  while _M.now() < deadline do
+    local all = true
+    for _, port in pairs(srv.ports) do
+      all = all and port_accepts(port)
+    end
+    if all then return srv end
+    if not proc_running(srv.proc) then break end
+    _M.sleep(0.02)
+  end
+  srv.stop()
+  error(fmt("nginx did not start: %s%s", read_file(srv.proc.err) or "", srv.error_log()), 2)
 end
 
 --------------------------------------------------------------------------------------------

@@ -585,6 +585,50 @@ function client.get_credential()
   return current().credential
 end
 
+-- client.tls: the kit's `client_certificate` option stands for what the gateway parsed
+local tls = {}
+client.tls = tls
+
+function tls.get_full_client_certificate_chain()
+  check(REQUEST, "moongate.client.tls.get_full_client_certificate_chain")
+  local c = current().client.cert
+  return c and c.chain
+end
+
+function tls.get_client_verify()
+  check(REQUEST, "moongate.client.tls.get_client_verify")
+  local c = current().client.cert
+  return c and c.verify or "NONE"
+end
+
+function tls.get_client_certificate()
+  check(REQUEST, "moongate.client.tls.get_client_certificate")
+  local c = current().client.cert
+  if not c then return nil end
+  local sans = { dns = {}, uri = {}, email = {}, ip = {} }
+  local list = {}
+  for _, san in ipairs(c.san_list or {}) do
+    local kind, value = match(san, "^(%a+):(.*)$")
+    local t = kind and sans[lower(kind)]
+    if t then
+      t[#t + 1] = value
+      list[#list + 1] = san
+    end
+  end
+  return { subject_dn = c.subject_dn or "", issuer_dn = c.issuer_dn or "", cn = c.cn or "",
+           serial = c.serial or "01", fingerprint = c.fingerprint or format("%064d", 0),
+           sans = sans, san_list = list }
+end
+
+function tls.verify_client(ca_ids, allow_partial_chain)
+  check(REQUEST, "moongate.client.tls.verify_client")
+  if type(ca_ids) ~= "table" then error("ca_ids must be an array of ids", 2) end
+  local c = current().client.cert
+  if not c then return nil, "no certificate" end
+  if c.verified then return true end
+  return false, "failed verification"
+end
+
 -- ctx --------------------------------------------------------------------------------------
 
 moongate.ctx = setmetatable({}, {
@@ -1311,6 +1355,38 @@ function moongate.tls.set_cert(cert, key)
   return true
 end
 
+-- upstream ----------------------------------------------------------------------------------
+-- kit.upstreams is opts.upstreams: { name = { { target = "host:port", weight = 100,
+-- health = "HEALTHY" | "UNHEALTHY" | "HEALTHCHECKS_OFF" (default), ip = (the host),
+-- addresses = (a named target's: { { ip, health = (the target's) } }; {} is DNS_ERROR) } } }.
+
+moongate.upstream = {}
+
+function moongate.upstream.get_health(name)
+  check(bor(phases.INIT_WORKER, REQUEST, phases.TIMER), "moongate.upstream.get_health")
+  if type(name) ~= "string" then
+    error("upstream name must be a string", 2)
+  end
+  local targets = active and active.upstreams[name]
+  if not targets then return nil, "upstream not found" end
+  local data = {}
+  for i, t in ipairs(targets) do
+    local host, port = match(t.target, "^%[?(.-)%]?:(%d+)$")
+    local health, weight = t.health or "HEALTHCHECKS_OFF", t.weight or 100
+    local addresses = {}
+    for j, a in ipairs(t.addresses or { { ip = t.ip or host } }) do
+      addresses[j] = { ip = a.ip, port = tonumber(port), health = a.health or health,
+                       weight = weight }
+    end
+    if #addresses == 0 then health = "DNS_ERROR" end
+    data[i] = {
+      target = t.target, weight = weight, health = health, upstream = { name = name },
+      data = { addresses = addresses },
+    }
+  end
+  return { total = #data, node_id = active.node_id, data = data }
+end
+
 function moongate.node.get_worker_pid()
   return active and active.worker_pid or _M.WORKER_PID
 end
@@ -1358,8 +1434,13 @@ end
 --   `body` (""), `client_body_buffer_size` (a larger body makes get_raw_body fail; default
 --   no limit), `request_id` (32 hex digits), `client_ip` ("127.0.0.1"), `forwarded_ip` (default the
 --   client ip), `client_port` (40000), `route` ({ name = }), `service` ({ name = }),
---   `consumer`, `credential` (as if authenticated already), `node_id`, `worker_id` (0),
---   `worker_pid`, `now` (the clock moongate.now() starts from; default os.time(), or
+--   `consumer`, `credential` (as if authenticated already), `upstreams` (what
+--   moongate.upstream.get_health reports: { name = { { target, weight, health, ip,
+--   addresses } } }),
+--   `node_id`, `worker_id` (0), `worker_pid`, `client_certificate` (what moongate.client.tls
+--   sees: { chain = PEM, verify = "SUCCESS", verified = true (verify_client's answer),
+--   subject_dn, issuer_dn, cn, serial, fingerprint, san_list = { "DNS:a.test", ... } }; nil:
+--   no certificate), `now` (the clock moongate.now() starts from; default os.time(), or
 --   later if an earlier kit slept past it), `log_level` ("debug": every line is kept;
 --   "notice" keeps what the gateway's default log_level would), `shared_dicts` ({ name =
 --   "1m" } or { "name" }: declares them with pdk.shared_dict)
@@ -1425,11 +1506,13 @@ function _M.new(opts)
       ip = opt(opts, "client_ip", "string", "127.0.0.1"),
       forwarded_ip = opt(opts, "forwarded_ip", "string", nil),
       port = opt(opts, "client_port", "number", 40000),
+      cert = opt(opts, "client_certificate", "table", nil),
     },
     route = opt(opts, "route", "table", {}),
     service = opt(opts, "service", "table", {}),
     consumer = opt(opts, "consumer", "table", nil),
     credential = opt(opts, "credential", "table", nil),
+    upstreams = opt(opts, "upstreams", "table", {}),
     node_id = opt(opts, "node_id", "string", _M.NODE_ID),
     worker_id = opt(opts, "worker_id", "number", 0),
     worker_pid = opt(opts, "worker_pid", "number", _M.WORKER_PID),
