@@ -421,11 +421,12 @@ static bool connect_upstream(mg_req_t *r)
         int err = errno;
         record_try(r, mg_upstream_try_addr());
         if (r->target)
-            mg_log_err("cannot connect to upstream \"%s\" target %s (try %u): %s",
-                       s->upstream->name, r->target->target, r->tries, strerror(err));
-        else
-            mg_log_err("cannot connect to upstream %s:%u (try %u): %s", s->host, s->port, r->tries,
+            mg_log_err("cannot connect to upstream \"%s\" target %s (%s, try %u): %s",
+                       s->upstream->name, r->target->target, r->upstream_addr, r->tries,
                        strerror(err));
+        else
+            mg_log_err("cannot connect to upstream %s:%u (%s, try %u): %s", s->host, s->port,
+                       r->upstream_addr, r->tries, strerror(err));
         if (!retry_budget_left(r)) break;
     }
     if (u == NULL) {

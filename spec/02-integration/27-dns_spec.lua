@@ -54,6 +54,16 @@ local function dns_server()
   return srv
 end
 
+-- The access log line of the request for `path`.
+local function access_line(gw, path)
+  return helpers.eventually(function()
+    for _, line in ipairs(gw:access_log_lines()) do
+      if line.path == path then return line end
+    end
+    error("no access log line for " .. path .. " yet")
+  end, 3)
+end
+
 -- A records for name (ttl seconds).
 local function a(ips, ttl)
   return { A = ips, ttl = ttl or 60 }
@@ -276,6 +286,103 @@ describe("dns", function()
     gw:stop()
   end)
 
+  it("names each address tried in the access log, a retry going to the name's other address",
+     function()
+    -- nothing listens on 127.0.0.5: its connect is refused (on the loop); 224.0.0.1 is
+    -- multicast: TCP's connect(2) fails at once (ENETUNREACH). Retries end on 127.0.0.2.
+    dns.set({ names = { ["retry.test"] = a({ "127.0.0.2", "127.0.0.5", "224.0.0.1" }) } })
+    local gw = start({ service("s", "pool", "/lb", { retries = 2 }) }, {
+      upstreams = { { name = "pool", targets = { { target = "retry.test:" .. port } } } },
+    })
+    helpers.eventually(function()
+      assert.equal(200, assert(gw:get("/lb/first")).status)
+    end, 5, 0.1)
+    for i = 1, 6 do
+      assert.equal(200, assert(gw:get("/lb/" .. i)).status)
+    end
+    local a2 = "127.0.0.2:" .. port
+    local failed = { ["127.0.0.5:" .. port] = 0, ["224.0.0.1:" .. port] = 0 }
+    for i = 1, 6 do
+      local line = access_line(gw, "/lb/" .. i)
+      local tried = {}
+      for addr in line.upstream_addr:gmatch("[^, ]+") do tried[#tried + 1] = addr end
+      assert.equal(line.tries, #tried, line.upstream_addr)
+      assert.equal(a2, tried[#tried], line.upstream_addr) -- the one that answered, last
+      for k = 1, #tried - 1 do
+        assert.is_number(failed[tried[k]], line.upstream_addr)
+        failed[tried[k]] = failed[tried[k]] + 1
+      end
+    end
+    -- round-robin: each failing address was tried first by some request
+    assert.is_true(failed["127.0.0.5:" .. port] > 0)
+    assert.is_true(failed["224.0.0.1:" .. port] > 0)
+    local log = gw:error_log()
+    assert.matches("target retry.test:" .. port .. ", 127.0.0.5:" .. port .. ", try ", log, 1,
+                   true)
+    assert.matches("target retry.test:" .. port .. " (224.0.0.1:" .. port .. ", try ", log, 1,
+                   true)
+    gw:stop()
+  end)
+
+  it("reports each address of a named target through moongate.upstream.get_health",
+     function()
+    dns.set({ names = { ["hc.test"] = a({ "127.0.0.2", "127.0.0.3" }, 1) } })
+    up3:set_mode("status:500")
+    local gw = start({ { name = "s", host = "pool", routes = { { paths = { "/health" },
+                         plugins = { { name = "upstream-health",
+                                       config = { upstream = "pool" } } } } } } }, {
+      lua_package_path = PWD .. "/spec/fixtures/plugins/?.lua;;",
+      plugins = { "bundled", "upstream-health" },
+      upstreams = { { name = "pool",
+                      targets = { { target = "hc.test:" .. port, weight = 7 },
+                                  { target = "missing.test:" .. port } },
+                      healthchecks = { active = { type = "http", http_path = "/",
+                                                  healthy = { interval = 0.1 },
+                                                  unhealthy = { interval = 0.1,
+                                                                http_failures = 1 } } } } },
+    })
+    local function addr_of(entry, ip)
+      for _, ad in ipairs(entry.data.addresses) do
+        if ad.ip == ip then return ad end
+      end
+    end
+    helpers.eventually(function()
+      local res = assert(gw:get("/health"))
+      assert.equal(200, res.status, res.body)
+      local report = cjson.decode(res.body)
+      assert.equal(2, report.total)
+      local named, missing = report.data[1], report.data[2]
+      assert.equal("hc.test:" .. port, named.target)
+      assert.equal(2, #named.data.addresses)
+      assert.same({ ip = "127.0.0.2", port = port, health = "HEALTHY", weight = 7 },
+                  addr_of(named, "127.0.0.2"))
+      assert.same({ ip = "127.0.0.3", port = port, health = "UNHEALTHY", weight = 7 },
+                  addr_of(named, "127.0.0.3"))
+      assert.equal("HEALTHY", named.health) -- one of its addresses takes traffic
+      -- a name that does not resolve has no address: Kong's DNS_ERROR
+      assert.equal("missing.test:" .. port, missing.target)
+      assert.equal("DNS_ERROR", missing.health)
+      assert.same({}, missing.data.addresses)
+    end, 5, 0.1)
+    -- every address down: the target is UNHEALTHY
+    up2:set_mode("status:500")
+    helpers.eventually(function()
+      local report = cjson.decode(assert(gw:get("/health")).body)
+      assert.equal("UNHEALTHY", report.data[1].health)
+      assert.equal("UNHEALTHY", addr_of(report.data[1], "127.0.0.2").health)
+    end, 5, 0.1)
+    up2:set_mode(nil)
+    up3:set_mode(nil)
+    -- an address gone from the answer is no longer listed
+    dns.set({ names = { ["hc.test"] = a({ "127.0.0.2" }, 1) } })
+    helpers.eventually(function()
+      local report = cjson.decode(assert(gw:get("/health")).body)
+      assert.equal(1, #report.data[1].data.addresses)
+      assert.equal("127.0.0.2", report.data[1].data.addresses[1].ip)
+    end, 8, 0.2)
+    gw:stop()
+  end)
+
   it("probes each address of a named target (active checks)", function()
     dns.set({ names = { ["probe.test"] = a({ "127.0.0.2", "127.0.0.3" }) } })
     up3:set_mode("status:500")
@@ -333,6 +440,10 @@ describe("dns", function()
     assert.equal(503, res.status)
     assert.same({ message = NAME_FAILED }, cjson.decode(res.body))
     assert.matches("name resolution failed for late.test", gw:error_log(), 1, true)
+    -- nothing was connected to: no try, no address in the access log
+    local line = access_line(gw, "/n")
+    assert.equal("", line.upstream_addr)
+    assert.is_nil(line.tries)
     -- one backend's missing name takes nothing else down
     assert.equal(200, assert(gw:get("/ip")).status)
     dns.set({ names = { ["late.test"] = a({ "127.0.0.3" }) } })
