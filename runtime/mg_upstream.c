@@ -21,11 +21,11 @@
  * Upstream TLS (protocol https, mg_utls.c): the handshake runs on the loop between connect
  * and the first write, under the connect timeout, and its failure is a connect failure
  * (retried, counted by passive health). A pool may hold connections of several services
- * balanced over the same target address: a connection is only handed to a request whose service has
- * the same client context (TLS or not, verification, client certificate), and each pool
- * remembers one TLS session to resume (forgotten when the pool's address changes). An idle TLS
- * connection may receive a session ticket; that keeps it, anything else closes it. Closing a
- * connection the gateway owns sends close_notify, best effort.
+ * balanced over the same target address: a connection is only handed to a request whose
+ * service has the same client context (TLS or not, verification, client certificate), and
+ * each pool remembers one TLS session to resume (forgotten when the pool's address changes).
+ * An idle TLS connection may receive a session ticket; that keeps it, anything else closes
+ * it. Closing a connection the gateway owns sends close_notify, best effort.
  */
 #include <errno.h>
 #include <fcntl.h>
