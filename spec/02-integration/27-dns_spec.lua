@@ -5,11 +5,14 @@
 -- address without a restart), served stale while a refresh runs, and `dns_hostsfile` names
 -- never reach the server. Several A records of a target are balanced over; a name that does
 -- not exist answers Kong's 503 until it appears; a server that never answers holds up nothing
--- but the requests for that name, which get the 503 after the connect timeout. The echo
--- upstreams listen on 127.0.0.2 and 127.0.0.3 on one port (A records carry no port: Linux
--- routes all of 127/8 to lo).
+-- but the requests for that name, which get the 503 after the connect timeout. With main's
+-- retries, upstream TLS and get_health: every address tried is in the access log, each
+-- address of a named https target is spoken to and probed over TLS by the target's name, and
+-- get_health lists a name's addresses. The echo upstreams listen on 127.0.0.2 and 127.0.0.3
+-- on one port (A records carry no port: Linux routes all of 127/8 to lo).
 
 local helpers = require "spec.helpers"
+local pki = require "spec.pki"
 local cjson = require "cjson.safe"
 local socket = require "socket"
 
@@ -406,6 +409,65 @@ describe("dns", function()
     -- the address that failed its probe gets nothing (nor probes: no unhealthy interval)
     assert.equal(0, up3:count())
     gw:stop()
+  end)
+
+  it("speaks TLS to each address of a named https target, probing each over https",
+     function()
+    -- one nginx on 127.0.0.2 and 127.0.0.3 (same port), its certificate naming tls.test only:
+    -- SNI and verification use the target's name whatever the address; the health path
+    -- fails on 127.0.0.3
+    local ca = pki.ca()
+    local leaf = ca:leaf("srv", { names = { "tls.test" } })
+    local ng = helpers.nginx(fmt([[
+  server {
+    listen 127.0.0.1:%%PORT%% ssl; # what helpers.nginx waits for
+    listen 127.0.0.2:%%PORT%% ssl;
+    listen 127.0.0.3:%%PORT%% ssl;
+    ssl_certificate %s;
+    ssl_certificate_key %s;
+    keepalive_requests 1000;
+    location /hc {
+      if ($server_addr = "127.0.0.3") { return 500; }
+      return 200;
+    }
+    location / {
+      return 200 "addr=$server_addr sni=$ssl_server_name conn=$connection\n";
+    }
+  }
+]], leaf.crt, leaf.key))
+    dns.set({ names = { ["tls.test"] = a({ "127.0.0.2", "127.0.0.3" }) } })
+    local gw = start({ { name = "s", host = "pool", protocol = "https", port = 443,
+                         ca_certificates = { "test-ca" }, retries = 0,
+                         routes = { { paths = { "/tls" } } } } }, {
+      log_level = "info",
+      ca_certificates = { { id = "test-ca", cert = ca:read(ca.crt) } },
+      upstreams = { { name = "pool", targets = { { target = "tls.test:" .. ng.port } },
+                      healthchecks = { active = { type = "https", http_path = "/hc",
+                                                  healthy = { interval = 0.1 },
+                                                  unhealthy = { http_failures = 1 } } } } },
+    })
+    helpers.eventually(function()
+      assert.matches("target tls.test:" .. ng.port .. " (127.0.0.3) is now unhealthy " ..
+                     "(1 http failures, last status 500) by active checks", gw:error_log(), 1,
+                     true)
+    end, 5, 0.1)
+    assert.is_nil(gw:error_log():find("(127.0.0.2) is now unhealthy", 1, true))
+    local c = assert(helpers.connect(gw.port))
+    local conns = {}
+    for _ = 1, 4 do
+      assert(c:send("GET /tls HTTP/1.1\r\nHost: x\r\n\r\n"))
+      local res = assert(c:read_response())
+      assert.equal(200, res.status, res.body)
+      assert.equal("127.0.0.2", res.body:match("addr=(%S+)"))
+      assert.equal("tls.test", res.body:match("sni=(%S+)"))
+      conns[res.body:match("conn=(%d+)")] = true
+    end
+    c:close()
+    local n = 0
+    for _ in pairs(conns) do n = n + 1 end
+    assert.equal(1, n) -- one kept-alive TLS connection to the address served them all
+    gw:stop()
+    ng.stop()
   end)
 
   it("sends one query for requests waiting on a name, or one each with dns_no_sync", function()
