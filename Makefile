@@ -3,7 +3,7 @@
 
 CC      ?= cc
 BUILD   ?= build
-PKGS    := luajit libpcre2-8 yaml-0.1 libssl libcrypto
+PKGS    := luajit libpcre2-8 yaml-0.1 libssl libcrypto libcares
 CFLAGS  ?= -O2 -g
 # always applied, whatever CFLAGS the command line gives (make asan overrides CFLAGS)
 WARN_CFLAGS = -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Wshadow -Wstrict-prototypes \

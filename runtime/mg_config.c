@@ -13,6 +13,7 @@
  * side, which validates plugin configs against each plugin's schema.
  */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -29,6 +30,7 @@
 #include <pcre2.h>
 
 #include "mg_config.h"
+#include "mg_dns.h"
 #include "mg_health.h"
 #include "mg_ca.h"
 #include "mg_tls.h"
@@ -109,8 +111,7 @@ typedef struct upstream_item_s {
 typedef struct target_item_s {
     mg_target_t t;
     char *path;
-    char *upstream_name; /* top-level targets: `upstream:` as written */
-    bool resolved;
+    char *upstream_name;                  /* top-level targets: `upstream:` as written */
     struct target_item_s *next, *sibling; /* x->targets; the upstream's list */
 } target_item_t;
 
@@ -170,6 +171,9 @@ struct ctx_s {
     size_t budget;       /* values value_of() may still create */
     bool values_failed;  /* a conversion gave up (budget, depth): the next ones do not try */
     yaml_node_t *value_stack[MAX_VALUE_DEPTH]; /* value_at(): the collections being converted */
+    char *hosts;                               /* dns_hostsfile's text, once read */
+    size_t hosts_len, dns_cap;
+    bool hosts_read, hostsfile_set;
     size_t plen;
     char path[512];
     char msg[512]; /* a check's message when it quotes the value */
@@ -240,6 +244,8 @@ static const char *check_sni(ctx_t *x, char *s);
 static const char *check_probe_sni(ctx_t *x, char *s);
 static const char *check_path(ctx_t *x, char *s);
 static const char *check_method(ctx_t *x, char *s);
+static const char *check_resolver(ctx_t *x, char *s);
+static const char *check_dns_order(ctx_t *x, char *s);
 
 static void parse_service(ctx_t *x, yaml_node_t *n, void *parent);
 static void parse_route(ctx_t *x, yaml_node_t *n, void *parent);
@@ -574,6 +580,14 @@ static const field_t top_fields[] = {
     {.name = "plugins", .parse = p_plugins, .flags = F_ENV | F_LIST},
     SETTING(lua_package_path, i_string),
     SETTING(worker_stall_timeout, i_duration, .min = 100, .max = INT_MAX),
+    SETTING_LIST(dns_resolver, i_string, .check = check_resolver),
+    SETTING(dns_hostsfile, i_string),
+    SETTING_LIST(dns_order, i_string, .check = check_dns_order),
+    SETTING(dns_valid_ttl, i_int, .min = 0, .max = INT_MAX),
+    SETTING(dns_stale_ttl, i_int, .min = 0, .max = INT_MAX),
+    SETTING(dns_not_found_ttl, i_int, .min = 0, .max = INT_MAX),
+    SETTING(dns_error_ttl, i_int, .min = 0, .max = INT_MAX),
+    SETTING(dns_no_sync, i_bool),
     SETTING(lua_memory_limit, i_size, .min = 8 << 20),
     {.name = "shared_dicts", .parse = p_shared_dicts, .flags = F_SETTING},
     SKIP("declarative_config", i_declarative, .flags = F_SETTING | F_ENV),
@@ -1738,6 +1752,7 @@ static void parse_service(ctx_t *x, yaml_node_t *n, void *parent)
     mg_service_t *s = &it->s;
     size_t nerrs = x->nerrs;
     s->retries = 5;
+    s->dns = -1;
     s->connect_timeout = s->write_timeout = s->read_timeout = 60000;
     s->tls_verify = true; /* stricter than Kong: a backend's certificate is checked */
     s->tls_verify_depth = -1;
@@ -1772,40 +1787,171 @@ static void parse_service(ctx_t *x, yaml_node_t *n, void *parent)
     x->svcs_tail = &it->next;
 }
 
-/* Resolves `host` ("name", "1.2.3.4" or "[v6]") once, at load: numeric, /etc/hosts or DNS.
- * A failure is reported at x->path's `key`. */
-static bool resolve_host(ctx_t *x, const char *name, uint16_t port, struct sockaddr_storage *addr,
-                         socklen_t *addrlen, const char *key)
+/* The hosts file (dns_hostsfile), read once (a bound of 1 MiB: a hosts file is small). */
+static void read_hostsfile(ctx_t *x)
 {
+    if (x->hosts_read) return;
+    x->hosts_read = true;
+    const char *path = x->cfg->dns_hostsfile;
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        if (!x->hostsfile_set) return; /* no /etc/hosts: nothing to honour */
+        fail_at(x, "dns_hostsfile", "cannot read \"%s\": %s", path, strerror(errno));
+        return;
+    }
+    size_t cap = 1 << 20, len = 0, n;
+    x->hosts = zalloc(x, x->tmp, cap + 1);
+    while (len < cap && (n = fread(x->hosts + len, 1, cap - len, f)) > 0)
+        len += n;
+    fclose(f);
+    x->hosts_len = len;
+}
+
+/*
+ * Makes `name` ("name", "1.2.3.4" or "[v6]") an address at load when it is one, or a name of
+ * the hosts file (the first of dns_order's types it has there): true with *addr (port set).
+ * Any other name is left to the workers' resolver (mg_dns.c): false, *dns its index in
+ * cfg->dns_names (one entry per distinct name).
+ */
+static bool resolve_host(ctx_t *x, const char *name, uint16_t port, struct sockaddr_storage *addr,
+                         socklen_t *addrlen, int *dns)
+{
+    mg_config_t *cfg = x->cfg;
     char host[256];
     size_t len = strlen(name);
+    *dns = -1;
     if (name[0] == '[')
         snprintf(host, sizeof(host), "%.*s", (int)(len - 2), name + 1);
     else
         snprintf(host, sizeof(host), "%s", name);
-
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res;
-    int rc = getaddrinfo(host, NULL, &hints, &res);
-    if (rc != 0) {
-        size_t mark = path_key(x, key);
-        fail(x, "cannot resolve \"%s\": %s", name, gai_strerror(rc));
-        path_set(x, mark);
-        return false;
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST}, *res;
+    bool found = false;
+    if (getaddrinfo(host, NULL, &hints, &res) == 0) {
+        memcpy(addr, res->ai_addr, res->ai_addrlen);
+        *addrlen = res->ai_addrlen;
+        freeaddrinfo(res);
+        found = true;
     }
-    memcpy(addr, res->ai_addr, res->ai_addrlen);
-    *addrlen = res->ai_addrlen;
-    if (addr->ss_family == AF_INET)
-        ((struct sockaddr_in *)addr)->sin_port = htons(port);
-    else
-        ((struct sockaddr_in6 *)addr)->sin6_port = htons(port);
-    freeaddrinfo(res);
-    return true;
+    for (unsigned i = 0; !found && x->hosts && i < cfg->ndns_types; i++)
+        found =
+            mg_dns_hosts_find(x->hosts, x->hosts_len, host,
+                              cfg->dns_types[i] == MG_DNS_A ? AF_INET : AF_INET6, addr, addrlen);
+    if (found) {
+        if (addr->ss_family == AF_INET)
+            ((struct sockaddr_in *)addr)->sin_port = htons(port);
+        else
+            ((struct sockaddr_in6 *)addr)->sin6_port = htons(port);
+        return true;
+    }
+    for (size_t i = 0; i < cfg->ndns_names; i++) {
+        if (strcmp(cfg->dns_names[i], host) == 0) {
+            *dns = (int)i;
+            return false;
+        }
+    }
+    if (cfg->ndns_names == x->dns_cap) {
+        size_t cap = x->dns_cap ? x->dns_cap * 2 : 8;
+        char **names = zalloc(x, cfg->pool, cap * sizeof(char *));
+        if (cfg->ndns_names) memcpy(names, cfg->dns_names, cfg->ndns_names * sizeof(char *));
+        cfg->dns_names = names;
+        x->dns_cap = cap;
+    }
+    *dns = (int)cfg->ndns_names;
+    cfg->dns_names[cfg->ndns_names++] = sdup(x, host);
+    return false;
 }
 
 static void resolve(ctx_t *x, svc_item_t *it)
 {
     mg_service_t *s = &it->s;
-    resolve_host(x, s->host, s->port, &s->addr, &s->addrlen, "host");
+    resolve_host(x, s->host, s->port, &s->addr, &s->addrlen, &s->dns);
+}
+
+/* A dns_resolver entry: "ip", "ip:port", "[v6]" or "[v6]:port". */
+static const char *check_resolver(ctx_t *x, char *s)
+{
+    char ip[64];
+    const char *port = NULL, *colon = strrchr(s, ':');
+    struct in6_addr a6;
+    struct in_addr a4;
+    bool ok;
+    if (s[0] == '[') {
+        const char *rb = strchr(s, ']');
+        ok = rb && (size_t)(rb - s - 1) < sizeof(ip) && (rb[1] == '\0' || rb[1] == ':');
+        if (ok) {
+            snprintf(ip, sizeof(ip), "%.*s", (int)(rb - s - 1), s + 1);
+            ok = inet_pton(AF_INET6, ip, &a6) == 1;
+            if (rb[1] == ':') port = rb + 2;
+        }
+    } else if (colon && strchr(s, ':') == colon) { /* one colon: v4:port */
+        ok = (size_t)(colon - s) < sizeof(ip);
+        if (ok) {
+            snprintf(ip, sizeof(ip), "%.*s", (int)(colon - s), s);
+            ok = inet_pton(AF_INET, ip, &a4) == 1;
+            port = colon + 1;
+        }
+    } else {
+        ok = inet_pton(AF_INET, s, &a4) == 1 || inet_pton(AF_INET6, s, &a6) == 1;
+    }
+    if (ok && port) ok = port_ok(port);
+    if (ok) return NULL;
+    snprintf(x->msg, sizeof(x->msg), "invalid resolver \"%s\": expected ip[:port]", s);
+    return x->msg;
+}
+
+/* A dns_order entry (upper-cased): LAST, A, AAAA or CNAME; SRV is refused by name. */
+static const char *check_dns_order(ctx_t *x, char *s)
+{
+    for (char *p = s; *p; p++)
+        *p = (char)toupper((unsigned char)*p);
+    if (strcmp(s, "LAST") == 0 || strcmp(s, "A") == 0 || strcmp(s, "AAAA") == 0 ||
+        strcmp(s, "CNAME") == 0)
+        return NULL;
+    if (strcmp(s, "SRV") == 0)
+        return "SRV records are not supported (use LAST, A, AAAA and CNAME): a target or "
+               "service gives its port";
+    snprintf(x->msg, sizeof(x->msg), "invalid entry \"%s\": expected LAST, A, AAAA or CNAME", s);
+    return x->msg;
+}
+
+/* dns_order as record types, dns_resolver as c-ares' server list, the hosts file read. */
+static void finish_dns(ctx_t *x)
+{
+    mg_config_t *cfg = x->cfg;
+    bool a = false, aaaa = false;
+    x->hostsfile_set = strcmp(cfg->dns_hostsfile, "/etc/hosts") != 0;
+    read_hostsfile(x);
+    bool bad = false;
+    for (size_t i = 0; i < cfg->ndns_order; i++) {
+        const char *o = cfg->dns_order[i];
+        if (o == NULL) { /* reported */
+            bad = true;
+            continue;
+        }
+        if (strcmp(o, "LAST") == 0) cfg->dns_last = true;
+        int type = strcmp(o, "A") == 0 ? MG_DNS_A : strcmp(o, "AAAA") == 0 ? MG_DNS_AAAA : 0;
+        bool *seen = type == MG_DNS_A ? &a : &aaaa;
+        if (type == 0 || *seen) continue;
+        *seen = true;
+        cfg->dns_types[cfg->ndns_types++] = type;
+    }
+    if (cfg->ndns_types == 0 && !bad)
+        fail_at(x, "dns_order", "must contain A or AAAA (CNAME alone resolves no address)");
+    if (cfg->ndns_resolver) {
+        size_t cap = 1;
+        for (size_t i = 0; i < cfg->ndns_resolver; i++) {
+            if (cfg->dns_resolver[i] == NULL) return; /* reported */
+            cap += strlen(cfg->dns_resolver[i]) + 8;
+        }
+        char *csv = zalloc(x, cfg->pool, cap), *p = csv;
+        for (size_t i = 0; i < cfg->ndns_resolver; i++) {
+            const char *r = cfg->dns_resolver[i];
+            bool bare6 = r[0] != '[' && strchr(r, ':') != strrchr(r, ':');
+            p += snprintf(p, cap - (size_t)(p - csv), "%s%s%s%s", i ? "," : "", bare6 ? "[" : "", r,
+                          bare6 ? "]" : "");
+        }
+        cfg->dns_servers = csv;
+    }
 }
 
 static void parse_route(ctx_t *x, yaml_node_t *n, void *parent)
@@ -1991,6 +2137,7 @@ static void parse_target(ctx_t *x, yaml_node_t *n, void *parent)
     it->path = tprintf(x, "%s", x->path);
     it->t.weight = 100;
     it->t.port = 8000; /* Kong's default target port */
+    it->t.dns = -1;
     uint64_t seen = parse_map(x, n, it, target_fields, MG_ARRAY_SIZE(target_fields));
     if (!HAS(seen, target_fields, "target")) {
         size_t mark = path_key(x, "target");
@@ -2010,8 +2157,6 @@ static void parse_target(ctx_t *x, yaml_node_t *n, void *parent)
     if (x->nerrs == nerrs) {
         it->t.target = mg_pool_printf(x->cfg->pool, "%s:%u", it->t.host, it->t.port);
         if (it->t.target == NULL) longjmp(x->oom, 1);
-        it->resolved =
-            resolve_host(x, it->t.host, it->t.port, &it->t.addr, &it->t.addrlen, "target");
     }
     *x->targets_tail = it;
     x->targets_tail = &it->next;
@@ -2118,6 +2263,7 @@ static void finish_upstreams(ctx_t *x)
 {
     mg_config_t *cfg = x->cfg;
     size_t nups = 0, nnames = 0, ntargets = 0;
+    finish_dns(x);
     for (upstream_item_t *u = x->upstreams; u; u = u->next)
         nups++;
     named_t *names = zalloc(x, x->tmp, (nups + 1) * sizeof(named_t));
@@ -2176,6 +2322,7 @@ static void finish_upstreams(ctx_t *x)
         u->targets = zalloc(x, cfg->pool, (it->ntargets + 1) * sizeof(mg_target_t));
         for (target_item_t *t = it->targets; t; t = t->sibling) {
             if (t->t.target == NULL) continue; /* reported */
+            resolve_host(x, t->t.host, t->t.port, &t->t.addr, &t->t.addrlen, &t->t.dns);
             bool dup = false;
             for (size_t i = 0; i < u->ntargets; i++)
                 dup = dup || strcmp(u->targets[i].target, t->t.target) == 0;
@@ -2196,6 +2343,8 @@ static void finish_upstreams(ctx_t *x)
             mg_target_t *t = &cfg->upstreams[i].targets[j];
             t->index = (unsigned)cfg->ntargets;
             cfg->targets[cfg->ntargets++] = t;
+            t->slot = (unsigned)cfg->ntarget_slots;
+            cfg->ntarget_slots += t->dns >= 0 ? MG_DNS_MAX_ADDRS : 1;
         }
     }
 
@@ -2751,6 +2900,15 @@ static void set_defaults(ctx_t *x, mg_config_t *cfg)
     cfg->worker_stall_timeout = 5000;
     cfg->ssl_verify_depth = 1; /* nginx's default */
     cfg->lua_memory_limit = (size_t)256 << 20;
+    cfg->dns_hostsfile = sdup(x, "/etc/hosts");
+    static const char *const order[] = {"LAST", "A", "CNAME"}; /* Kong's, less SRV */
+    cfg->dns_order = zalloc(x, cfg->pool, sizeof(order));
+    for (size_t i = 0; i < MG_ARRAY_SIZE(order); i++)
+        cfg->dns_order[i] = sdup(x, order[i]);
+    cfg->ndns_order = MG_ARRAY_SIZE(order);
+    cfg->dns_stale_ttl = 4;
+    cfg->dns_not_found_ttl = 30;
+    cfg->dns_error_ttl = 1;
     cfg->plugin_names = zalloc(x, cfg->pool, sizeof(char *));
     cfg->plugin_names[0] = sdup(x, "bundled");
     cfg->nplugin_names = 1;

@@ -82,7 +82,9 @@ enum {
     MG_HASH_URI_CAPTURE,
 };
 
-/* A target of an upstream: "host:port" resolved at load. */
+/* A target of an upstream: "host:port", an address (IP literal or dns_hostsfile entry, `addr`
+ * set at load) or a name the workers resolve (`dns` >= 0, mg_dns.c): each address of its
+ * answer is a balancer entry with the target's weight. */
 typedef struct {
     char *target;    /* as normalised: "host:port" (for logs and the hash ring) */
     char *host;      /* "[v6]" bracketed like service hosts */
@@ -91,7 +93,15 @@ typedef struct {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     unsigned index; /* position in mg_config_t.targets (keepalive pool per target) */
+    int dns;        /* index in mg_config_t.dns_names, or -1: `addr` is the address */
+    unsigned slot;  /* first of its address slots (keepalive pools, health): MG_DNS_MAX_ADDRS
+                       for a name, 1 for an address */
 } mg_target_t;
+
+/* Addresses kept of one DNS answer (a name's balancer entries at most). */
+#define MG_DNS_MAX_ADDRS 16
+/* Record types of dns_order (LAST is a flag, CNAME is followed by the recursive resolver). */
+enum { MG_DNS_A = 1, MG_DNS_AAAA = 28 };
 
 /* One side (healthy or unhealthy) of Kong's active or passive health checks. A threshold of
  * 0 turns that count off; `interval` (active only, seconds, 0 = no probes). */
@@ -158,8 +168,10 @@ typedef struct mg_service_s {
     char *path;                                            /* NULL or starts with "/" */
     unsigned retries;                                      /* default 5 */
     unsigned connect_timeout, write_timeout, read_timeout; /* ms, default 60000 */
-    struct sockaddr_storage addr; /* host resolved at load (numeric or /etc/hosts/DNS) */
+    struct sockaddr_storage addr; /* host as an address (IP literal or dns_hostsfile) */
     socklen_t addrlen;
+    int dns; /* index in mg_config_t.dns_names when host is a name resolved by the workers
+                (mg_dns.c), else -1 (`addr` is set) */
     unsigned index;
     const mg_upstream_t *upstream; /* `host` names an upstream: balanced over its targets
                                       (addr is then unset) */
@@ -317,6 +329,25 @@ typedef struct mg_config_s {
     size_t nupstreams;
     mg_target_t **targets; /* every upstream's targets, in order (pool keys) */
     size_t ntargets;
+    size_t ntarget_slots; /* address slots of all targets (mg_target_t.slot) */
+
+    /* DNS (Kong's settings; mg_dns.c): names resolved by each worker, without blocking */
+    char **dns_resolver; /* "ip[:port]"; none = the nameservers of /etc/resolv.conf */
+    size_t ndns_resolver;
+    char *dns_hostsfile; /* default /etc/hosts, read at load */
+    char **dns_order;    /* as written, default LAST,A,CNAME */
+    size_t ndns_order;
+    int dns_types[2]; /* dns_order's record types in order (MG_DNS_A, MG_DNS_AAAA) */
+    unsigned ndns_types;
+    bool dns_last;              /* LAST: the type that answered last time is asked first */
+    unsigned dns_valid_ttl;     /* s; 0 = the records' TTL */
+    unsigned dns_stale_ttl;     /* s an expired answer is served while refreshing, default 4 */
+    unsigned dns_not_found_ttl; /* s a name that does not exist is cached, default 30 */
+    unsigned dns_error_ttl;     /* s a failed lookup is cached, default 1 */
+    bool dns_no_sync;           /* every waiting request sends its own query */
+    char *dns_servers;          /* dns_resolver as c-ares' "ip:port,..." (NULL: none set) */
+    char **dns_names;           /* distinct names of services and targets */
+    size_t ndns_names;
     /* health of every target, shared by the workers (mg_health.c), made at load */
     struct mg_health_zone_s *health;
 

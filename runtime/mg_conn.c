@@ -227,6 +227,7 @@ static mg_req_t *req_new(mg_conn_t *c)
 
 static void req_free(mg_req_t *r)
 {
+    if (r->dns_waiting) mg_proxy_dns_cancel(r); /* the client left while a name resolved */
     mg_lua_request_end(r); /* the log phase, while the request is still whole */
     mg_buf_put(r->filter_in);
     mg_buf_put(r->filtered);
@@ -289,7 +290,7 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
     case MG_CONN_ACTIVE:
         if (c->r->local_response)
             conn_write_plain(c);
-        else if (c->r->lua_waiting)
+        else if (c->r->lua_waiting || c->r->dns_waiting)
             conn_watch_while_waiting(c);
         else
             mg_proxy_pump(c->r);
@@ -863,7 +864,7 @@ static void access_log(mg_req_t *r)
     /* every try's address, as nginx's $upstream_addr ("a, b") */
     for (unsigned i = 0; i < r->tries && i < MG_LOGGED_TRIES; i++) {
         if (i) MG_OUT_LIT(&o, ", ");
-        if (r->try_addrs[i]) mg_out_cstr(&o, r->try_addrs[i]);
+        mg_out_cstr(&o, r->try_addrs[i]);
     }
     if (r->tries > MG_LOGGED_TRIES) MG_OUT_LIT(&o, ", ...");
     if (r->tries == 0 && r->upstream_addr) mg_out_cstr(&o, r->upstream_addr);

@@ -370,31 +370,79 @@ int mg_ffi_upstream_find(const char *name, size_t len)
     return MG_DECLINED;
 }
 
+/* Target i of upstream up, or NULL. */
+static const mg_target_t *ffi_target(const mg_config_t *cfg, int up, int i)
+{
+    if (cfg == NULL || up < 0 || (size_t)up >= cfg->nupstreams) return NULL;
+    const mg_upstream_t *u = &cfg->upstreams[up];
+    if (i < 0 || (size_t)i >= u->ntargets) return NULL;
+    return &u->targets[i];
+}
+
+/* The health slot of t's address j (its j-th slot in use, in slot order) with the address,
+ * or -1. The slots' addresses are the shared zone's (mg_health_assign), so every worker
+ * lists the same ones. */
+static int ffi_addr_slot(const mg_config_t *cfg, const mg_target_t *t, int j,
+                         struct sockaddr_storage *addr)
+{
+    unsigned nslots = t->dns >= 0 ? MG_DNS_MAX_ADDRS : 1;
+    for (unsigned k = 0; k < nslots; k++) {
+        if (!mg_health_slot_addr(cfg, t->slot + k, addr)) continue;
+        if (j-- == 0) return (int)(t->slot + k);
+    }
+    return -1;
+}
+
 int mg_ffi_upstream_target(int up, int i, const char **target, size_t *tlen, unsigned *weight,
-                           char *ipbuf, size_t iplen, size_t *ipout, int *port, int *health)
+                           int *health)
 {
     const mg_config_t *cfg = mg_worker.cfg;
-    if (cfg == NULL || up < 0 || (size_t)up >= cfg->nupstreams) return MG_DECLINED;
+    const mg_target_t *t = ffi_target(cfg, up, i);
+    if (t == NULL) return MG_DECLINED;
     const mg_upstream_t *u = &cfg->upstreams[up];
-    if (i < 0 || (size_t)i >= u->ntargets) return MG_DECLINED;
-    const mg_target_t *t = &u->targets[i];
     *target = t->target;
     *tlen = strlen(t->target);
     *weight = t->weight;
-    *port = t->port;
-    const struct sockaddr *sa = (const struct sockaddr *)&t->addr;
-    const void *a = sa->sa_family == AF_INET6
-                        ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
-                        : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
-    if (inet_ntop(sa->sa_family == AF_INET6 ? AF_INET6 : AF_INET, a, ipbuf, (socklen_t)iplen) ==
+    /* Kong: a target without addresses (its name did not resolve, or not yet) is DNS_ERROR;
+     * else HEALTHCHECKS_OFF unless active or passive checks are on; else HEALTHY while some
+     * address takes traffic */
+    struct sockaddr_storage a;
+    int naddrs = 0, healthy = 0, slot;
+    while ((slot = ffi_addr_slot(cfg, t, naddrs, &a)) >= 0) {
+        naddrs++;
+        healthy += mg_health_is_healthy(cfg, (unsigned)slot);
+    }
+    if (naddrs == 0)
+        *health = 3;
+    else if (!u->healthchecks.passive_on && !u->healthchecks.active_on)
+        *health = 0;
+    else
+        *health = healthy ? 1 : 2;
+    return MG_OK;
+}
+
+int mg_ffi_upstream_address(int up, int i, int j, char *ipbuf, size_t iplen, size_t *ipout,
+                            int *port, int *health)
+{
+    const mg_config_t *cfg = mg_worker.cfg;
+    const mg_target_t *t = ffi_target(cfg, up, i);
+    struct sockaddr_storage a;
+    int slot = t && j >= 0 ? ffi_addr_slot(cfg, t, j, &a) : -1;
+    if (slot < 0) return MG_DECLINED;
+    const mg_upstream_t *u = &cfg->upstreams[up];
+    const struct sockaddr *sa = (const struct sockaddr *)&a;
+    const void *in = sa->sa_family == AF_INET6
+                         ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
+                         : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
+    if (inet_ntop(sa->sa_family == AF_INET6 ? AF_INET6 : AF_INET, in, ipbuf, (socklen_t)iplen) ==
         NULL)
         ipbuf[0] = '\0';
     *ipout = strlen(ipbuf);
-    /* Kong: HEALTHCHECKS_OFF unless active or passive checks are on */
+    *port = t->port; /* a name's slots keep no port: every address has the target's */
     if (!u->healthchecks.passive_on && !u->healthchecks.active_on)
         *health = 0;
     else
-        *health = mg_health_is_healthy(cfg, t->index) ? 1 : 2;
+        *health = mg_health_is_healthy(cfg, (unsigned)slot) ? 1 : 2;
     return MG_OK;
 }
 

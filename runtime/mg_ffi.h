@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MG_FFI_ABI 3
+#define MG_FFI_ABI 4
 
 int mg_ffi_abi(void);
 
@@ -105,11 +105,17 @@ void mg_ffi_plugin_enter(const char *name, size_t len);
 /* ---- upstream health (moongate.upstream.get_health; read from the shared health zone) -- */
 /* The index of the upstream named `name` in the running config, or MG_DECLINED. */
 int mg_ffi_upstream_find(const char *name, size_t len);
-/* Target i of upstream `up`: its "host:port", weight, resolved address (ip into ipbuf) and
- * port, and health: 0 health checks off, 1 healthy, 2 unhealthy. MG_DECLINED past the
- * last target or for an unknown upstream. */
+/* Target i of upstream `up`: its "host:port", weight and health: 0 health checks off, 1
+ * healthy (some address is), 2 unhealthy (every address is), 3 no address (a name without
+ * an answer: Kong's DNS_ERROR). MG_DECLINED past the last target or for an unknown
+ * upstream. */
 int mg_ffi_upstream_target(int up, int i, const char **target, size_t *tlen, unsigned *weight,
-                           char *ipbuf, size_t iplen, size_t *ipout, int *port, int *health);
+                           int *health);
+/* Address j of target i of upstream `up` (an IP target has one, a name one per address of
+ * its current answer): ip into ipbuf, port, and health (0, 1 or 2 as above). MG_DECLINED
+ * past the last address. */
+int mg_ffi_upstream_address(int up, int i, int j, char *ipbuf, size_t iplen, size_t *ipout,
+                            int *port, int *health);
 
 /* ---- body_filter ---------------------------------------------------------------------- */
 /* the piece of the response body being filtered; *eof = 1 on the last call */

@@ -14,18 +14,28 @@
  * one robust process-shared mutex held for a few instructions (never across a syscall). A
  * generation number, bumped on every transition, tells a worker when to copy the health
  * marks into its balancers, so a request costs one atomic load while nothing changes.
+ *
+ * Health belongs to an address, not to a target: each target has address slots (one for an
+ * IP, MG_DNS_MAX_ADDRS for a name), each keyed by the address it counts for; when a name's
+ * answer changes, mg_health_assign keeps the slots of the addresses that stay (their health
+ * with them) and gives new addresses fresh slots, so every worker counts one address in the
+ * same slot.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 
+#include "mg_dns.h"
 #include "mg_health.h"
 #include "mg_log.h"
 
 typedef struct {
     mg_hc_counters_t c;
     int64_t probe_due; /* active checks: when the next probe is due (CLOCK_MONOTONIC ns) */
+    struct sockaddr_storage key; /* the address whose health this is (AF_UNSPEC: unused) */
 } slot_t;
 
 struct mg_health_zone_s {
@@ -96,7 +106,7 @@ int mg_health_count(mg_hc_counters_t *c, const mg_hc_side_t *healthy, const mg_h
 
 int mg_health_create(mg_config_t *cfg)
 {
-    size_t size = sizeof(struct mg_health_zone_s) + cfg->ntargets * sizeof(slot_t);
+    size_t size = sizeof(struct mg_health_zone_s) + cfg->ntarget_slots * sizeof(slot_t);
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return MG_ERROR;
     struct mg_health_zone_s *z = p; /* the mapping is zeroed: every target healthy */
@@ -110,8 +120,12 @@ int mg_health_create(mg_config_t *cfg)
         munmap(p, size);
         return MG_ERROR;
     }
-    z->n = cfg->ntargets;
+    z->n = cfg->ntarget_slots;
     z->size = size;
+    for (size_t i = 0; i < cfg->ntargets; i++) { /* an IP target's one slot is its address */
+        const mg_target_t *t = cfg->targets[i];
+        if (t->dns < 0 && t->slot < z->n) z->targets[t->slot].key = t->addr;
+    }
     cfg->health = z;
     return MG_OK;
 }
@@ -130,48 +144,118 @@ static void lock(struct mg_health_zone_s *z)
     if (pthread_mutex_lock(&z->lock) == EOWNERDEAD) pthread_mutex_consistent(&z->lock);
 }
 
+/* "host:port" of t, and for a named target the address of the slot: "host:port (ip)". */
+static void name_of(const struct mg_health_zone_s *z, const mg_target_t *t, unsigned slot,
+                    char *buf, size_t len)
+{
+    char ip[INET6_ADDRSTRLEN] = "";
+    const struct sockaddr_storage *k = &z->targets[slot].key;
+    if (t->dns >= 0 && k->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)k)->sin_addr, ip, sizeof(ip));
+    else if (t->dns >= 0 && k->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)k)->sin6_addr, ip, sizeof(ip));
+    snprintf(buf, len, ip[0] ? "%s (%s)" : "%s", t->target, ip);
+}
+
 /* Counts one event against the passive or active thresholds; logs a transition. */
 static void record(const mg_config_t *cfg, const mg_upstream_t *up, const mg_target_t *t,
-                   bool active, int event, int status)
+                   unsigned slot, bool active, int event, int status)
 {
     struct mg_health_zone_s *z = cfg->health;
-    if (z == NULL || t->index >= z->n) return;
+    if (z == NULL || slot >= z->n) return;
     const mg_hc_side_t *h =
         active ? &up->healthchecks.active.healthy : &up->healthchecks.passive.healthy;
     const mg_hc_side_t *u =
         active ? &up->healthchecks.active.unhealthy : &up->healthchecks.passive.unhealthy;
     lock(z);
-    int tr = mg_health_count(&z->targets[t->index].c, h, u, event, status);
+    int tr = mg_health_count(&z->targets[slot].c, h, u, event, status);
+    char name[300]; /* a named target's address in its log lines */
+    name_of(z, t, slot, name, sizeof(name));
     if (tr != MG_HC_SAME) __atomic_add_fetch(&z->generation, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&z->lock);
     const char *by = active ? " by active checks" : "";
     if (tr == MG_HC_NOW_HEALTHY && event == MG_HC_EV_STATUS)
         mg_log_notice("upstream %s target %s is now healthy (%u successes, last status %d)%s",
-                      up->name, t->target, h->successes, status, by);
+                      up->name, name, h->successes, status, by);
     else if (tr == MG_HC_NOW_HEALTHY)
-        mg_log_notice("upstream %s target %s is now healthy (%u successes)%s", up->name, t->target,
+        mg_log_notice("upstream %s target %s is now healthy (%u successes)%s", up->name, name,
                       h->successes, by);
     else if (tr == MG_HC_NOW_UNHEALTHY && event == MG_HC_EV_STATUS)
         mg_log_warn("upstream %s target %s is now unhealthy (%u http failures, last status %d)%s",
-                    up->name, t->target, u->http_failures, status, by);
+                    up->name, name, u->http_failures, status, by);
     else if (tr == MG_HC_NOW_UNHEALTHY && event == MG_HC_EV_TCP_FAILURE)
-        mg_log_warn("upstream %s target %s is now unhealthy (%u tcp failures)%s", up->name,
-                    t->target, u->tcp_failures, by);
+        mg_log_warn("upstream %s target %s is now unhealthy (%u tcp failures)%s", up->name, name,
+                    u->tcp_failures, by);
     else if (tr == MG_HC_NOW_UNHEALTHY)
-        mg_log_warn("upstream %s target %s is now unhealthy (%u timeouts)%s", up->name, t->target,
+        mg_log_warn("upstream %s target %s is now unhealthy (%u timeouts)%s", up->name, name,
                     u->timeouts, by);
 }
 
 void mg_health_report(const mg_config_t *cfg, const mg_upstream_t *up, const mg_target_t *t,
                       int event, int status)
 {
-    if (up->healthchecks.passive_on) record(cfg, up, t, false, event, status);
+    mg_health_report_at(cfg, up, t, t->slot, event, status);
+}
+
+void mg_health_report_at(const mg_config_t *cfg, const mg_upstream_t *up, const mg_target_t *t,
+                         unsigned slot, int event, int status)
+{
+    if (up->healthchecks.passive_on) record(cfg, up, t, slot, false, event, status);
 }
 
 void mg_health_probe_result(const mg_config_t *cfg, const mg_upstream_t *up, const mg_target_t *t,
-                            int event, int status)
+                            unsigned slot, int event, int status)
 {
-    record(cfg, up, t, true, event, status);
+    record(cfg, up, t, slot, true, event, status);
+}
+
+void mg_health_assign(const mg_config_t *cfg, const mg_target_t *t,
+                      const struct sockaddr_storage *addrs, size_t n, unsigned *slots)
+{
+    struct mg_health_zone_s *z = cfg->health;
+    size_t nslots = t->dns >= 0 ? MG_DNS_MAX_ADDRS : 1;
+    if (z == NULL || t->slot + nslots > z->n) {
+        for (size_t i = 0; i < n; i++)
+            slots[i] = t->slot + (unsigned)(i < nslots ? i : 0);
+        return;
+    }
+    struct sockaddr_storage keys[MG_DNS_MAX_ADDRS];
+    unsigned rel[MG_DNS_MAX_ADDRS];
+    if (n > nslots) n = nslots;
+    lock(z);
+    for (size_t k = 0; k < nslots; k++)
+        keys[k] = z->targets[t->slot + k].key;
+    uint64_t changed = mg_dns_assign(keys, nslots, addrs, n, rel), used = 0;
+    for (size_t i = 0; i < n; i++)
+        used |= 1ull << rel[i];
+    for (size_t k = 0; k < nslots; k++) { /* gone from the answer: no longer probed */
+        if (!((used >> k) & 1) && keys[k].ss_family != AF_UNSPEC) {
+            memset(&keys[k], 0, sizeof(keys[k]));
+            changed |= 1ull << k;
+        }
+    }
+    for (size_t k = 0; k < nslots; k++) {
+        if (!((changed >> k) & 1)) continue;
+        slot_t *sl = &z->targets[t->slot + k];
+        sl->key = keys[k];
+        bool was_down = sl->c.unhealthy != 0;
+        memset(&sl->c, 0, sizeof(sl->c)); /* a new address starts healthy */
+        sl->probe_due = 0;
+        if (was_down) __atomic_add_fetch(&z->generation, 1, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&z->lock);
+    for (size_t i = 0; i < n; i++)
+        slots[i] = t->slot + rel[i];
+}
+
+bool mg_health_slot_addr(const mg_config_t *cfg, unsigned slot, struct sockaddr_storage *out)
+{
+    struct mg_health_zone_s *z = cfg->health;
+    if (z == NULL || slot >= z->n) return false;
+    lock(z);
+    *out = z->targets[slot].key;
+    pthread_mutex_unlock(&z->lock);
+    return out->ss_family != AF_UNSPEC;
 }
 
 bool mg_health_claim_probe(const mg_config_t *cfg, unsigned target_index, int64_t now,

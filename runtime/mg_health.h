@@ -38,15 +38,30 @@ int mg_health_count(mg_hc_counters_t *c, const mg_hc_side_t *healthy, const mg_h
 int mg_health_create(mg_config_t *cfg);
 void mg_health_destroy(mg_config_t *cfg);
 
-/* Reports one try of a target of `up` (passive checks); logs a transition. */
+/* Reports one try of a target of `up` (passive checks) at its address slot `slot` (an IP
+ * target: t->slot, what mg_health_report uses); logs a transition. */
 void mg_health_report(const mg_config_t *cfg, const mg_upstream_t *up, const mg_target_t *t,
                       int event, int status);
+void mg_health_report_at(const mg_config_t *cfg, const mg_upstream_t *up, const mg_target_t *t,
+                         unsigned slot, int event, int status);
 
-/* Counts the result of an active probe of t against the active thresholds. */
+/* Counts the result of an active probe of t's address `slot` against the active thresholds. */
 void mg_health_probe_result(const mg_config_t *cfg, const mg_upstream_t *up, const mg_target_t *t,
-                            int event, int status);
+                            unsigned slot, int event, int status);
 
-/* Whether this worker should probe target `target_index` now (`now` CLOCK_MONOTONIC ns):
+/*
+ * The address slots of target t for addrs[0..n) (a name's current answer, normalised): an
+ * address keeps the slot (and health) it had, a new one takes a free slot (starting healthy),
+ * and the slots of addresses gone from the answer are freed (no longer probed). slots[i] = the slot
+ * of addrs[i] (at most MG_DNS_MAX_ADDRS addresses). Every worker agrees, the keys being shared.
+ */
+void mg_health_assign(const mg_config_t *cfg, const mg_target_t *t,
+                      const struct sockaddr_storage *addrs, size_t n, unsigned *slots);
+
+/* The address slot `slot` counts for (port 0 for a name's): false when unused. */
+bool mg_health_slot_addr(const mg_config_t *cfg, unsigned slot, struct sockaddr_storage *out);
+
+/* Whether this worker should probe address slot `target_index` now (`now` CLOCK_MONOTONIC ns):
  * true for one worker per interval (`healthy_every` or `unhealthy_every` ns by the target's
  * health, <= 0 = none in that state). */
 bool mg_health_claim_probe(const mg_config_t *cfg, unsigned target_index, int64_t now,
@@ -60,7 +75,7 @@ void mg_probe_stop(void);
 /* A number that changes whenever some target's health changes (0 without a zone). */
 uint64_t mg_health_generation(const mg_config_t *cfg);
 
-/* Whether target t (cfg->targets index) is healthy now. */
+/* Whether the address of slot `target_index` (mg_target_t.slot and after) is healthy now. */
 bool mg_health_is_healthy(const mg_config_t *cfg, unsigned target_index);
 
 #endif

@@ -11,7 +11,8 @@
  * default) against what the traffic trusts (mg_utls_load). A failed handshake counts as a
  * tcp failure, like a refused connect. `timeout` bounds the whole probe.
  * Results are counted against the active thresholds by mg_health.c, which logs transitions.
- * Nothing is allocated per tick; one small block per probe in flight.
+ * Nothing is allocated per tick; one small block per probe in flight. A target named by host
+ * is probed at each address of its current answer (its address slots in the health zone).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -19,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
 #include <sys/socket.h>
 
 #include "mg_health.h"
@@ -38,6 +40,7 @@ typedef struct probe_s {
     bool tls_done; /* the handshake finished: requests go through ssl */
     const mg_upstream_t *up;
     const mg_target_t *t;
+    unsigned slot; /* the address slot probed */
     char req[600];
     size_t reqlen, sent;
     char buf[128]; /* the status line is all we read */
@@ -48,7 +51,7 @@ typedef struct probe_s {
 static const mg_config_t *probe_cfg;
 static ev_timer tick;
 static probe_t *probes;
-static bool *in_flight; /* per cfg->targets index: this worker has a probe out */
+static bool *in_flight; /* per address slot: this worker has a probe out */
 
 static int64_t now_ns(void)
 {
@@ -70,7 +73,7 @@ static void probe_free(probe_t *p)
     if (p->fd >= 0) close(p->fd);
     *p->prev = p->next;
     if (p->next) p->next->prev = p->prev;
-    in_flight[p->t->index] = false;
+    in_flight[p->slot] = false;
     free(p);
 }
 
@@ -78,8 +81,9 @@ static void probe_done(probe_t *p, int event, int status)
 {
     const mg_upstream_t *up = p->up;
     const mg_target_t *t = p->t;
+    unsigned slot = p->slot;
     probe_free(p);
-    mg_health_probe_result(probe_cfg, up, t, event, status);
+    mg_health_probe_result(probe_cfg, up, t, slot, event, status);
 }
 
 /* "HTTP/1.x NNN" at the start of the buffer: the status, or -1. */
@@ -208,13 +212,15 @@ static void probe_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     probe_done(MG_CONTAINER_OF(w, probe_t, timer), MG_HC_EV_TIMEOUT, 0);
 }
 
-static void probe_start(const mg_upstream_t *up, const mg_target_t *t)
+static void probe_start(const mg_upstream_t *up, const mg_target_t *t, unsigned slot,
+                        const struct sockaddr_storage *addr)
 {
     const mg_healthchecks_t *hc = &up->healthchecks;
     probe_t *p = calloc(1, sizeof(*p));
     if (p == NULL) return;
     p->up = up;
     p->t = t;
+    p->slot = slot;
     if (hc->active.type == MG_HC_HTTP || hc->active.type == MG_HC_HTTPS) {
         int n = snprintf(p->req, sizeof(p->req),
                          "GET %s HTTP/1.0\r\nHost: %s\r\nUser-Agent: moongate-healthcheck\r\n"
@@ -226,7 +232,7 @@ static void probe_start(const mg_upstream_t *up, const mg_target_t *t)
         }
         p->reqlen = (size_t)n;
     }
-    p->fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    p->fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (p->fd < 0) {
         free(p); /* a local shortage says nothing about the target */
         return;
@@ -235,12 +241,13 @@ static void probe_start(const mg_upstream_t *up, const mg_target_t *t)
     p->prev = &probes;
     if (probes) probes->prev = &p->next;
     probes = p;
-    in_flight[t->index] = true;
+    in_flight[slot] = true;
     ev_io_init(&p->io, probe_io_cb, p->fd, EV_WRITE);
     ev_timer_init(&p->timer, probe_timer_cb, hc->active.timeout > 0 ? hc->active.timeout : 1, 0);
     ev_timer_start(mg_worker.loop, &p->timer);
-    if (connect(p->fd, (const struct sockaddr *)&t->addr, t->addrlen) != 0 &&
-        errno != EINPROGRESS) {
+    socklen_t len =
+        addr->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (connect(p->fd, (const struct sockaddr *)addr, len) != 0 && errno != EINPROGRESS) {
         probe_done(p, MG_HC_EV_TCP_FAILURE, 0);
         return;
     }
@@ -258,8 +265,18 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
         int64_t ue = (int64_t)(hc->active.unhealthy.interval * 1e9);
         for (size_t j = 0; j < up->ntargets; j++) {
             const mg_target_t *t = &up->targets[j];
-            if (t->weight == 0 || in_flight[t->index]) continue;
-            if (mg_health_claim_probe(probe_cfg, t->index, now, he, ue)) probe_start(up, t);
+            unsigned nslots = t->dns >= 0 ? MG_DNS_MAX_ADDRS : 1;
+            for (unsigned k = t->slot; k < t->slot + nslots && t->weight > 0; k++) {
+                struct sockaddr_storage addr;
+                if (in_flight[k] || !mg_health_slot_addr(probe_cfg, k, &addr)) continue;
+                if (t->dns >= 0) { /* a name's slot holds the address; the port is the target's */
+                    if (addr.ss_family == AF_INET6)
+                        ((struct sockaddr_in6 *)&addr)->sin6_port = htons(t->port);
+                    else
+                        ((struct sockaddr_in *)&addr)->sin_port = htons(t->port);
+                }
+                if (mg_health_claim_probe(probe_cfg, k, now, he, ue)) probe_start(up, t, k, &addr);
+            }
         }
     }
 }
@@ -277,7 +294,7 @@ int mg_probe_start(const mg_config_t *cfg)
     if (every == 0) return MG_OK;
     /* ticks often enough for the shortest interval, never busier than 20 per second */
     every = every / 2 < 0.05 ? 0.05 : every / 2 > 1 ? 1 : every / 2;
-    in_flight = calloc(cfg->ntargets + 1, sizeof(bool));
+    in_flight = calloc(cfg->ntarget_slots + 1, sizeof(bool));
     if (in_flight == NULL) return MG_ERROR;
     probe_cfg = cfg;
     ev_timer_init(&tick, tick_cb, every, every);

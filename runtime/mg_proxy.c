@@ -393,11 +393,14 @@ static bool retry_budget_left(const mg_req_t *r)
     return r->tries - r->stale_retried <= r->service->retries;
 }
 
-/* Notes the address try number r->tries went to, for the access log. */
+/* Notes the address try number r->tries went to, for the logs: copied, since a named
+ * target's address may leave (its balancer entry and connection freed) before the log. */
 static void record_try(mg_req_t *r, const char *addr)
 {
-    r->upstream_addr = addr;
-    if (r->tries >= 1 && r->tries <= MG_LOGGED_TRIES) r->try_addrs[r->tries - 1] = addr;
+    snprintf(r->upstream_addr_text, sizeof(r->upstream_addr_text), "%s", addr);
+    r->upstream_addr = r->upstream_addr_text;
+    if (r->tries >= 1 && r->tries <= MG_LOGGED_TRIES)
+        memcpy(r->try_addrs[r->tries - 1], r->upstream_addr_text, sizeof(r->try_addrs[0]));
 }
 
 static bool connect_upstream(mg_req_t *r)
@@ -414,20 +417,27 @@ static bool connect_upstream(mg_req_t *r)
     for (;;) { /* a connect refused at once is a try too: the next one follows now */
         r->tries++;
         u = mg_upstream_get(s, r);
-        if (u != NULL || r->lb_no_peer) break;
+        if (u != NULL || r->lb_no_peer || r->dns_wait || r->dns_failed) break;
         int err = errno;
-        record_try(r, mg_upstream_try_addr(s, r->target));
+        record_try(r, mg_upstream_try_addr());
         if (r->target)
-            mg_log_err("cannot connect to upstream \"%s\" target %s (try %u): %s",
-                       s->upstream->name, r->target->target, r->tries, strerror(err));
-        else
-            mg_log_err("cannot connect to upstream %s:%u (try %u): %s", s->host, s->port, r->tries,
+            mg_log_err("cannot connect to upstream \"%s\" target %s (%s, try %u): %s",
+                       s->upstream->name, r->target->target, r->upstream_addr, r->tries,
                        strerror(err));
+        else
+            mg_log_err("cannot connect to upstream %s:%u (%s, try %u): %s", s->host, s->port,
+                       r->upstream_addr, r->tries, strerror(err));
         if (!retry_budget_left(r)) break;
     }
     if (u == NULL) {
         mg_buf_put(pending);
-        if (r->lb_no_peer) {
+        if (r->dns_wait) {
+            r->tries--; /* no try yet: the request waits for the name's answer */
+        } else if (r->dns_failed) {
+            r->tries--; /* no address, no try */
+            mg_log_err("name resolution failed for %s (service %s)", s->host,
+                       s->name ? s->name : "(unnamed)");
+        } else if (r->lb_no_peer) {
             r->tries--; /* no target, no try */
             mg_log_err("upstream \"%s\": no target can take traffic (weights 0 or none)",
                        s->upstream->name);
@@ -469,6 +479,72 @@ static bool connect_upstream(mg_req_t *r)
 
 /* Kong's answer when the balancer has no target to offer. */
 #define NO_PEER_MESSAGE "failure to get a peer from the ring-balancer"
+/* Kong's answer when a service's host does not resolve. */
+#define NAME_FAILED_MESSAGE "name resolution failed"
+
+static void dns_wait_cb(mg_dns_waiter_t *w);
+static void dns_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents);
+
+/* The first try could not start: answers the client, or parks r until its name resolves. */
+static void first_try_failed(mg_req_t *r)
+{
+    if (r->dns_wait) {
+        /* wait for the answer, no longer than the connect timeout from the proxy's start */
+        double left =
+            r->service->connect_timeout * 0.001 - (ev_now(mg_worker.loop) - r->upstream_start);
+        r->dns_wait = 0;
+        r->dns_waiting = 1;
+        r->dns_waiter.cb = dns_wait_cb;
+        mg_dns_wait((unsigned)r->dns_name, &r->dns_waiter);
+        ev_timer_init(&r->dns_timer, dns_timeout_cb, left > 0.001 ? left : 0.001, 0.);
+        ev_timer_start(mg_worker.loop, &r->dns_timer);
+        mg_conn_update(r->c);
+        return;
+    }
+    if (r->dns_failed)
+        mg_conn_respond_error(r, 503, NAME_FAILED_MESSAGE);
+    else if (r->lb_no_peer)
+        mg_conn_respond_error(r, 503, NO_PEER_MESSAGE);
+    else
+        finish_upstream_failure(r, 502);
+}
+
+/* The first try: connect, then move bytes. */
+static void first_try(mg_req_t *r)
+{
+    if (!connect_upstream(r)) {
+        first_try_failed(r);
+        return;
+    }
+    mg_http_msg_init(&r->resp, HTTP_RESPONSE, NULL, 0);
+    mg_proxy_pump(r);
+}
+
+void mg_proxy_dns_cancel(mg_req_t *r)
+{
+    mg_dns_cancel(&r->dns_waiter);
+    ev_timer_stop(mg_worker.loop, &r->dns_timer);
+    r->dns_waiting = 0;
+}
+
+/* The name r waited for has an answer (whatever it is): try again. */
+static void dns_wait_cb(mg_dns_waiter_t *w)
+{
+    mg_req_t *r = MG_CONTAINER_OF(w, mg_req_t, dns_waiter);
+    mg_proxy_dns_cancel(r);
+    if (r->local_response) return; /* answered meanwhile (the client timed out: 408) */
+    first_try(r);
+}
+
+static void dns_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    mg_req_t *r = MG_CONTAINER_OF(w, mg_req_t, dns_timer);
+    mg_proxy_dns_cancel(r);
+    if (r->local_response) return;
+    mg_log_err("name resolution failed for %s: no answer within the connect timeout (%u ms)",
+               mg_worker.cfg->dns_names[r->dns_name], r->service->connect_timeout);
+    mg_conn_respond_error(r, 503, NAME_FAILED_MESSAGE);
+}
 
 /* Appends "; "-separated cookie `name`'s value from the Cookie headers to *v; true if found. */
 static bool find_cookie(const mg_http_msg_t *m, const char *name, mg_str_t *v)
@@ -617,15 +693,7 @@ void mg_proxy_start(mg_req_t *r)
         }
         mg_buf_append(r->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     }
-    if (!connect_upstream(r)) {
-        if (r->lb_no_peer)
-            mg_conn_respond_error(r, 503, NO_PEER_MESSAGE);
-        else
-            finish_upstream_failure(r, 502);
-        return;
-    }
-    mg_http_msg_init(&r->resp, HTTP_RESPONSE, NULL, 0);
-    mg_proxy_pump(r);
+    first_try(r);
 }
 
 static void finish_upstream_failure(mg_req_t *r, unsigned status)
@@ -715,6 +783,11 @@ void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout)
         }
         if (r->lb_no_peer && !r->head_sent) {
             mg_conn_respond_error(r, 503, NO_PEER_MESSAGE);
+            return;
+        }
+        if ((r->dns_failed || r->dns_wait) && !r->head_sent) {
+            r->dns_wait = 0;
+            mg_conn_respond_error(r, 503, NAME_FAILED_MESSAGE);
             return;
         }
         finish_upstream_failure(r, 502); /* the last try's connect failed */

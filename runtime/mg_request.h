@@ -20,6 +20,7 @@
 #include "mg_core.h"
 #include "mg_buf.h"
 #include "mg_config.h"
+#include "mg_dns.h"
 #include "mg_http.h"
 #include "mg_pool.h"
 #include "mg_router.h"
@@ -84,12 +85,17 @@ struct mg_uconn_s {
     const struct mg_utls_ctx_s *tls; /* the client context (s->ssl), NULL for plain TCP: a
                                         pooled connection serves only its own context */
     unsigned requests;
-    const mg_service_t *service; /* timeouts */
-    unsigned pool;               /* keepalive pool: the service's, or its target's */
-    int lb_peer;                 /* the balancer's peer this try counts against, or -1 */
-    unsigned hc_failure;         /* passive health: MG_HC_EV_TCP_FAILURE/TIMEOUT, or 0 */
-    ev_tstamp started;           /* the try began (latency for the balancer) */
-    mg_req_t *r;                 /* owner, NULL while idle in the pool */
+    const mg_service_t *service;  /* timeouts */
+    unsigned pool;                /* keepalive pool: the service's, or its target address's */
+    uint64_t pool_gen;            /* the pool's generation when made: another address since? */
+    int lb_peer;                  /* the balancer's peer this try counts against, or -1 */
+    uint64_t lb_gen;              /* the balancer's build lb_peer belongs to */
+    const mg_target_t *lb_target; /* the peer's target and address slot (passive health) */
+    unsigned hc_slot;
+    char addr_text[64];  /* "ip:port" connected to, for logs */
+    unsigned hc_failure; /* passive health: MG_HC_EV_TCP_FAILURE/TIMEOUT, or 0 */
+    ev_tstamp started;   /* the try began (latency for the balancer) */
+    mg_req_t *r;         /* owner, NULL while idle in the pool */
     mg_buf_t *in, *out;
     mg_uconn_t *next; /* pool list */
 };
@@ -132,10 +138,13 @@ struct mg_req_s {
     unsigned client_aborted : 1;
     char request_id[33];
     mg_str_t rid;
-    const char *upstream_addr; /* "ip:port" of the service, for the log; "" before */
-    /* "ip:port" of each try, in order (worker-lifetime strings): the access log lists them,
-     * like nginx's $upstream_addr; tries past MG_LOGGED_TRIES are only counted */
-    const char *try_addrs[MG_LOGGED_TRIES];
+    /* "ip:port" of the last try, for logs ("" before); the texts are copies: the connection,
+     * or the balancer entry of a named target's address, may be gone by the log */
+    const char *upstream_addr;
+    char upstream_addr_text[64];
+    /* "ip:port" of each try, in order: the access log lists them, like nginx's
+     * $upstream_addr; tries past MG_LOGGED_TRIES are only counted */
+    char try_addrs[MG_LOGGED_TRIES][64];
     const char *body_limit_message; /* the 413's message when a plugin lowered the limit */
 
     /* balancing: a service whose host names an upstream */
@@ -145,8 +154,18 @@ struct mg_req_s {
     unsigned lb_has_key : 1;
     unsigned lb_keyed : 1;   /* lb_hash was computed (once per request) */
     unsigned lb_no_peer : 1; /* no target can take traffic: 503 */
+    int lb_last1;            /* the previous try's peer + 1 (0: none) */
     const void *route_regex; /* the route's regex path that matched (uri_capture), or NULL */
     mg_str_t lb_consumer;    /* the authenticated consumer's id (else credential's), or none */
+
+    /* DNS (mg_dns.c): a service host or an upstream's targets waiting for their first answer
+     * park the request (bounded by connect_timeout); a failed name answers 503 */
+    mg_dns_waiter_t dns_waiter;
+    ev_timer dns_timer;
+    int dns_name;             /* the name waited for (mg_upstream_get sets it) */
+    unsigned dns_wait : 1;    /* mg_upstream_get: wait for dns_name, then try again */
+    unsigned dns_waiting : 1; /* parked */
+    unsigned dns_failed : 1;  /* the service's name did not resolve: 503 */
 
     /* Lua: only requests whose route (or a global rewrite) has plugins ever set these */
     unsigned lua_id;          /* the request's id on the Lua side; 0 = never entered Lua */
@@ -220,13 +239,17 @@ void mg_proxy_pump(mg_req_t *r);
 int mg_proxy_forwarded_ip(const mg_req_t *r, mg_str_t *ip);
 /* An upstream connection attempt or exchange failed before the response began. */
 void mg_proxy_upstream_error(mg_req_t *r, int err, bool timeout);
+/* Stops r's wait for a DNS answer (the request ends first). */
+void mg_proxy_dns_cancel(mg_req_t *r);
 
 /* mg_upstream.c */
 /* Returns a connected (or connecting) upstream connection for s: from the keepalive pool
  * when one is idle, else a new non-blocking connect. NULL with errno set on failure. When
  * s is balanced (s->upstream), a target is picked first (r->target; r->lb_tried avoided,
  * r->lb_hash for consistent hashing): none available sets r->lb_no_peer (errno EHOSTUNREACH);
- * the pool is the target's, so a connection to one target never serves another. For an https
+ * the pool is the target address's, so a connection to one never serves another. A host
+ * (or every target) still waiting for its first DNS answer sets r->dns_wait and r->dns_name
+ * (errno EAGAIN); a service host that did not resolve sets r->dns_failed. For an https
  * service (s->tls) a pooled connection must share s's client context, and a new one runs its
  * TLS handshake after the connect (u->connected once it is done; a failure reaches
  * mg_proxy_upstream_error as a connect failure). */
@@ -239,15 +262,20 @@ void mg_upstream_update(mg_uconn_t *u);
 void mg_upstream_pool_close_all(void);
 /* Sizes the per-service pools for cfg (worker start). MG_OK or MG_ERROR. */
 int mg_upstream_init(const mg_config_t *cfg);
+/* A name's addresses changed (mg_dns.c): rebuilds the balancers of the upstreams with a
+ * target of that name. */
+void mg_upstream_dns_changed(unsigned name);
 /* "ip:port" of the service's address, formatted once per worker. */
 const char *mg_upstream_addr_text(const mg_service_t *s);
-/* "ip:port" of what u connects to (the service's address or its target's). */
+/* "ip:port" of what u connects to (the service's address or its target's); valid while u
+ * lives. */
 const char *mg_upstream_uconn_addr(const mg_uconn_t *u);
 /* Why u's TLS handshake failed (u->tls_failed), for the error log. */
 const char *mg_upstream_tls_error(const mg_uconn_t *u);
-/* "ip:port" of target t of s's upstream, or of s itself when t is NULL (a try that failed
- * before it had a connection still names where it went). */
-const char *mg_upstream_try_addr(const mg_service_t *s, const mg_target_t *t);
+/* "ip:port" of the address the last mg_upstream_get went to when it returned NULL without
+ * a connection (a try that failed at once still names where it went; "" when no address
+ * was picked); valid until the next mg_upstream_get. */
+const char *mg_upstream_try_addr(void);
 
 /* mg_worker.c */
 /* Runs a worker's event loop on listen_fds (one per cfg->proxy_listen entry) until it is

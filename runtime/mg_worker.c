@@ -118,6 +118,7 @@ int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned
         return MG_ERROR;
     }
     if (mg_upstream_init(cfg) != MG_OK) return MG_ERROR;
+    if (mg_dns_init(cfg, mg_upstream_dns_changed) != MG_OK) return MG_ERROR;
     if (mg_guard_init_worker(cfg) != MG_OK) return MG_ERROR;
     if (mg_probe_start(cfg) != MG_OK) return MG_ERROR;
     if (getrandom(&mg_worker.rid_seed, sizeof(mg_worker.rid_seed), 0) < 0)
@@ -165,6 +166,7 @@ int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned
         mg_conn_abort(mg_worker.conns);
     mg_upstream_pool_close_all();
     mg_probe_stop();
+    mg_dns_stop();
     mg_lua_socket_pool_close_all();
     mg_router_free(mg_worker.router);
     mg_guard_exit_worker();

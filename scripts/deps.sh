@@ -5,7 +5,7 @@
 # LuaJIT branch) and apt would silently remove the latter and the nginx Lua module.
 set -euo pipefail
 
-BUILD_PKGS="make gcc pkg-config libluajit2-5.1-dev luajit2 libev-dev libhttp-parser-dev libssl-dev libyaml-dev libpcre2-dev"
+BUILD_PKGS="make gcc pkg-config libluajit2-5.1-dev luajit2 libev-dev libhttp-parser-dev libssl-dev libyaml-dev libpcre2-dev libc-ares-dev"
 TEST_PKGS="lua-cjson lua-busted lua-socket luarocks openssl curl wrk redis-server slowhttptest testssl.sh nginx"
 EXTRA_PKGS="clang libclang-rt-14-dev valgrind libnginx-mod-http-lua clang-format procps iproute2"
 

@@ -677,16 +677,85 @@ TEST(https_services_default_to_port_443_and_verification)
     mg_config_errors_free(&e);
 }
 
-TEST(unresolvable_host_is_reported)
+TEST(names_are_left_to_the_workers_resolver)
 {
     mg_config_errors_t e;
-    mg_config_t *cfg = load_text("services: [{name: s, host: no-such-host.invalid}]\n", &e);
-    const char *want = "services[0].host: cannot resolve \"no-such-host.invalid\": ";
-    CHECK(cfg == NULL);
-    CHECK_INT(e.n, 1);
-    if (e.n) CHECK(strncmp(e.items[0], want, strlen(want)) == 0);
+    char *hosts = write_file(NULL, NULL, "# comment\n10.1.2.3  in-hosts.test alias.test\n");
+    char text[512];
+    snprintf(text, sizeof(text),
+             "dns_hostsfile: %s\n"
+             "services: [{name: s, host: no-such-host.invalid}, {name: t, host: 127.0.0.1},\n"
+             "  {name: u, host: NO-SUCH-HOST.invalid, port: 81}, {name: v, host: alias.test},\n"
+             "  {name: w, host: upstream.test}]\n"
+             "upstreams: [{name: up, targets: [{target: 'other.test:80'},\n"
+             "  {target: '127.0.0.1:80'}]}]\n",
+             hosts);
+    mg_config_t *cfg = load_ok(__LINE__, text, &e);
+    if (cfg) {
+        CHECK_INT(cfg->ndns_names, 3); /* one per distinct name, lower-cased */
+        CHECK_STR(cfg->dns_names[0], "other.test");
+        CHECK_STR(cfg->dns_names[1], "no-such-host.invalid");
+        CHECK_STR(cfg->dns_names[2], "upstream.test");
+        CHECK_INT(cfg->services[0].dns, 1);
+        CHECK_INT(cfg->services[1].dns, -1); /* an address never touches the resolver */
+        CHECK_INT(cfg->services[2].dns, 1);
+        CHECK_INT(cfg->services[3].dns, -1); /* the hosts file, read at load */
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&cfg->services[3].addr;
+        CHECK_INT(ntohl(in->sin_addr.s_addr), 0x0a010203);
+        CHECK_INT(ntohs(in->sin_port), 80);
+        CHECK_INT(cfg->upstreams[0].targets[0].dns, 0);
+        CHECK_INT(cfg->upstreams[0].targets[1].dns, -1);
+        /* a name has MG_DNS_MAX_ADDRS address slots, an address one */
+        CHECK_INT(cfg->ntarget_slots, MG_DNS_MAX_ADDRS + 1);
+        CHECK_INT(cfg->upstreams[0].targets[1].slot, MG_DNS_MAX_ADDRS);
+        CHECK(cfg->dns_last);
+        CHECK_INT(cfg->ndns_types, 1);
+        CHECK_INT(cfg->dns_stale_ttl, 4);
+        CHECK_INT(cfg->dns_not_found_ttl, 30);
+        CHECK_INT(cfg->dns_error_ttl, 1);
+        CHECK(cfg->dns_servers == NULL);
+    }
     mg_config_free(cfg);
     mg_config_errors_free(&e);
+    unlink(hosts);
+    free(hosts);
+}
+
+TEST(dns_settings)
+{
+    mg_config_errors_t e;
+    mg_config_t *cfg = load_ok(__LINE__,
+                               "dns_resolver: ['127.0.0.1:5353', '::1', '[::1]:53', 10.0.0.1]\n"
+                               "dns_order: [aaaa, A, CNAME]\n"
+                               "dns_valid_ttl: 7\n"
+                               "dns_no_sync: on\n",
+                               &e);
+    if (cfg) {
+        CHECK_STR(cfg->dns_servers, "127.0.0.1:5353,[::1],[::1]:53,10.0.0.1");
+        CHECK_INT(cfg->ndns_types, 2);
+        CHECK_INT(cfg->dns_types[0], MG_DNS_AAAA);
+        CHECK_INT(cfg->dns_types[1], MG_DNS_A);
+        CHECK(!cfg->dns_last);
+        CHECK_INT(cfg->dns_valid_ttl, 7);
+        CHECK(cfg->dns_no_sync);
+    }
+    mg_config_free(cfg);
+    mg_config_errors_free(&e);
+    EXPECT_ERRORS("dns_resolver: ['1.2.3.4:0', 'dns.google', '[::1', '1.2.3']\n"
+                  "dns_order: [LAST, SRV, MX]\n"
+                  "dns_stale_ttl: -1\n"
+                  "dns_hostsfile: /nonexistent/hosts\n",
+                  "dns_resolver[0]: invalid resolver \"1.2.3.4:0\": expected ip[:port]",
+                  "dns_resolver[1]: invalid resolver \"dns.google\": expected ip[:port]",
+                  "dns_resolver[2]: invalid resolver \"[::1\": expected ip[:port]",
+                  "dns_resolver[3]: invalid resolver \"1.2.3\": expected ip[:port]",
+                  "dns_order[1]: SRV records are not supported (use LAST, A, AAAA and CNAME): "
+                  "a target or service gives its port",
+                  "dns_order[2]: invalid entry \"MX\": expected LAST, A, AAAA or CNAME",
+                  "dns_stale_ttl: must be at least 0",
+                  "dns_hostsfile: cannot read \"/nonexistent/hosts\": No such file or directory");
+    EXPECT_ERRORS("dns_order: [LAST, CNAME]\n",
+                  "dns_order: must contain A or AAAA (CNAME alone resolves no address)");
 }
 
 TEST(route_problems)

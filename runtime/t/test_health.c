@@ -5,6 +5,7 @@
  * healthy, a tcp probe's success, and the shared zone (made per configuration, transitions bump
  * the generation, one worker claims a target's probe per interval).
  */
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,13 +120,15 @@ TEST(successes_bring_a_target_back)
 
 TEST(zone_tracks_targets_and_generation)
 {
-    mg_target_t targets[2] = {{.target = "a:1", .index = 0}, {.target = "b:1", .index = 1}};
+    mg_target_t targets[2] = {{.target = "a:1", .index = 0, .slot = 0, .dns = -1},
+                              {.target = "b:1", .index = 1, .slot = 1, .dns = -1}};
     mg_target_t *tp[2] = {&targets[0], &targets[1]};
     mg_upstream_t up = {.name = "pool", .targets = targets, .ntargets = 2};
     up.healthchecks.passive.healthy = healthy_side(0);
     up.healthchecks.passive.unhealthy = unhealthy_side(2, 0, 0);
     up.healthchecks.passive_on = true;
-    mg_config_t cfg = {.targets = tp, .ntargets = 2, .upstreams = &up, .nupstreams = 1};
+    mg_config_t cfg = {
+        .targets = tp, .ntargets = 2, .ntarget_slots = 2, .upstreams = &up, .nupstreams = 1};
     CHECK_INT(mg_health_create(&cfg), MG_OK);
     CHECK(cfg.health != NULL);
     CHECK(mg_health_generation(&cfg) == 0);
@@ -152,13 +155,14 @@ TEST(tcp_probe_success_counts_as_a_success)
 
 TEST(one_claim_per_interval_by_health)
 {
-    mg_target_t targets[1] = {{.target = "a:1", .index = 0}};
+    mg_target_t targets[1] = {{.target = "a:1", .index = 0, .dns = -1}};
     mg_target_t *tp[1] = {&targets[0]};
     mg_upstream_t up = {.name = "pool", .targets = targets, .ntargets = 1};
     up.healthchecks.passive.healthy = healthy_side(0);
     up.healthchecks.passive.unhealthy = unhealthy_side(1, 0, 0);
     up.healthchecks.passive_on = true;
-    mg_config_t cfg = {.targets = tp, .ntargets = 1, .upstreams = &up, .nupstreams = 1};
+    mg_config_t cfg = {
+        .targets = tp, .ntargets = 1, .ntarget_slots = 1, .upstreams = &up, .nupstreams = 1};
     CHECK_INT(mg_health_create(&cfg), MG_OK);
     /* healthy: every 10, unhealthy: every 3 */
     CHECK(mg_health_claim_probe(&cfg, 0, 100, 10, 3));
@@ -171,6 +175,68 @@ TEST(one_claim_per_interval_by_health)
     CHECK(mg_health_claim_probe(&cfg, 0, 123, 10, 3));  /* unhealthy: the shorter interval */
     CHECK(!mg_health_claim_probe(&cfg, 0, 200, 10, 0)); /* 0: no probes while unhealthy */
     CHECK(!mg_health_claim_probe(&cfg, 1, 200, 10, 3)); /* no such target */
+    mg_health_destroy(&cfg);
+}
+
+static struct sockaddr_storage v4(const char *ip)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+    in->sin_family = AF_INET;
+    inet_pton(AF_INET, ip, &in->sin_addr);
+    return ss;
+}
+
+TEST(health_follows_the_address_of_a_named_target)
+{
+    /* target 0 is an address (one slot), target 1 a name (MG_DNS_MAX_ADDRS slots after it) */
+    mg_target_t targets[2] = {{.target = "127.0.0.1:80", .index = 0, .slot = 0, .dns = -1},
+                              {.target = "svc.test:80", .index = 1, .slot = 1, .dns = 0}};
+    targets[0].addr = v4("127.0.0.1");
+    mg_target_t *tp[2] = {&targets[0], &targets[1]};
+    mg_upstream_t up = {.name = "pool", .targets = targets, .ntargets = 2};
+    up.healthchecks.passive.healthy = healthy_side(1);
+    up.healthchecks.passive.unhealthy = unhealthy_side(1, 0, 0);
+    up.healthchecks.passive_on = true;
+    mg_config_t cfg = {.targets = tp,
+                       .ntargets = 2,
+                       .ntarget_slots = 1 + MG_DNS_MAX_ADDRS,
+                       .upstreams = &up,
+                       .nupstreams = 1};
+    CHECK_INT(mg_health_create(&cfg), MG_OK);
+    struct sockaddr_storage got;
+    CHECK(mg_health_slot_addr(&cfg, 0, &got));  /* an address target's slot is keyed at once */
+    CHECK(!mg_health_slot_addr(&cfg, 1, &got)); /* a name's, once it has an answer */
+
+    struct sockaddr_storage first[2] = {v4("10.0.0.1"), v4("10.0.0.2")};
+    unsigned slots[2];
+    mg_health_assign(&cfg, &targets[1], first, 2, slots);
+    CHECK_INT(slots[0], 1);
+    CHECK_INT(slots[1], 2);
+    mg_health_report_at(&cfg, &up, &targets[1], slots[1], MG_HC_EV_STATUS, 500);
+    CHECK(!mg_health_is_healthy(&cfg, 2)); /* 10.0.0.2 is down, 10.0.0.1 is not */
+    CHECK(mg_health_is_healthy(&cfg, 1));
+
+    /* a new answer: 10.0.0.2 keeps its slot and its health, 10.0.0.1's slot is freed */
+    struct sockaddr_storage second[2] = {v4("10.0.0.2"), v4("10.0.0.3")};
+    mg_health_assign(&cfg, &targets[1], second, 2, slots);
+    CHECK_INT(slots[0], 2);
+    CHECK(!mg_health_is_healthy(&cfg, slots[0]));
+    CHECK(mg_health_is_healthy(&cfg, slots[1])); /* a new address starts healthy */
+    CHECK(slots[1] != 2);
+    CHECK(mg_health_slot_addr(&cfg, slots[1], &got));
+    CHECK(mg_dns_same_addr(&got, &second[1]));
+    for (unsigned k = 1; k <= MG_DNS_MAX_ADDRS; k++) { /* only the answer's slots are keyed */
+        bool keyed = mg_health_slot_addr(&cfg, k, &got);
+        CHECK(keyed == (k == slots[0] || k == slots[1]));
+    }
+    /* an unhealthy address leaving the answer bumps the generation (the marks change) */
+    uint64_t g = mg_health_generation(&cfg);
+    struct sockaddr_storage third[1] = {v4("10.0.0.3")};
+    mg_health_assign(&cfg, &targets[1], third, 1, slots);
+    CHECK(mg_health_generation(&cfg) > g);
+    CHECK(mg_health_is_healthy(&cfg, 2));
     mg_health_destroy(&cfg);
 }
 

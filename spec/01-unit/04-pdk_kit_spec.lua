@@ -467,6 +467,24 @@ describe("moongate.spec.pdk", function()
     end)
   end)
 
+  it("reports every address of a named target, and DNS_ERROR for one without", function()
+    local kit = pdk.new({ upstreams = { pool = {
+      { target = "api.test:80", health = "HEALTHY",
+        addresses = { { ip = "10.0.0.7" }, { ip = "10.0.0.8", health = "UNHEALTHY" } } },
+      { target = "gone.test:80", health = "HEALTHY", addresses = {} },
+    } } })
+    in_phase(kit, "access", function()
+      local data = moongate.upstream.get_health("pool").data
+      assert.same({ addresses = {
+        { ip = "10.0.0.7", port = 80, health = "HEALTHY", weight = 100 },
+        { ip = "10.0.0.8", port = 80, health = "UNHEALTHY", weight = 100 },
+      } }, data[1].data)
+      assert.equal("HEALTHY", data[1].health)
+      assert.equal("DNS_ERROR", data[2].health)
+      assert.same({}, data[2].data.addresses)
+    end)
+  end)
+
   describe("the request", function()
     local kit = pdk.new({
       method = "POST", path = "/orders/1?a=1&b=x%20y&a=2&flag", host = "shop.example:8443",

@@ -47,7 +47,9 @@ int mg_ffi_worker_id(void);
 int mg_ffi_worker_pid(void);
 int mg_ffi_upstream_find(const char *name, size_t len);
 int mg_ffi_upstream_target(int up, int i, const char **target, size_t *tlen, unsigned *weight,
-                           char *ipbuf, size_t iplen, size_t *ipout, int *port, int *health);
+                           int *health);
+int mg_ffi_upstream_address(int up, int i, int j, char *ipbuf, size_t iplen, size_t *ipout,
+                            int *port, int *health);
 double mg_ffi_now(void);
 int mg_ffi_sleep(double seconds);
 int mg_ffi_timer_start(double delay, double every, unsigned id);
@@ -96,7 +98,7 @@ void mg_ffi_ipset_build(void *set);
 int mg_ffi_ipset_contains(const void *set, const char *ip, size_t len);
 ]]
 
-local ABI = 3
+local ABI = 4
 
 _M.C = ffi.C
 _M.OK, _M.ERROR, _M.AGAIN, _M.BUSY, _M.DONE, _M.DECLINED = 0, -1, -2, -3, -4, -5

@@ -19,7 +19,7 @@ local _M = {}
 _M._node_id = function() return nil end
 
 local PHASES = bor(phases.INIT_WORKER, phases.REQUEST, phases.TIMER)
-local HEALTH = { [0] = "HEALTHCHECKS_OFF", "HEALTHY", "UNHEALTHY" }
+local HEALTH = { [0] = "HEALTHCHECKS_OFF", "HEALTHY", "UNHEALTHY", "DNS_ERROR" }
 
 local target_out, tlen_out = ffi.new("const char *[1]"), ffi.new("size_t[1]")
 local weight_out = ffi.new("unsigned[1]")
@@ -29,7 +29,10 @@ local port_out, health_out = ffi.new("int[1]"), ffi.new("int[1]")
 --- The health of upstream `name`'s targets: `{ total, node_id, data = { { target, weight,
 -- health, upstream = { name }, data = { addresses = { { ip, port, health, weight } } } } } }`
 -- with health "HEALTHY", "UNHEALTHY" or "HEALTHCHECKS_OFF" (no active or passive checks
--- configured: every target takes traffic); nil, "upstream not found" for an unknown name.
+-- configured: every target takes traffic). A target named by host lists every address of its
+-- current answer, each with its own health; the target is HEALTHY while one of them is, and
+-- "DNS_ERROR" (no addresses) before its first answer or when its name did not resolve.
+-- nil, "upstream not found" for an unknown name.
 -- @phases init_worker, rewrite … log, timer
 function _M.get_health(name)
   check(PHASES, "moongate.upstream.get_health")
@@ -40,18 +43,25 @@ function _M.get_health(name)
   if up < 0 then return nil, "upstream not found" end
   local data = {}
   local i = 0
-  while C.mg_ffi_upstream_target(up, i, target_out, tlen_out, weight_out, ipbuf, 64, iplen_out,
-                                 port_out, health_out) == OK do
-    local health, weight = HEALTH[health_out[0]], tonumber(weight_out[0])
-    i = i + 1
-    data[i] = {
+  while C.mg_ffi_upstream_target(up, i, target_out, tlen_out, weight_out, health_out) == OK do
+    local weight = tonumber(weight_out[0])
+    local entry = {
       target = ffi_string(target_out[0], tlen_out[0]),
       weight = weight,
-      health = health,
+      health = HEALTH[health_out[0]],
       upstream = { name = name },
-      data = { addresses = { { ip = ffi_string(ipbuf, iplen_out[0]), port = port_out[0],
-                               health = health, weight = weight } } },
     }
+    local addresses = {}
+    local j = 0
+    while C.mg_ffi_upstream_address(up, i, j, ipbuf, 64, iplen_out, port_out, health_out)
+          == OK do
+      j = j + 1
+      addresses[j] = { ip = ffi_string(ipbuf, iplen_out[0]), port = port_out[0],
+                       health = HEALTH[health_out[0]], weight = weight }
+    end
+    entry.data = { addresses = addresses }
+    i = i + 1
+    data[i] = entry
   end
   return { total = i, node_id = _M._node_id(), data = data }
 end

@@ -1146,7 +1146,10 @@ function Upstream:stop()
 end
 
 local function control(up, method, path, body)
-  local res, err = _M.request(up.port, { method = method, path = path, body = body })
+  -- an upstream bound to another loopback address (e.g. 127.0.0.2) is reached there
+  local host = up.host ~= "0.0.0.0" and up.host or nil
+  local res, err = _M.request(up.port, { method = method, path = path, body = body,
+                                         connect_host = host })
   if not res then
     error(fmt("upstream %s %s failed: %s", method, path, tostring(err)), 3)
   end

@@ -1357,7 +1357,8 @@ end
 
 -- upstream ----------------------------------------------------------------------------------
 -- kit.upstreams is opts.upstreams: { name = { { target = "host:port", weight = 100,
--- health = "HEALTHY" | "UNHEALTHY" | "HEALTHCHECKS_OFF" (default), ip = (the host) } } }.
+-- health = "HEALTHY" | "UNHEALTHY" | "HEALTHCHECKS_OFF" (default), ip = (the host),
+-- addresses = (a named target's: { { ip, health = (the target's) } }; {} is DNS_ERROR) } } }.
 
 moongate.upstream = {}
 
@@ -1372,10 +1373,15 @@ function moongate.upstream.get_health(name)
   for i, t in ipairs(targets) do
     local host, port = match(t.target, "^%[?(.-)%]?:(%d+)$")
     local health, weight = t.health or "HEALTHCHECKS_OFF", t.weight or 100
+    local addresses = {}
+    for j, a in ipairs(t.addresses or { { ip = t.ip or host } }) do
+      addresses[j] = { ip = a.ip, port = tonumber(port), health = a.health or health,
+                       weight = weight }
+    end
+    if #addresses == 0 then health = "DNS_ERROR" end
     data[i] = {
       target = t.target, weight = weight, health = health, upstream = { name = name },
-      data = { addresses = { { ip = t.ip or host, port = tonumber(port), health = health,
-                               weight = weight } } },
+      data = { addresses = addresses },
     }
   end
   return { total = #data, node_id = active.node_id, data = data }
@@ -1429,7 +1435,8 @@ end
 --   no limit), `request_id` (32 hex digits), `client_ip` ("127.0.0.1"), `forwarded_ip` (default the
 --   client ip), `client_port` (40000), `route` ({ name = }), `service` ({ name = }),
 --   `consumer`, `credential` (as if authenticated already), `upstreams` (what
---   moongate.upstream.get_health reports: { name = { { target, weight, health, ip } } }),
+--   moongate.upstream.get_health reports: { name = { { target, weight, health, ip,
+--   addresses } } }),
 --   `node_id`, `worker_id` (0), `worker_pid`, `client_certificate` (what moongate.client.tls
 --   sees: { chain = PEM, verify = "SUCCESS", verified = true (verify_client's answer),
 --   subject_dn, issuer_dn, cn, serial, fingerprint, san_list = { "DNS:a.test", ... } }; nil:

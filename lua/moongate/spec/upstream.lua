@@ -598,7 +598,7 @@ Server.__index = Server
 function _M.new(opts)
   opts = opts or {}
   local host, port = opts.host or "127.0.0.1", opts.port or 0
-  local sock = socket.tcp4()
+  local sock = host:find(":", 1, true) and socket.tcp6() or socket.tcp4() -- "::1": IPv6
   if not sock then
     return nil, "could not create a socket"
   end
