@@ -265,8 +265,6 @@ int mg_upstream_init(const mg_config_t *cfg);
 /* A name's addresses changed (mg_dns.c): rebuilds the balancers of the upstreams with a
  * target of that name. */
 void mg_upstream_dns_changed(unsigned name);
-/* "ip:port" of the service's address, formatted once per worker. */
-const char *mg_upstream_addr_text(const mg_service_t *s);
 /* "ip:port" of what u connects to (the service's address or its target's); valid while u
  * lives. */
 const char *mg_upstream_uconn_addr(const mg_uconn_t *u);

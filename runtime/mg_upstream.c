@@ -648,11 +648,6 @@ void mg_upstream_pool_close_all(void)
     }
 }
 
-const char *mg_upstream_addr_text(const mg_service_t *s)
-{
-    return pools[s->index].addr_text;
-}
-
 const char *mg_upstream_uconn_addr(const mg_uconn_t *u)
 {
     return u->addr_text;
