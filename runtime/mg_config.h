@@ -263,6 +263,9 @@ typedef struct mg_config_s {
     size_t ntrusted_ips;
     char *real_ip_header;    /* default "X-Real-IP" (Kong's default) */
     char *request_id_header; /* default "X-Request-ID"; "off" disables -> NULL */
+    bool ssl_stapling;            /* OCSP stapling (mg_ocsp.c); default true */
+    bool ssl_stapling_verify;     /* verify the responder's authority; default true */
+    char *ssl_stapling_responder; /* http:// URL replacing the certificates' own; NULL */
     mg_limits_t limits;
     mg_guards_t guards;
 

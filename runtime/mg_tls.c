@@ -51,6 +51,7 @@
 
 #include "mg_log.h"
 #include "mg_lua.h"
+#include "mg_ocsp.h"
 #include "mg_tls.h"
 
 #define CIPHERS_INTERMEDIATE                                                                       \
@@ -74,6 +75,7 @@ struct mg_tls_s {
     sni_t *snis; /* sorted by name */
     size_t nsnis, capsnis;
     unsigned char secret[32];
+    mg_ocsp_t *ocsp; /* stapling (mg_ocsp.c); NULL when ssl_stapling is off */
 };
 
 typedef struct {
@@ -624,6 +626,11 @@ static void load_certificate(load_t *L, const mg_value_t *ent, size_t i, bool *n
             SSL_CTX_free(ctx);
         } else {
             L->t->ctxs[i] = ctx;
+            char where[80];
+            snprintf(where, sizeof(where), "%s.cert", path);
+            mg_ocsp_add(L->t->ocsp, ctx, main.leaf, main.chain, where);
+            snprintf(where, sizeof(where), "%s.cert_alt", path);
+            if (alt.leaf) mg_ocsp_add(L->t->ocsp, ctx, alt.leaf, alt.chain, where);
         }
     }
     pair_free(&main);
@@ -685,6 +692,7 @@ mg_tls_t *mg_tls_load(const mg_config_t *cfg, mg_config_errors_t *errs)
     }
     load_t L = {cfg, errs, t};
     size_t n0 = errs->n;
+    t->ocsp = ssl ? mg_ocsp_new(cfg) : NULL;
     if (certs && certs->kind != MG_VAL_ARRAY) {
         mg_config_errors_add(errs, "certificates: must be a list");
         certs = NULL;
@@ -728,6 +736,7 @@ mg_tls_t *mg_tls_load(const mg_config_t *cfg, mg_config_errors_t *errs)
     for (size_t i = 0; i < t->nctxs && t->default_ctx == NULL; i++)
         if (!named[i]) t->default_ctx = t->ctxs[i];
     free(named);
+    mg_ocsp_ready(t->ocsp); /* without its zone, stapling stays off (logged) */
     if (t->nsnis) qsort(t->snis, t->nsnis, sizeof(sni_t), sni_cmp);
     t->base = t->default_ctx;
     if (t->base == NULL)
@@ -748,6 +757,7 @@ void mg_tls_free(mg_tls_t *t)
     }
     free(t->snis);
     OPENSSL_cleanse(t->secret, sizeof(t->secret));
+    mg_ocsp_free(t->ocsp);
     free(t);
 }
 
@@ -791,6 +801,11 @@ int mg_tls_handshake(mg_sock_t *s)
     else
         ERR_clear_error();
     return MG_ERROR;
+}
+
+mg_ocsp_t *mg_tls_ocsp(const mg_tls_t *t)
+{
+    return t ? t->ocsp : NULL;
 }
 
 mg_str_t mg_tls_sni(const mg_sock_t *s)
