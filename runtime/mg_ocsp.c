@@ -170,8 +170,9 @@ int mg_ocsp_check(const unsigned char *der, size_t len, X509 *issuer, OCSP_CERTI
     }
     if (OCSP_check_validity(thisupd, nextupd, MG_OCSP_SKEW, -1) != 1) {
         ERR_clear_error();
-        snprintf(why, wlen, "the response is outside its validity period (thisUpdate, "
-                            "nextUpdate)");
+        snprintf(why, wlen,
+                 "the response is outside its validity period (thisUpdate, "
+                 "nextUpdate)");
         goto out;
     }
     if (nextupd && asn1_time(nextupd) <= time(NULL)) {
@@ -248,13 +249,13 @@ void mg_ocsp_free(mg_ocsp_t *o)
     free(o);
 }
 
-void mg_ocsp_add(mg_ocsp_t *o, SSL_CTX *ctx, X509 *leaf, STACK_OF(X509) * chain,
-                 const char *where)
+void mg_ocsp_add(mg_ocsp_t *o, SSL_CTX *ctx, X509 *leaf, STACK_OF(X509) * chain, const char *where)
 {
     if (o == NULL) return;
     char buf[1024];
     bool other = false;
-    const char *url = o->responder ? o->responder : mg_ocsp_responder(leaf, buf, sizeof(buf), &other);
+    const char *url =
+        o->responder ? o->responder : mg_ocsp_responder(leaf, buf, sizeof(buf), &other);
     if (url == NULL) {
         if (other)
             mg_log_warn("%s: the certificate's OCSP responder is not an http:// URL: no OCSP "

@@ -24,8 +24,7 @@ void mg_ocsp_free(mg_ocsp_t *o);
 /* Registers the leaf of a certificate entity used by ctx (where: "certificates[0].cert", for
  * warnings). Does nothing when the leaf names no responder (and none is configured); warns
  * and does nothing when its issuer is not the next certificate of the chain. */
-void mg_ocsp_add(mg_ocsp_t *o, SSL_CTX *ctx, X509 *leaf, STACK_OF(X509) * chain,
-                 const char *where);
+void mg_ocsp_add(mg_ocsp_t *o, SSL_CTX *ctx, X509 *leaf, STACK_OF(X509) * chain, const char *where);
 /* After every mg_ocsp_add, before fork: makes the shared zone. false when it cannot (logged;
  * stapling is then off). */
 bool mg_ocsp_ready(mg_ocsp_t *o);

@@ -1233,6 +1233,37 @@ function _M.redis_server(opts)
   return srv
 end
 
+--- Runs any command line in the background (an `openssl ocsp` responder, ...), tracked and
+-- stopped like the gateway: by pid, and at exit at the latest.
+-- @tparam string cmd a shell command line (prefix it with `exec` to keep one process)
+-- @tparam[opt] table opts `ready`: a function(p) returning true once the process is ready
+-- (e.g. a line in p.stderr()); waits for it up to 10 s, raising with the process's output if
+-- it exits first. (Not a probe connection: some servers, `openssl ocsp` among them, spin on
+-- a connection closed without a request.)
+-- @return `{ pid, prefix, stop(), running(), stdout(), stderr() }`
+function _M.process(cmd, opts)
+  opts = opts or {}
+  local p = { prefix = make_prefix("proc") }
+  p.proc = spawn(cmd, p.prefix)
+  p.pid = p.proc.pid
+  tracked[#tracked + 1] = p
+  function p.stop() terminate({ p.proc }, nil, 5) end
+  function p.running() return proc_running(p.proc) end
+  function p.stdout() return read_file(p.proc.out) or "" end
+  function p.stderr() return read_file(p.proc.err) or "" end
+  if opts.ready then
+    local deadline = _M.now() + START_TIMEOUT
+    while not opts.ready(p) do
+      if not proc_running(p.proc) or _M.now() > deadline then
+        p.stop()
+        error(fmt("%s did not start: %s%s", cmd, p.stdout(), p.stderr()), 2)
+      end
+      _M.sleep(0.02)
+    end
+  end
+  return p
+end
+
 --------------------------------------------------------------------------------------------
 -- Gateway
 --------------------------------------------------------------------------------------------
