@@ -258,6 +258,70 @@ describe("OCSP stapling", function()
     not_stapled(gw, "garbage.test")
   end)
 
+  describe("responders that misbehave", function()
+    local gw, trickle, e500, big, hang_port
+
+    lazy_setup(function()
+      -- sends a status line, then a header line a second: never a whole head
+      local script = CA:path("trickle.lua")
+      helpers.write_file(script, [[
+        local socket = require "socket"
+        local s = assert(socket.bind("127.0.0.1", 0))
+        local _, port = s:getsockname()
+        io.stdout:write("listening on ", port, "\n")
+        io.stdout:flush()
+        local c = s:accept()
+        c:send("HTTP/1.0 200 OK\r\n")
+        for i = 1, 120 do
+          socket.sleep(1)
+          if not c:send("X-Trickle: " .. i .. "\r\n") then break end
+        end
+      ]])
+      trickle = helpers.process("exec luajit " .. q(script), { ready = function(p)
+        return p.stdout():match("listening on %d+") ~= nil
+      end })
+      hang_port = tonumber(trickle.stdout():match("listening on (%d+)"))
+      e500 = helpers.upstream({ mode = "status:500" })
+      big = helpers.upstream({ mode = "big:40000" })
+      -- the trickling one first: fetched one after the other, it would hold up the rest
+      gw = gateway({ cert(leaf("trickle", hang_port)), cert(good),
+                     cert(leaf("e500", e500.port)), cert(leaf("big", big.port)) })
+    end)
+
+    lazy_teardown(function()
+      if gw then gw:stop() end
+      if trickle then trickle.stop() end
+      if e500 then e500:stop() end
+      if big then big:stop() end
+    end)
+
+    local function warned(i, p, why)
+      helpers.eventually(function()
+        assert.match(fmt("certificates[%d].cert: no OCSP response from http://127.0.0.1:%d: "
+                         .. "%s; no stapling", i, p, why), gw:error_log(), 1, true)
+      end, 10)
+    end
+
+    it("an error status or an oversized answer: no staple, a warning", function()
+      warned(2, e500.port, "HTTP status 500")
+      warned(3, big.port, "the response is larger than 16384 bytes")
+      not_stapled(gw, "e500.test")
+      not_stapled(gw, "big.test")
+    end)
+
+    it("a responder trickling bytes holds up no other certificate, and is cut off", function()
+      -- the same worker staples good.test while the trickle goes on
+      helpers.eventually(function() stapled(gw, "good.test", "good") end, 10)
+      not_stapled(gw, "trickle.test")
+      -- each read gets a byte within a second: only the deadline of the exchange ends it
+      helpers.eventually(function()
+        assert.match(fmt("certificates[0].cert: no OCSP response from http://127.0.0.1:%d: "
+                         .. "timeout; no stapling", hang_port), gw:error_log(), 1, true)
+      end, 30, 0.5)
+      not_stapled(gw, "trickle.test")
+    end)
+  end)
+
   describe("a response signed by another CA", function()
     local p2, l, r2
 
