@@ -412,6 +412,7 @@ int mg_ocsp_next(mg_ocsp_t *o, int *idx, const char **url, size_t *ulen, const u
             free(e->resp);
             e->resp = NULL;
         }
+        if (e->due > now + REFRESH_MAX + RETRY_MAX) e->due = now; /* the clock went back */
         if (now < e->due) continue;
         char lk[32];
         size_t kl = key(lk, 'l', i);

@@ -92,17 +92,17 @@ local function requests(r)
 end
 
 -- `openssl s_client -status` against the gateway: its whole output.
-local function probe(gw, name)
+local function probe(gw, name, extra)
   return sh(fmt("echo | timeout 10 openssl s_client -connect 127.0.0.1:%d -servername %s "
-                .. "-status -CAfile %s", gw.ssl_port, name, q(CA.crt)))
+                .. "-status -CAfile %s %s", gw.ssl_port, name, q(CA.crt), extra or ""))
 end
 
 local function handshake_ok(out)
   return out:match("Verify return code: 0 %(ok%)") ~= nil and out:match("Cipher is %(NONE%)") == nil
 end
 
-local function stapled(gw, name, status)
-  local out = probe(gw, name)
+local function stapled(gw, name, status, extra)
+  local out = probe(gw, name, extra)
   assert(handshake_ok(out), out)
   assert.match("OCSP Response Status: successful", out, 1, true)
   assert.match("Cert Status: " .. status, out, 1, true)
@@ -172,8 +172,18 @@ describe("OCSP stapling", function()
       if gw then gw:stop() end
     end)
 
-    it("staples a good response", function()
+    it("staples a good response, in TLS 1.3 and 1.2", function()
       helpers.eventually(function() stapled(gw, "good.test", "good") end, 10)
+      -- (eventually: the other workers install it at their next tick)
+      helpers.eventually(function()
+        assert.match("TLSv1.3", stapled(gw, "good.test", "good", "-tls1_3"), 1, true)
+        assert.match("TLSv1.2", stapled(gw, "good.test", "good", "-tls1_2"), 1, true)
+      end, 5)
+      -- a client that does not ask gets no staple
+      local out = sh(fmt("echo | timeout 10 openssl s_client -connect 127.0.0.1:%d "
+                         .. "-servername good.test -CAfile %s", gw.ssl_port, q(CA.crt)))
+      assert(handshake_ok(out), out)
+      assert.not_match("OCSP", out, 1, true)
       assert.match("certificates[0].cert: OCSP response from http://127.0.0.1:" .. port
                    .. " stapled", gw:error_log(), 1, true)
     end)
@@ -244,6 +254,24 @@ describe("OCSP stapling", function()
     assert.equal(1, count(log, warning))
     assert.match("certificates[0].cert: OCSP responder http://127.0.0.1:" .. p2
                  .. " answers again", log, 1, true)
+  end)
+
+  it("keeps stapling the last good response while the responder is down", function()
+    local p2, l, r2 = on_free_port(function(p)
+      local l = leaf("keep", p)
+      return l, responder(p, index(CA:path("index6.txt"), { { l = l } }))
+    end)
+    local gw = gateway({ cert(l) })
+    finally(function() gw:stop(); r2.stop() end)
+    helpers.eventually(function() stapled(gw, "keep.test", "good") end, 10)
+    r2.stop()
+    -- the refresh, halfway to a nextUpdate a minute away, fails
+    helpers.eventually(function()
+      assert.match("certificates[0].cert: no OCSP response from http://127.0.0.1:" .. p2
+                   .. ": connection refused; the previous response stays stapled until ",
+                   gw:error_log(), 1, true)
+    end, 45, 0.5)
+    stapled(gw, "keep.test", "good")
   end)
 
   it("staples nothing when the responder answers garbage", function()
