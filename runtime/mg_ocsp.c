@@ -9,11 +9,12 @@
  * silence, one with an unusable responder or no issuer with a warning. The DER request (one
  * SHA-1 cert id, no nonce, so responses can be cached and shared) is built once.
  *
- * Fetching (workers). The HTTP exchange is Lua's (moongate.ocsp, the moongate.http client
- * on cosockets: DNS and I/O off the loop, timeouts, a size cap). Each worker's timer calls
- * mg_ocsp_next, which first installs what another worker fetched, then claims a due
- * certificate with an `add` lock in a private shared zone (one worker fetches per period);
- * mg_ocsp_done verifies the answer and either installs and shares it or schedules a retry.
+ * Fetching (workers). The HTTP exchange is Lua's (moongate.ocsp: an HTTP/1.0 POST on a
+ * cosocket, DNS and I/O off the loop, one deadline for the whole exchange, a size cap, each
+ * fetch in a timer of its own). Each worker's timer calls mg_ocsp_next, which first installs
+ * what another worker fetched, then claims a due certificate with an `add` lock in a private
+ * shared zone (one worker fetches per period); mg_ocsp_done verifies the answer and either
+ * installs and shares it or schedules a retry.
  *
  * Shared zone keys, per certificate i: "r<i>" the last good DER response (TTL: its
  * nextUpdate), "d<i>" when the next fetch is due (epoch seconds), "f<i>" the failure streak,
