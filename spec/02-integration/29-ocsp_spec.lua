@@ -382,10 +382,10 @@ describe("OCSP stapling", function()
     end)
   end)
 
-  it("ssl_stapling_responder replaces the certificates' own responder", function()
+  it("ssl_stapling_responder replaces the certificates' own responder (a name)", function()
     local before = asked(r, noaia.serial)
     local gw = gateway({ cert(noaia) },
-                       { ssl_stapling_responder = "http://127.0.0.1:" .. port .. "/ocsp" })
+                       { ssl_stapling_responder = "http://localhost:" .. port .. "/ocsp" })
     finally(function() gw:stop() end)
     helpers.eventually(function() stapled(gw, "noaia.test", "good") end, 10)
     assert.equal(before + 1, asked(r, noaia.serial))
