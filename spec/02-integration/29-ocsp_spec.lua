@@ -53,9 +53,10 @@ end
 
 -- A responder on `port` for the certificates of `idx`, signing with signer/key (default:
 -- the CA itself). -nmin 1: responses valid for a minute, refreshed every 30 s.
-local function responder(port, idx, signer, key)
+local function responder(port, idx, signer, key, ca)
   local cmd = fmt("exec openssl ocsp -index %s -port %d -rsigner %s -rkey %s -CA %s -nmin 1 "
-                  .. "-text", q(idx), port, q(signer or CA.crt), q(key or CA.key), q(CA.crt))
+                  .. "-text", q(idx), port, q(signer or CA.crt), q(key or CA.key),
+                  q(ca or CA.crt))
   return helpers.process(cmd, { ready = function(p)
     return p.stderr():find("waiting for OCSP client connections", 1, true) ~= nil
   end })
@@ -230,6 +231,22 @@ describe("OCSP stapling", function()
     local gw = gateway({ cert(l) })
     finally(function() gw:stop(); r2.stop() end)
     helpers.eventually(function() stapled(gw, "delegated.test", "good") end, 10)
+  end)
+
+  it("staples for a leaf of an intermediate CA, the intermediate answering", function()
+    local int = CA:intermediate("int")
+    local _, l, r2 = on_free_port(function(p)
+      local l = int:leaf("sub", { names = { "sub.test" },
+                                  ext = { "authorityInfoAccess=OCSP;URI:http://127.0.0.1:" .. p } })
+      l.chain = CA:path("sub.chain.crt")
+      sh(fmt("cat %s %s > %s", q(l.crt), q(int.crt), q(l.chain)))
+      l.serial = serial(l.crt)
+      return l, responder(p, index(CA:path("index7.txt"), { { l = l } }), int.crt, int.key,
+                          int.crt)
+    end)
+    local gw = gateway({ { cert = l.chain, key = l.key } })
+    finally(function() gw:stop(); r2.stop() end)
+    helpers.eventually(function() stapled(gw, "sub.test", "good") end, 10)
   end)
 
   it("staples nothing until a responder that was down comes up; one warning", function()
