@@ -3,8 +3,9 @@
 -- A small facade in Kong's manner (DESIGN.md §5): `start()` writes a config table as JSON into
 -- a fresh prefix directory under /tmp and runs `$MOONGATE_BIN run -c FILE` in the background;
 -- `upstream()` runs moongate.spec.upstream (an HTTP/1.1 echo server with failure modes) as a
--- child process, `process()` any other command (an `openssl ocsp` responder, say); a plain HTTP/1.1 client, a raw-bytes client and a response parser talk to
--- either; `eventually()` waits for asynchronous effects.
+-- child process, `process()` any other command (an `openssl ocsp` responder, say); a plain
+-- HTTP/1.1 client, a raw-bytes client and a response parser talk to either; `eventually()`
+-- waits for asynchronous effects.
 --
 -- Processes: every process started here runs under a small sh wrapper that records its exit
 -- status and kills it (SIGTERM, then SIGKILL) within a second or so of this Lua process
