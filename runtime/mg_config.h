@@ -261,13 +261,15 @@ typedef struct mg_config_s {
     mg_log_level_t log_level; /* default notice */
     mg_cidr_t *trusted_ips;
     size_t ntrusted_ips;
-    char *real_ip_header;         /* default "X-Real-IP" (Kong's default) */
-    char *request_id_header;      /* default "X-Request-ID"; "off" disables -> NULL */
-    bool ssl_stapling;            /* OCSP stapling (mg_ocsp.c); default true */
-    bool ssl_stapling_verify;     /* verify the responder's authority; default true */
-    char *ssl_stapling_responder; /* http:// URL replacing the certificates' own; NULL */
+    char *real_ip_header;    /* default "X-Real-IP" (Kong's default) */
+    char *request_id_header; /* default "X-Request-ID"; "off" disables -> NULL */
     mg_limits_t limits;
     mg_guards_t guards;
+
+    /* OCSP stapling on ssl listeners (mg_ocsp.c) */
+    bool ssl_stapling;            /* default true */
+    bool ssl_stapling_verify;     /* verify the responder's authority; default true */
+    char *ssl_stapling_responder; /* http:// URL replacing the certificates' own; NULL */
 
     char **plugin_names; /* the `plugins:` setting as written ("bundled" included);
                             default ["bundled"] */
