@@ -236,6 +236,7 @@ static const char *check_name(ctx_t *x, char *s);
 static const char *check_plugin_name(ctx_t *x, char *s);
 static const char *check_tag(ctx_t *x, char *s);
 static const char *check_header_name(ctx_t *x, char *s);
+static const char *check_ocsp_url(ctx_t *x, char *s);
 static const char *check_cookie(ctx_t *x, char *s);
 static const char *check_header_value(ctx_t *x, char *s);
 static const char *check_service_path(ctx_t *x, char *s);
@@ -564,6 +565,9 @@ static const field_t top_fields[] = {
     SETTING_LIST(trusted_ips, i_cidr),
     SETTING(real_ip_header, i_string, .check = check_header_name),
     SETTING(request_id_header, i_request_id, .check = check_header_name),
+    SETTING(ssl_stapling, i_bool),
+    SETTING(ssl_stapling_verify, i_bool),
+    SETTING(ssl_stapling_responder, i_string, .check = check_ocsp_url),
     {.name = "limits",
      .parse = p_sub,
      .off = offsetof(mg_config_t, limits),
@@ -1663,6 +1667,26 @@ static const char *check_token(ctx_t *x, const char *s, const char *what)
 static const char *check_header_name(ctx_t *x, char *s)
 {
     return check_token(x, s, "header name");
+}
+
+/* ssl_stapling_responder: http://host[:port][/path], as nginx takes it (no TLS to the
+ * responder: OCSP responses are signed, and fetching one over TLS could need a staple). */
+static const char *check_ocsp_url(ctx_t *x, char *s)
+{
+    if (strncasecmp(s, "http://", 7) != 0) return "must be an http:// URL";
+    const char *h = s + 7, *end = h + strcspn(h, "/?#");
+    if (end == h || *h == ':') return "must be an http:// URL with a host";
+    for (const char *c = s; *c; c++)
+        if ((unsigned char)*c <= ' ' || *c == 0x7f) return "must not contain spaces or controls";
+    if (h[0] != '[') {
+        const char *colon = memchr(h, ':', (size_t)(end - h));
+        if (colon) {
+            char *e2;
+            long port = strtol(colon + 1, &e2, 10);
+            if (e2 != end || port < 1 || port > 65535) return "invalid port in the URL";
+        }
+    }
+    return NULL;
 }
 
 /* A cookie name is a token (RFC 6265). */
@@ -2899,6 +2923,8 @@ static void set_defaults(ctx_t *x, mg_config_t *cfg)
     cfg->request_id_header = sdup(x, "X-Request-ID");
     cfg->worker_stall_timeout = 5000;
     cfg->ssl_verify_depth = 1; /* nginx's default */
+    cfg->ssl_stapling = true;
+    cfg->ssl_stapling_verify = true;
     cfg->lua_memory_limit = (size_t)256 << 20;
     cfg->dns_hostsfile = sdup(x, "/etc/hosts");
     static const char *const order[] = {"LAST", "A", "CNAME"}; /* Kong's, less SRV */

@@ -303,6 +303,11 @@ typedef struct mg_config_s {
     mg_limits_t limits;
     mg_guards_t guards;
 
+    /* OCSP stapling on ssl listeners (mg_ocsp.c) */
+    bool ssl_stapling;            /* default true */
+    bool ssl_stapling_verify;     /* verify the responder's authority; default true */
+    char *ssl_stapling_responder; /* http:// URL replacing the certificates' own; NULL */
+
     char **plugin_names; /* the `plugins:` setting as written ("bundled" included);
                             default ["bundled"] */
     size_t nplugin_names;

@@ -16,6 +16,7 @@
 #include "mg_ip.h"
 #include "mg_log.h"
 #include "mg_lua.h"
+#include "mg_ocsp.h"
 #include "mg_shdict.h"
 #include "mg_tls.h"
 #include "mg_watchdog.h"
@@ -629,4 +630,24 @@ void mg_ffi_ipset_build(void *set)
 int mg_ffi_ipset_contains(const void *set, const char *ip, size_t len)
 {
     return mg_ipset_contains(set, ip, len);
+}
+
+/* ---- OCSP stapling (moongate.ocsp; mg_ocsp.c does the work) ------------------------------ */
+
+static mg_ocsp_t *worker_ocsp(void)
+{
+    return mg_worker.cfg ? mg_tls_ocsp(mg_worker.cfg->tls) : NULL;
+}
+
+int mg_ffi_ocsp_next(int *idx, const char **url, size_t *ulen, const char **req, size_t *rlen)
+{
+    return mg_ocsp_next(worker_ocsp(), idx, url, ulen, (const unsigned char **)req, rlen);
+}
+
+void mg_ffi_ocsp_done(int idx, int status, const char *body, size_t blen, const char *err,
+                      size_t elen)
+{
+    char e[256];
+    snprintf(e, sizeof(e), "%.*s", (int)MG_MIN(elen, sizeof(e) - 1), err ? err : "");
+    mg_ocsp_done(worker_ocsp(), idx, status, (const unsigned char *)body, blen, e);
 }

@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MG_FFI_ABI 4
+#define MG_FFI_ABI 5
 
 int mg_ffi_abi(void);
 
@@ -178,6 +178,16 @@ int mg_ffi_tcp_receive(mg_cosock_t *cs, int mode, size_t arg, const char *pat, s
 /* MG_OK: the pool owns the connection now; MG_ERROR: it stays the caller's (maybe closed) */
 int mg_ffi_tcp_setkeepalive(mg_cosock_t *cs, const char *name, size_t nlen, int timeout_ms,
                             int pool_size, const char **err);
+
+/* ---- OCSP stapling (lua/moongate/ocsp.lua, runtime/mg_ocsp.c) --------------------------- */
+/* MG_AGAIN: certificate *idx is due and claimed by this worker: POST the DER request req to
+ * url, then report with mg_ffi_ocsp_done (url and req stay valid until then); MG_OK: nothing
+ * to fetch now (responses fetched by other workers were installed meanwhile); MG_DECLINED:
+ * this configuration staples nothing. */
+int mg_ffi_ocsp_next(int *idx, const char **url, size_t *ulen, const char **req, size_t *rlen);
+/* The answer: HTTP status and body, or status 0 and a network error message. */
+void mg_ffi_ocsp_done(int idx, int status, const char *body, size_t blen, const char *err,
+                      size_t elen);
 
 /* ---- pure helpers: no request needed, usable in any phase and in the master ------------ */
 /* base64 (url: the URL-safe alphabet); decode is strict and returns -1 on invalid input */

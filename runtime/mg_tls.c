@@ -65,6 +65,7 @@
 #include "mg_ca.h"
 #include "mg_log.h"
 #include "mg_lua.h"
+#include "mg_ocsp.h"
 #include "mg_tls.h"
 
 #define CIPHERS_INTERMEDIATE                                                                       \
@@ -102,6 +103,7 @@ struct mg_tls_s {
     verifier_t verifiers[MAX_VERIFIERS];
     size_t nverifiers;
     STACK_OF(X509_NAME) * ca_names; /* named in the CertificateRequest */
+    mg_ocsp_t *ocsp;                /* stapling (mg_ocsp.c); NULL when ssl_stapling is off */
 };
 
 typedef struct {
@@ -1043,6 +1045,11 @@ static void load_certificate(load_t *L, const mg_value_t *ent, size_t i, bool *n
             SSL_CTX_free(ctx);
         } else {
             L->t->ctxs[i] = ctx;
+            char where[80];
+            snprintf(where, sizeof(where), "%s.cert", path);
+            mg_ocsp_add(L->t->ocsp, ctx, main.leaf, main.chain, where);
+            snprintf(where, sizeof(where), "%s.cert_alt", path);
+            if (alt.leaf) mg_ocsp_add(L->t->ocsp, ctx, alt.leaf, alt.chain, where);
         }
     }
     pair_free(&main);
@@ -1107,6 +1114,7 @@ mg_tls_t *mg_tls_load(const mg_config_t *cfg, mg_config_errors_t *errs)
     load_t L = {cfg, errs, t};
     size_t n0 = errs->n;
     if (ssl) load_client_verify(cfg, errs, t); /* before the contexts, which use it */
+    t->ocsp = ssl ? mg_ocsp_new(cfg) : NULL;
     if (certs && certs->kind != MG_VAL_ARRAY) {
         mg_config_errors_add(errs, "certificates: must be a list");
         certs = NULL;
@@ -1150,6 +1158,7 @@ mg_tls_t *mg_tls_load(const mg_config_t *cfg, mg_config_errors_t *errs)
     for (size_t i = 0; i < t->nctxs && t->default_ctx == NULL; i++)
         if (!named[i]) t->default_ctx = t->ctxs[i];
     free(named);
+    mg_ocsp_ready(t->ocsp); /* without its zone, stapling stays off (logged) */
     if (t->nsnis) qsort(t->snis, t->nsnis, sizeof(sni_t), sni_cmp);
     t->base = t->default_ctx;
     if (t->base == NULL)
@@ -1175,6 +1184,7 @@ void mg_tls_free(mg_tls_t *t)
     }
     sk_X509_NAME_pop_free(t->ca_names, X509_NAME_free);
     OPENSSL_cleanse(t->secret, sizeof(t->secret));
+    mg_ocsp_free(t->ocsp);
     free(t);
 }
 
@@ -1252,6 +1262,11 @@ int mg_tls_handshake(mg_sock_t *s)
     else
         ERR_clear_error();
     return MG_ERROR;
+}
+
+mg_ocsp_t *mg_tls_ocsp(const mg_tls_t *t)
+{
+    return t ? t->ocsp : NULL;
 }
 
 mg_str_t mg_tls_sni(const mg_sock_t *s)

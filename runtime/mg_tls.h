@@ -35,6 +35,8 @@ int mg_tls_accept(const mg_tls_t *t, mg_sock_t *s);
 /* Advances the handshake: MG_OK when done, MG_AGAIN with rready or wready cleared (the
  * event to wait for), MG_ERROR when it failed (logged at info). */
 int mg_tls_handshake(mg_sock_t *s);
+/* The OCSP stapling state (mg_ocsp.h), or NULL. */
+struct mg_ocsp_s *mg_tls_ocsp(const mg_tls_t *t);
 /* The server name the client sent (lower-case as received), or an empty string. */
 mg_str_t mg_tls_sni(const mg_sock_t *s);
 /* A connection's client certificate (SSL ex_data): the verdicts, kept for resumption, and

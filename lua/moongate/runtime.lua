@@ -303,6 +303,7 @@ function _M.init_worker()
     end
   end
   log.plugin_name = nil
+  require("moongate.ocsp").init_worker()   -- OCSP stapling's fetches (mg_ocsp.c)
   phases.current = 0
 end
 

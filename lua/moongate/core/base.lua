@@ -53,6 +53,9 @@ int mg_ffi_upstream_address(int up, int i, int j, char *ipbuf, size_t iplen, siz
 double mg_ffi_now(void);
 int mg_ffi_sleep(double seconds);
 int mg_ffi_timer_start(double delay, double every, unsigned id);
+int mg_ffi_ocsp_next(int *idx, const char **url, size_t *ulen, const char **req, size_t *rlen);
+void mg_ffi_ocsp_done(int idx, int status, const char *body, size_t blen, const char *err,
+                      size_t elen);
 void mg_ffi_plugin_enter(const char *name, size_t len);
 int mg_ffi_body_get_chunk(const char **s, size_t *len, int *eof);
 int mg_ffi_body_set_chunk(const char *s, size_t len);
@@ -98,7 +101,7 @@ void mg_ffi_ipset_build(void *set);
 int mg_ffi_ipset_contains(const void *set, const char *ip, size_t len);
 ]]
 
-local ABI = 4
+local ABI = 5
 
 _M.C = ffi.C
 _M.OK, _M.ERROR, _M.AGAIN, _M.BUSY, _M.DONE, _M.DECLINED = 0, -1, -2, -3, -4, -5

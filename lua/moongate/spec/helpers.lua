@@ -3,9 +3,10 @@
 -- A small facade in Kong's manner (DESIGN.md §5): `start()` writes a config table as JSON into
 -- a fresh prefix directory under /tmp and runs `$MOONGATE_BIN run -c FILE` in the background;
 -- `upstream()` runs moongate.spec.upstream (an HTTP/1.1 echo server with failure modes) as a
--- child process; `nginx()` a real nginx (an HTTPS backend, for upstream TLS); a plain
--- HTTP/1.1 client, a raw-bytes client and a response parser talk to any of them;
--- `eventually()` waits for asynchronous effects.
+-- child process; `nginx()` a real nginx (an HTTPS backend, for upstream TLS), `process()`
+-- any other command (an `openssl ocsp` responder, say); a plain HTTP/1.1 client, a raw-bytes
+-- client and a response parser talk to any of them; `eventually()` waits for asynchronous
+-- effects.
 --
 -- Processes: every process started here runs under a small sh wrapper that records its exit
 -- status and kills it (SIGTERM, then SIGKILL) within a second or so of this Lua process
@@ -1193,29 +1194,38 @@ end
 -- Any other server a spec needs (nginx as a TLS backend, an OCSP responder, a DNS server)
 --------------------------------------------------------------------------------------------
 
-local Process = {}
-Process.__index = Process
-
---- Starts `cmd` (a shell command line; `exec` is prepended so the pid is the server's own)
--- in the background, tracked like every process started here: stopped when this Lua process
--- goes away even if the spec forgets. stdout and stderr go to `.out` and `.err` files in a
--- fresh prefix directory.
--- @tparam string cmd e.g. "nginx -p DIR -c DIR/nginx.conf -g 'daemon off;'"
+--- Starts `cmd` (a shell command line; `exec` is prepended unless it starts with one, so the
+-- pid is the server's own) in the background, tracked like every process started here:
+-- stopped when this Lua process goes away even if the spec forgets. stdout and stderr go to
+-- files in a fresh prefix directory.
+-- @tparam string cmd e.g. "openssl ocsp -index idx.txt -port 9000 ..."
 -- @tparam[opt] table opts `ready` (a Lua pattern awaited in stdout or stderr, or a function
--- returning truthy when the server is up, e.g. one that connects to its port), `timeout`
--- (seconds to wait for `ready`, default 10), `dir` (run it in this directory)
--- @return a process: `.pid`, `.prefix`, `.out`, `.err` (paths), `:running()`, `:stop()`
--- (SIGTERM, then SIGKILL after 5 s), `:kill()` (SIGKILL at once), `:exit_code()`,
--- `:output()` (stdout .. stderr). Raises, with its output, if it exits or is not ready in time.
+-- (p) returning truthy once the server is up, e.g. a line in p.stderr() — not necessarily a
+-- probe connection: some servers, `openssl ocsp` among them, spin on a connection closed
+-- without a request), `timeout` (seconds to wait for `ready`, default 10), `dir` (run it in
+-- this directory)
+-- @return a process: `.pid`, `.prefix`, `stop()` (SIGTERM, then SIGKILL after 5 s), `kill()`
+-- (SIGKILL at once), `running()`, `exit_code()`, `stdout()`, `stderr()`, `output()` (both);
+-- plain functions, so `p.stop()` and `p:stop()` both work. Raises, with the output, if the
+-- process exits or is not ready in time.
 function _M.process(cmd, opts)
   opts = opts or {}
-  local prefix = make_prefix("process")
-  local line = "exec " .. cmd
+  local p = { prefix = make_prefix("process") }
+  local line = match(cmd, "^%s*exec%s") and cmd or "exec " .. cmd
   if opts.dir then line = "cd " .. shell_quote(opts.dir) .. " && " .. line end
-  local proc = spawn(line, prefix)
-  local p = setmetatable({ proc = proc, pid = proc.pid, prefix = prefix, out = proc.out,
-                           err = proc.err }, Process)
+  p.proc = spawn(line, p.prefix)
+  p.pid = p.proc.pid
   tracked[#tracked + 1] = p
+  function p.stop() terminate({ p.proc }, nil, 5) end
+  function p.kill()
+    signal_pid(p.proc.pid, "KILL")
+    proc_wait(p.proc, 5)
+  end
+  function p.running() return proc_running(p.proc) end
+  function p.exit_code() return proc_exit_code(p.proc) end
+  function p.stdout() return read_file(p.proc.out) or "" end
+  function p.stderr() return read_file(p.proc.err) or "" end
+  function p.output() return p.stdout() .. p.stderr() end
   if opts.ready == nil then return p end
   local deadline = _M.now() + (opts.timeout or START_TIMEOUT)
   while _M.now() < deadline do
@@ -1223,35 +1233,14 @@ function _M.process(cmd, opts)
     if type(opts.ready) == "function" then
       ok = opts.ready(p)
     else
-      ok = find(p:output(), opts.ready)
+      ok = find(p.output(), opts.ready)
     end
     if ok then return p end
-    if not proc_running(proc) then break end
+    if not proc_running(p.proc) then break end
     _M.sleep(0.02)
   end
-  p:stop()
-  error(fmt("process did not start: %s\n%s", cmd, p:output()), 2)
-end
-
-function Process:output()
-  return (read_file(self.out) or "") .. (read_file(self.err) or "")
-end
-
-function Process:running()
-  return proc_running(self.proc)
-end
-
-function Process:exit_code()
-  return proc_exit_code(self.proc)
-end
-
-function Process:stop()
-  terminate({ self.proc }, nil, 5)
-end
-
-function Process:kill()
-  signal_pid(self.proc.pid, "KILL")
-  proc_wait(self.proc, 5)
+  p.stop()
+  error(fmt("process did not start: %s\n%s", cmd, p.output()), 2)
 end
 
 --------------------------------------------------------------------------------------------
