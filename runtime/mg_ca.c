@@ -27,15 +27,7 @@ struct mg_ca_set_s {
     size_t n;
 };
 
-static const mg_value_t *get(const mg_value_t *map, const char *key)
-{
-    if (map == NULL || map->kind != MG_VAL_MAP) return NULL;
-    for (size_t i = 0; i < map->len; i++)
-        if (strcmp(map->keys[i], key) == 0) return &map->items[i];
-    return NULL;
-}
-
-static const char *ssl_reason(void)
+const char *mg_ssl_reason(void)
 {
     unsigned long e = ERR_peek_last_error();
     const char *r = e ? ERR_reason_error_string(e) : NULL;
@@ -43,7 +35,7 @@ static const char *ssl_reason(void)
     return r ? r : "unknown error";
 }
 
-static int no_password(char *buf, int size, int rwflag, void *u)
+int mg_pem_no_password(char *buf, int size, int rwflag, void *u)
 {
     return -1;
 }
@@ -92,7 +84,8 @@ static X509 *load_one(const mg_config_t *cfg, const mg_value_t *ent, const char 
             ok = strcmp(ent->keys[i], known[j]) == 0;
         if (!ok) mg_config_errors_add(errs, "%s.%s: unknown field", path, ent->keys[i]);
     }
-    const mg_value_t *id = get(ent, "id"), *cv = get(ent, "cert"), *dv = get(ent, "cert_digest");
+    const mg_value_t *id = mg_value_get(ent, "id"), *cv = mg_value_get(ent, "cert"),
+                     *dv = mg_value_get(ent, "cert_digest");
     if (id && id->kind != MG_VAL_STRING && id->kind != MG_VAL_NULL)
         mg_config_errors_add(errs, "%s.id: must be a string", path);
     if (dv && dv->kind != MG_VAL_STRING && dv->kind != MG_VAL_NULL)
@@ -108,13 +101,13 @@ static X509 *load_one(const mg_config_t *cfg, const mg_value_t *ent, const char 
         mg_config_errors_add(errs, "%s.cert: %s", path, why);
         return NULL;
     }
-    X509 *x = PEM_read_bio_X509(b, NULL, no_password, NULL);
+    X509 *x = PEM_read_bio_X509(b, NULL, mg_pem_no_password, NULL);
     if (x == NULL) {
-        mg_config_errors_add(errs, "%s.cert: invalid PEM certificate (%s)", path, ssl_reason());
+        mg_config_errors_add(errs, "%s.cert: invalid PEM certificate (%s)", path, mg_ssl_reason());
         BIO_free(b);
         return NULL;
     }
-    X509 *more = PEM_read_bio_X509(b, NULL, no_password, NULL);
+    X509 *more = PEM_read_bio_X509(b, NULL, mg_pem_no_password, NULL);
     ERR_clear_error(); /* the end of the text */
     BIO_free(b);
     const char *bad = NULL;
@@ -179,7 +172,7 @@ mg_ca_set_t *mg_ca_load(const mg_config_t *cfg, mg_config_errors_t *errs)
                 x = NULL;
             }
         }
-        const mg_value_t *id = get(ent, "id");
+        const mg_value_t *id = mg_value_get(ent, "id");
         const char *ids = id && id->kind == MG_VAL_STRING ? id->str : NULL;
         for (size_t j = 0; ids && j < set->n; j++) {
             if (set->cas[j].id && strcmp(set->cas[j].id, ids) == 0) {
@@ -291,7 +284,7 @@ bool mg_ca_refs(const mg_ca_set_t *set, const mg_value_t *v, const char *path, b
     bool ok = true;
     for (size_t i = 0; i < v->len; i++) {
         const mg_value_t *it = &v->items[i];
-        if (it->kind == MG_VAL_MAP) it = get(it, "id"); /* {id: ...} as Kong exports */
+        if (it->kind == MG_VAL_MAP) it = mg_value_get(it, "id"); /* {id: ...} as Kong exports */
         if (it == NULL || it->kind != MG_VAL_STRING) {
             mg_config_errors_add(errs, "%s[%zu]: must be a ca_certificate id", path, i);
             ok = false;

@@ -65,4 +65,9 @@ STACK_OF(X509_NAME) * mg_ca_names(const mg_ca_set_t *set, const mg_ca_refs_t *re
  */
 BIO *mg_pem_bio(const mg_config_t *cfg, const char *v, char *why, size_t wlen);
 
+/* The reason of OpenSSL's last queued error (for messages), and an empty queue afterwards. */
+const char *mg_ssl_reason(void);
+/* A PEM password callback that never prompts: encrypted keys are refused, not asked for. */
+int mg_pem_no_password(char *buf, int size, int rwflag, void *u);
+
 #endif

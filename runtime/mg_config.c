@@ -2561,6 +2561,14 @@ static void value_at(ctx_t *x, yaml_node_t *n, mg_value_t *v, int depth)
     }
 }
 
+const mg_value_t *mg_value_get(const mg_value_t *map, const char *key)
+{
+    if (map == NULL || map->kind != MG_VAL_MAP) return NULL;
+    for (size_t i = 0; i < map->len; i++)
+        if (strcmp(map->keys[i], key) == 0) return &map->items[i];
+    return NULL;
+}
+
 static mg_value_t *value_of(ctx_t *x, yaml_node_t *n)
 {
     mg_value_t *v = zalloc(x, x->cfg->pool, sizeof(*v));

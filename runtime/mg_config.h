@@ -243,6 +243,9 @@ typedef struct mg_value_s {
     struct mg_value_s *items; /* MG_VAL_ARRAY / MG_VAL_MAP: len items */
 } mg_value_t;
 
+/* The value of `key` in a MG_VAL_MAP value, or NULL (also when map is not a map). */
+const mg_value_t *mg_value_get(const mg_value_t *map, const char *key);
+
 /* One plugin entity wherever it was declared; Lua validates `config` against the plugin's
  * schema and builds the per-route chains. */
 typedef struct {

@@ -43,6 +43,7 @@
 #include <openssl/ocsp.h>
 #include <openssl/x509v3.h>
 
+#include "mg_ca.h"
 #include "mg_log.h"
 #include "mg_ocsp.h"
 #include "mg_shdict.h"
@@ -86,14 +87,6 @@ static double wall(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static const char *ssl_reason(void)
-{
-    unsigned long e = ERR_peek_last_error();
-    const char *r = e ? ERR_reason_error_string(e) : NULL;
-    ERR_clear_error();
-    return r ? r : "unknown error";
 }
 
 /* ---- pure helpers --------------------------------------------------------------------------- */
@@ -160,7 +153,7 @@ int mg_ocsp_check(const unsigned char *der, size_t len, X509 *issuer, OCSP_CERTI
     }
     if (OCSP_basic_verify(bs, certs, store, verify ? OCSP_TRUSTOTHER : OCSP_NOVERIFY) != 1) {
         snprintf(why, wlen, "the response's signature does not verify against the issuer (%s)",
-                 ssl_reason());
+                 mg_ssl_reason());
         goto out;
     }
     int status, reason;
@@ -301,7 +294,7 @@ void mg_ocsp_add(mg_ocsp_t *o, SSL_CTX *ctx, X509 *leaf, STACK_OF(X509) * chain,
     OCSP_REQUEST_free(req);
     if (!ok) {
         mg_log_warn("%s: cannot build the OCSP request (%s): no OCSP stapling for it", where,
-                    ssl_reason());
+                    mg_ssl_reason());
         if (e) ent_free(e);
         return;
     }

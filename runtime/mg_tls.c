@@ -114,29 +114,6 @@ typedef struct {
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-static const mg_value_t *get(const mg_value_t *map, const char *key)
-{
-    if (map == NULL || map->kind != MG_VAL_MAP) return NULL;
-    for (size_t i = 0; i < map->len; i++)
-        if (strcmp(map->keys[i], key) == 0) return &map->items[i];
-    return NULL;
-}
-
-/* The first OpenSSL error's reason, and an empty queue afterwards. */
-static const char *ssl_reason(void)
-{
-    unsigned long e = ERR_peek_last_error();
-    const char *r = e ? ERR_reason_error_string(e) : NULL;
-    ERR_clear_error();
-    return r ? r : "unknown error";
-}
-
-/* Never prompts on a terminal for an encrypted key: such keys are refused. */
-static int no_password(char *buf, int size, int rwflag, void *u)
-{
-    return -1;
-}
-
 /* ---- loading PEM ------------------------------------------------------------------------- */
 
 /* A BIO over the PEM text, or over the file the value names. NULL with a message in why. */
@@ -193,7 +170,7 @@ static bool load_pair(load_t *L, const mg_value_t *ent, const char *path, const 
                       const char *kk, pair_t *p)
 {
     char why[4400];
-    const mg_value_t *cv = get(ent, ck), *kv = get(ent, kk);
+    const mg_value_t *cv = mg_value_get(ent, ck), *kv = mg_value_get(ent, kk);
     bool ok = true;
     if (cv == NULL || cv->kind != MG_VAL_STRING) {
         mg_config_errors_add(L->errs, "%s.%s: %s", path, ck,
@@ -212,15 +189,15 @@ static bool load_pair(load_t *L, const mg_value_t *ent, const char *path, const 
         mg_config_errors_add(L->errs, "%s.%s: %s", path, ck, why);
         ok = false;
     } else {
-        p->leaf = PEM_read_bio_X509(b, NULL, no_password, NULL);
+        p->leaf = PEM_read_bio_X509(b, NULL, mg_pem_no_password, NULL);
         if (p->leaf == NULL) {
             mg_config_errors_add(L->errs, "%s.%s: invalid PEM certificate (%s)", path, ck,
-                                 ssl_reason());
+                                 mg_ssl_reason());
             ok = false;
         } else {
             p->chain = sk_X509_new_null();
             X509 *x;
-            while (p->chain && (x = PEM_read_bio_X509(b, NULL, no_password, NULL)) != NULL)
+            while (p->chain && (x = PEM_read_bio_X509(b, NULL, mg_pem_no_password, NULL)) != NULL)
                 sk_X509_push(p->chain, x);
             ERR_clear_error(); /* the end of the text */
         }
@@ -231,10 +208,10 @@ static bool load_pair(load_t *L, const mg_value_t *ent, const char *path, const 
         mg_config_errors_add(L->errs, "%s.%s: %s", path, kk, why);
         ok = false;
     } else {
-        p->key = PEM_read_bio_PrivateKey(b, NULL, no_password, NULL);
+        p->key = PEM_read_bio_PrivateKey(b, NULL, mg_pem_no_password, NULL);
         if (p->key == NULL) {
             mg_config_errors_add(L->errs, "%s.%s: invalid PEM private key (%s)", path, kk,
-                                 ssl_reason());
+                                 mg_ssl_reason());
             ok = false;
         }
         BIO_free(b);
@@ -395,15 +372,15 @@ static int use_plugin_cert(void *ud, mg_str_t cert, mg_str_t key)
     if (slot < 0) {
         pair_t p = {0};
         BIO *b = BIO_new_mem_buf(cert.data, (int)cert.len);
-        p.leaf = b ? PEM_read_bio_X509(b, NULL, no_password, NULL) : NULL;
+        p.leaf = b ? PEM_read_bio_X509(b, NULL, mg_pem_no_password, NULL) : NULL;
         X509 *x;
         p.chain = sk_X509_new_null();
-        while (p.leaf && p.chain && (x = PEM_read_bio_X509(b, NULL, no_password, NULL)))
+        while (p.leaf && p.chain && (x = PEM_read_bio_X509(b, NULL, mg_pem_no_password, NULL)))
             sk_X509_push(p.chain, x);
         BIO_free(b);
         ERR_clear_error();
         b = BIO_new_mem_buf(key.data, (int)key.len);
-        p.key = b ? PEM_read_bio_PrivateKey(b, NULL, no_password, NULL) : NULL;
+        p.key = b ? PEM_read_bio_PrivateKey(b, NULL, mg_pem_no_password, NULL) : NULL;
         BIO_free(b);
         if (p.leaf == NULL || p.key == NULL || X509_check_private_key(p.leaf, p.key) != 1) {
             mg_log_err("moongate.tls.set_cert: %s", p.leaf == NULL  ? "invalid PEM certificate"
@@ -430,7 +407,7 @@ static int use_plugin_cert(void *ud, mg_str_t cert, mg_str_t key)
         ok = SSL_add1_chain_cert(ssl, sk_X509_value(chain, i)) == 1;
     ok = ok && SSL_use_PrivateKey(ssl, plugin_certs[slot].key) == 1;
     if (!ok) {
-        mg_log_err("moongate.tls.set_cert: cannot use the certificate (%s)", ssl_reason());
+        mg_log_err("moongate.tls.set_cert: cannot use the certificate (%s)", mg_ssl_reason());
         return MG_ERROR;
     }
     return MG_OK;
@@ -698,7 +675,7 @@ static void add_ca_names(load_t *L, const mg_ca_refs_t *refs)
 
 static bool bool_field(const mg_value_t *conf, const char *key)
 {
-    const mg_value_t *v = get(conf, key);
+    const mg_value_t *v = mg_value_get(conf, key);
     return v && v->kind == MG_VAL_BOOL && v->u.boolean;
 }
 
@@ -736,7 +713,7 @@ static void load_client_verify(const mg_config_t *cfg, mg_config_errors_t *errs,
     for (size_t i = 0; i < cfg->nplugins; i++) {
         const mg_plugin_conf_t *pc = &cfg->plugins[i];
         if (strcmp(pc->name, "mtls-auth") != 0) continue;
-        const mg_value_t *ids = get(pc->config, "ca_certificates");
+        const mg_value_t *ids = mg_value_get(pc->config, "ca_certificates");
         bool strings = ids && ids->kind == MG_VAL_ARRAY;
         for (size_t j = 0; strings && j < ids->len; j++)
             strings = ids->items[j].kind == MG_VAL_STRING;
@@ -984,7 +961,7 @@ static bool ctx_use(SSL_CTX *ctx, pair_t *p)
 
 static const char *str_field(load_t *L, const mg_value_t *ent, const char *key, const char *path)
 {
-    const mg_value_t *v = get(ent, key);
+    const mg_value_t *v = mg_value_get(ent, key);
     if (v == NULL || v->kind == MG_VAL_NULL) return NULL;
     if (v->kind != MG_VAL_STRING) {
         mg_config_errors_add(L->errs, "%s.%s: must be a string", path, key);
@@ -1017,7 +994,7 @@ static void load_certificate(load_t *L, const mg_value_t *ent, size_t i, bool *n
     str_field(L, ent, "id", path);
     pair_t main = {0}, alt = {0};
     bool ok = load_pair(L, ent, path, "cert", "key", &main);
-    bool has_alt = get(ent, "cert_alt") || get(ent, "key_alt");
+    bool has_alt = mg_value_get(ent, "cert_alt") || mg_value_get(ent, "key_alt");
     if (has_alt && load_pair(L, ent, path, "cert_alt", "key_alt", &alt) && ok &&
         EVP_PKEY_get_base_id(main.key) == EVP_PKEY_get_base_id(alt.key)) {
         mg_config_errors_add(L->errs,
@@ -1026,7 +1003,7 @@ static void load_certificate(load_t *L, const mg_value_t *ent, size_t i, bool *n
                              path, key_type(main.key));
         ok = false;
     }
-    const mg_value_t *snis = get(ent, "snis");
+    const mg_value_t *snis = mg_value_get(ent, "snis");
     if (snis && snis->kind != MG_VAL_ARRAY && snis->kind != MG_VAL_NULL) {
         mg_config_errors_add(L->errs, "%s.snis: must be a list of host names", path);
     } else if (snis && snis->kind == MG_VAL_ARRAY) {
@@ -1041,7 +1018,7 @@ static void load_certificate(load_t *L, const mg_value_t *ent, size_t i, bool *n
         SSL_CTX *ctx = new_ctx(L->t);
         if (ctx == NULL || !ctx_use(ctx, &main) || (alt.leaf && !ctx_use(ctx, &alt))) {
             mg_config_errors_add(L->errs, "%s: cannot use this certificate (%s)", path,
-                                 ssl_reason());
+                                 mg_ssl_reason());
             SSL_CTX_free(ctx);
         } else {
             L->t->ctxs[i] = ctx;
@@ -1068,9 +1045,9 @@ static void load_sni_entity(load_t *L, const mg_value_t *ent, size_t i, bool *na
     }
     check_keys(L, ent, path, known);
     /* certificate: {id: ...} as Kong exports it, or the id alone */
-    const mg_value_t *cv = get(ent, "certificate");
+    const mg_value_t *cv = mg_value_get(ent, "certificate");
     const char *id = NULL;
-    if (cv && cv->kind == MG_VAL_MAP) cv = get(cv, "id");
+    if (cv && cv->kind == MG_VAL_MAP) cv = mg_value_get(cv, "id");
     if (cv && cv->kind == MG_VAL_STRING) id = cv->str;
     char cp[80];
     snprintf(cp, sizeof(cp), "%s.certificate", path);
@@ -1082,7 +1059,7 @@ static void load_sni_entity(load_t *L, const mg_value_t *ent, size_t i, bool *na
     const mg_value_t *certs = L->cfg->certificates;
     size_t found = SIZE_MAX;
     for (size_t j = 0; certs && certs->kind == MG_VAL_ARRAY && j < certs->len; j++) {
-        const mg_value_t *cid = get(&certs->items[j], "id");
+        const mg_value_t *cid = mg_value_get(&certs->items[j], "id");
         if (cid && cid->kind == MG_VAL_STRING && strcmp(cid->str, id) == 0) found = j;
     }
     if (found == SIZE_MAX) {
@@ -1091,7 +1068,7 @@ static void load_sni_entity(load_t *L, const mg_value_t *ent, size_t i, bool *na
     }
     char np[80];
     snprintf(np, sizeof(np), "%s.name", path);
-    if (add_sni(L, get(ent, "name"), found, np)) named[found] = true;
+    if (add_sni(L, mg_value_get(ent, "name"), found, np)) named[found] = true;
 }
 
 mg_tls_t *mg_tls_load(const mg_config_t *cfg, mg_config_errors_t *errs)
@@ -1133,9 +1110,9 @@ mg_tls_t *mg_tls_load(const mg_config_t *cfg, mg_config_errors_t *errs)
         return NULL;
     }
     for (size_t i = 0; i < t->nctxs; i++) { /* ids first: top-level snis refer to them */
-        const mg_value_t *id = get(&certs->items[i], "id");
+        const mg_value_t *id = mg_value_get(&certs->items[i], "id");
         for (size_t j = 0; id && id->kind == MG_VAL_STRING && j < i; j++) {
-            const mg_value_t *o = get(&certs->items[j], "id");
+            const mg_value_t *o = mg_value_get(&certs->items[j], "id");
             if (o && o->kind == MG_VAL_STRING && strcmp(o->str, id->str) == 0)
                 mg_config_errors_add(errs,
                                      "certificates[%zu].id: '%s' is already used by "
@@ -1194,7 +1171,7 @@ int mg_tls_use_cert_id(const mg_config_t *cfg, const char *id, SSL_CTX *ctx, cha
 {
     const mg_value_t *certs = cfg->certificates;
     for (size_t i = 0; certs && certs->kind == MG_VAL_ARRAY && i < certs->len; i++) {
-        const mg_value_t *cid = get(&certs->items[i], "id");
+        const mg_value_t *cid = mg_value_get(&certs->items[i], "id");
         if (cid == NULL || cid->kind != MG_VAL_STRING || strcmp(cid->str, id) != 0) continue;
         /* mg_tls_load has reported whatever is wrong with the entity itself: the problems
          * found again here go to a scratch list, and only a summary to the caller */
@@ -1213,7 +1190,7 @@ int mg_tls_use_cert_id(const mg_config_t *cfg, const char *id, SSL_CTX *ctx, cha
         ok = ctx_use(ctx, &p);
         pair_free(&p);
         if (!ok) {
-            snprintf(why, wlen, "%s cannot be used (%s)", path, ssl_reason());
+            snprintf(why, wlen, "%s cannot be used (%s)", path, mg_ssl_reason());
             return MG_ERROR;
         }
         return MG_OK;
@@ -1258,7 +1235,7 @@ int mg_tls_handshake(mg_sock_t *s)
     }
     s->eof = 1;
     if (e == SSL_ERROR_SSL)
-        mg_log_info("TLS handshake failed: %s", ssl_reason());
+        mg_log_info("TLS handshake failed: %s", mg_ssl_reason());
     else
         ERR_clear_error();
     return MG_ERROR;

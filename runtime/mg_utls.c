@@ -34,14 +34,6 @@ struct mg_utls_s {
     X509_STORE *system; /* /etc/ssl/certs (SSL_CERT_FILE / SSL_CERT_DIR), loaded once */
 };
 
-static const mg_value_t *get(const mg_value_t *map, const char *key)
-{
-    if (map == NULL || map->kind != MG_VAL_MAP) return NULL;
-    for (size_t i = 0; i < map->len; i++)
-        if (strcmp(map->keys[i], key) == 0) return &map->items[i];
-    return NULL;
-}
-
 static bool is_set(const mg_value_t *v)
 {
     return v && v->kind != MG_VAL_NULL;
@@ -61,7 +53,7 @@ static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
 /* `client_certificate` as Kong writes it ({id: ...}) or the id alone; NULL when malformed. */
 static const char *cert_ref(const mg_value_t *v)
 {
-    if (v->kind == MG_VAL_MAP) v = get(v, "id");
+    if (v->kind == MG_VAL_MAP) v = mg_value_get(v, "id");
     return v && v->kind == MG_VAL_STRING ? v->str : NULL;
 }
 

@@ -57,16 +57,6 @@ local function dns_server()
   return srv
 end
 
--- The access log line of the request for `path`.
-local function access_line(gw, path)
-  return helpers.eventually(function()
-    for _, line in ipairs(gw:access_log_lines()) do
-      if line.path == path then return line end
-    end
-    error("no access log line for " .. path .. " yet")
-  end, 3)
-end
-
 -- A records for name (ttl seconds).
 local function a(ips, ttl)
   return { A = ips, ttl = ttl or 60 }
@@ -306,7 +296,7 @@ describe("dns", function()
     local a2 = "127.0.0.2:" .. port
     local failed = { ["127.0.0.5:" .. port] = 0, ["224.0.0.1:" .. port] = 0 }
     for i = 1, 6 do
-      local line = access_line(gw, "/lb/" .. i)
+      local line = gw:access_log_entry("/lb/" .. i)
       local tried = {}
       for addr in line.upstream_addr:gmatch("[^, ]+") do tried[#tried + 1] = addr end
       assert.equal(line.tries, #tried, line.upstream_addr)
@@ -503,7 +493,7 @@ describe("dns", function()
     assert.same({ message = NAME_FAILED }, cjson.decode(res.body))
     assert.matches("name resolution failed for late.test", gw:error_log(), 1, true)
     -- nothing was connected to: no try, no address in the access log
-    local line = access_line(gw, "/n")
+    local line = gw:access_log_entry("/n")
     assert.equal("", line.upstream_addr)
     assert.is_nil(line.tries)
     -- one backend's missing name takes nothing else down

@@ -31,16 +31,6 @@ local function answered_by(res)
   return tonumber(body.headers.host:match(":(%d+)$")), body
 end
 
--- The access log line of the request with path `path` (waits for the batch to be written).
-local function access_line(gw, path)
-  return helpers.eventually(function()
-    for _, line in ipairs(gw:access_log_lines()) do
-      if line.path == path then return line end
-    end
-    error("no access log line for " .. path .. " yet")
-  end, 3)
-end
-
 -- A gateway with upstream "pool" over `first` then `second`, and services on it:
 -- /lb (retries 5), /once (retries 0), /opt-in (retry_non_idempotent), /held (the bodyreader
 -- plugin holds the body, retry_non_idempotent); every read_timeout 300 ms.
@@ -100,7 +90,7 @@ describe("retries", function()
     local port, echo = answered_by(res)
     assert.equal(good.port, port)
     assert.equal("a body", echo.body)
-    local line = access_line(gw, "/lb/refused")
+    local line = gw:access_log_entry("/lb/refused")
     assert.equal(2, line.tries)
     assert.equal(fmt("127.0.0.1:%d, %s", dead, addr(good)), line.upstream_addr)
     assert.matches(fmt('target 127.0.0.1:%d, 127.0.0.1:%d, try 1): Connection refused; '
@@ -117,7 +107,7 @@ describe("retries", function()
     assert.equal("abcdefgh", echo.body)
     assert.equal("chunked", echo.received_framing)
     assert.equal(1, good:count())                          -- one request, terminated once
-    assert.equal(2, access_line(gw, "/lb/chunked").tries)
+    assert.equal(2, gw:access_log_entry("/lb/chunked").tries)
   end)
 
   it("retries a GET that timed out on the next target; the slow one saw it once", function()
@@ -126,7 +116,7 @@ describe("retries", function()
     assert.equal(good.port, (answered_by(res)))
     assert.equal(1, slow:count())
     assert.equal(1, good:count())
-    local line = access_line(gw, "/lb/timeout")
+    local line = gw:access_log_entry("/lb/timeout")
     assert.equal(200, line.status)
     assert.equal(2, line.tries)
     assert.equal(addr(slow) .. ", " .. addr(good), line.upstream_addr)
@@ -158,7 +148,7 @@ describe("retries", function()
     assert.same({ message = TIMING_OUT }, res:json())
     assert.equal(1, slow:count())
     assert.equal(0, good:count())
-    local line = access_line(gw, "/lb/post")
+    local line = gw:access_log_entry("/lb/post")
     assert.equal(1, line.tries)
     assert.equal(addr(slow), line.upstream_addr)
     local log = gw:error_log()
@@ -199,7 +189,7 @@ describe("retries", function()
     assert.equal(504, res.status)
     assert.equal(1, slow:count())
     assert.equal(0, good:count())
-    assert.equal(1, access_line(gw, "/once/x").tries)
+    assert.equal(1, gw:access_log_entry("/once/x").tries)
   end)
 
   it("never retries once the response has started: the client connection is aborted",
@@ -215,7 +205,7 @@ describe("retries", function()
     end
     assert.equal(1, dying:count())
     assert.equal(0, good:count())
-    local line = access_line(gw, "/lb/dies")
+    local line = gw:access_log_entry("/lb/dies")
     assert.equal(1, line.tries)
     assert.is_true(line.aborted)
   end)
@@ -244,7 +234,7 @@ describe("retries on a plain host", function()
     local res = assert(gw:get("/dead"))
     assert.equal(502, res.status)
     assert.same({ message = BAD_GATEWAY }, res:json())
-    local line = access_line(gw, "/dead")
+    local line = gw:access_log_entry("/dead")
     assert.equal(3, line.tries)
     local a = "127.0.0.1:" .. dead
     assert.equal(a .. ", " .. a .. ", " .. a, line.upstream_addr)
@@ -257,7 +247,7 @@ describe("retries on a plain host", function()
     res = assert(gw:get("/slow"))
     assert.equal(504, res.status)
     assert.equal(2, slow:count())
-    line = access_line(gw, "/slow")
+    line = gw:access_log_entry("/slow")
     assert.equal(2, line.tries)
     assert.equal(addr(slow) .. ", " .. addr(slow), line.upstream_addr)
   end)
@@ -272,7 +262,7 @@ describe("retries without a target", function()
     })
     local res = assert(gw:get("/none"))
     assert.equal(503, res.status)
-    local line = access_line(gw, "/none")
+    local line = gw:access_log_entry("/none")
     gw:stop()
     assert.equal("", line.upstream_addr)
     assert.is_nil(line.tries)

@@ -1604,6 +1604,18 @@ function Gateway:access_log_lines()
   return list
 end
 
+--- The access log entry of the request for `path` (the first one), waiting up to `timeout`
+-- seconds (default 3) for the worker's buffered batch to be written.
+-- @treturn table the decoded line
+function Gateway:access_log_entry(path, timeout)
+  return _M.eventually(function()
+    for _, line in ipairs(self:access_log_lines()) do
+      if line.path == path then return line end
+    end
+    error("no access log line for " .. path .. " yet")
+  end, timeout or 3)
+end
+
 --- The pids of the master's live children (the workers), sorted.
 -- @treturn table
 function Gateway:worker_pids()
