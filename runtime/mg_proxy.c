@@ -1063,6 +1063,7 @@ void mg_proxy_pump(mg_req_t *r)
                 return;
             } else {
                 r->upstream_head = ev_now(mg_worker.loop);
+                mg_upstream_head_received(u);
                 unsigned mask = mg_lua_route_mask(mg_lua, r->route->index);
                 if (mask) {
                     /* plugins may read the response head until the log phase, while the

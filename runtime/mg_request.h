@@ -92,10 +92,11 @@ struct mg_uconn_s {
     uint64_t lb_gen;              /* the balancer's build lb_peer belongs to */
     const mg_target_t *lb_target; /* the peer's target and address slot (passive health) */
     unsigned hc_slot;
-    char addr_text[64];  /* "ip:port" connected to, for logs */
-    unsigned hc_failure; /* passive health: MG_HC_EV_TCP_FAILURE/TIMEOUT, or 0 */
-    ev_tstamp started;   /* the try began (latency for the balancer) */
-    mg_req_t *r;         /* owner, NULL while idle in the pool */
+    char addr_text[64];      /* "ip:port" connected to, for logs */
+    unsigned hc_failure;     /* passive health: MG_HC_EV_TCP_FAILURE/TIMEOUT, or 0 */
+    bool hc_status_reported; /* passive health already heard this try's status */
+    ev_tstamp started;       /* the try began (latency for the balancer) */
+    mg_req_t *r;             /* owner, NULL while idle in the pool */
     mg_buf_t *in, *out;
     mg_uconn_t *next; /* pool list */
 };
@@ -265,6 +266,9 @@ int mg_upstream_init(const mg_config_t *cfg);
 /* A name's addresses changed (mg_dns.c): rebuilds the balancers of the upstreams with a
  * target of that name. */
 void mg_upstream_dns_changed(unsigned name);
+/* u's response head is parsed (r->resp.status): passive health counts the status now,
+ * before the client reads any of it. */
+void mg_upstream_head_received(mg_uconn_t *u);
 /* "ip:port" of what u connects to (the service's address or its target's); valid while u
  * lives. */
 const char *mg_upstream_uconn_addr(const mg_uconn_t *u);

@@ -304,13 +304,28 @@ static void report_try(mg_uconn_t *u)
      * otherwise, such as the client leaving first, says nothing about the target) */
     if (up && up->healthchecks.passive_on && u->lb_target) {
         const mg_target_t *t = u->lb_target;
-        if (r && r->resp.head_done)
-            mg_health_report_at(mg_worker.cfg, up, t, u->hc_slot, MG_HC_EV_STATUS,
-                                (int)r->resp.status);
-        else if (u->hc_failure)
+        if (r && r->resp.head_done) {
+            if (!u->hc_status_reported)
+                mg_health_report_at(mg_worker.cfg, up, t, u->hc_slot, MG_HC_EV_STATUS,
+                                    (int)r->resp.status);
+        } else if (u->hc_failure)
             mg_health_report_at(mg_worker.cfg, up, t, u->hc_slot, (int)u->hc_failure, 0);
     }
     u->lb_peer = -1;
+}
+
+/* Counted at the head, not when the try ends: a client that sends its next request as soon
+ * as it reads this answer may reach another worker, which must already see the count (the
+ * thresholds are exact across workers). */
+void mg_upstream_head_received(mg_uconn_t *u)
+{
+    const mg_upstream_t *up = u->service->upstream;
+    if (u->lb_peer < 0 || up == NULL || !up->healthchecks.passive_on || !u->lb_target ||
+        u->r == NULL)
+        return;
+    mg_health_report_at(mg_worker.cfg, up, u->lb_target, u->hc_slot, MG_HC_EV_STATUS,
+                        (int)u->r->resp.status);
+    u->hc_status_reported = true;
 }
 
 static void uconn_close(mg_uconn_t *u)
@@ -429,6 +444,7 @@ mg_uconn_t *mg_upstream_get(const mg_service_t *s, mg_req_t *r)
         u->lb_target = pe ? pe->t : NULL;
         u->hc_slot = pe ? pe->slot : 0;
         u->hc_failure = 0;
+        u->hc_status_reported = false;
         u->service = s; /* a target's pool serves every service balanced over it */
         mg_sock_set_deadline(&u->s, 0);
         /* the idle watcher (EV_READ) stays armed: the request needs exactly that, and leaving
