@@ -777,7 +777,17 @@ struct mg_lua_cert_s {
     char sni[256]; /* for the logs */
 };
 
+/* under AddressSanitizer runs are freed at once, so a stale pointer to one is caught */
+#if defined(__SANITIZE_ADDRESS__)
+#define CERT_FREE_MAX 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CERT_FREE_MAX 0
+#endif
+#endif
+#ifndef CERT_FREE_MAX
 #define CERT_FREE_MAX 64
+#endif
 #define CERT_CO_POOL_MAX 16
 static mg_lua_cert_t *cert_free;
 static unsigned cert_free_n;
