@@ -478,9 +478,11 @@ static const char *hello_sni(SSL *ssl, char *buf, size_t size)
 
 static int client_hello_cb(SSL *ssl, int *al, void *arg)
 {
-    mg_lua_cert_t *run = SSL_get_ex_data(ssl, cert_run_index);
     picked.ssl = ssl;
     picked.slot = -1;
+    if (mg_lua == NULL || !(mg_lua_global_mask(mg_lua) & MG_PHASE_CERTIFICATE))
+        return SSL_CLIENT_HELLO_SUCCESS; /* no plugin has the phase */
+    mg_lua_cert_t *run = SSL_get_ex_data(ssl, cert_run_index);
     if (run) {
         if (mg_lua_cert_waiting(run)) return SSL_CLIENT_HELLO_RETRY;
         SSL_set_ex_data(ssl, cert_run_index, NULL);
