@@ -6,7 +6,8 @@
  * chains, and keeps the phase masks in C so that a route without plugins never enters Lua.
  * Workers inherit the state through fork. Per request, rewrite and access run in a
  * coroutine (a plugin may wait on a timer or a socket: the coroutine yields, the worker
- * serves others, mg_lua_resume() picks it up); header_filter and log are plain calls. This
+ * serves others, mg_lua_resume() picks it up), as do timers and a TLS handshake's certificate
+ * phase (the handshake pauses meanwhile); header_filter and log are plain calls. This
  * file is the classic-C-API side (cold, or once per phase); PDK calls go through mg_ffi.c.
  */
 #include <errno.h>
