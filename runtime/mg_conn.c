@@ -111,6 +111,18 @@ void mg_conn_accept(mg_listener_t *ls, int fd, const struct sockaddr *sa, uint32
 /* Advances a TLS handshake; once done the connection waits for its first request head. */
 static void conn_handshake(mg_conn_t *c)
 {
+    if (c->s.paused) { /* the certificate phase waits: only notice a client that leaves */
+        char b;
+        ssize_t n = recv(c->s.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            mg_log_info("client closed the connection during the certificate phase");
+            conn_close(c);
+            return;
+        }
+        c->s.rready = n > 0; /* what it sent early stays in the socket: stop watching */
+        mg_conn_update(c);
+        return;
+    }
     int rc = mg_tls_handshake(&c->s);
     if (rc == MG_AGAIN) {
         mg_conn_update(c);
@@ -182,8 +194,11 @@ void mg_conn_update(mg_conn_t *c)
         ev = EV_READ;
         deadline = c->s.deadline;
         break;
-    case MG_CONN_TLS: /* last_io is still the accept time: the handshake moves no data */
-        ev = (c->s.rready ? 0 : EV_READ) | (c->s.wready ? 0 : EV_WRITE);
+    case MG_CONN_TLS:    /* last_io is still the accept time: the handshake moves no data */
+        if (c->s.paused) /* a certificate handler waits: watched for the client leaving */
+            ev = c->s.rready ? 0 : EV_READ;
+        else
+            ev = (c->s.rready ? 0 : EV_READ) | (c->s.wready ? 0 : EV_WRITE);
         deadline = c->s.last_io + lim->tls_handshake_timeout * ms;
         break;
     case MG_CONN_ACTIVE: {

@@ -6,7 +6,8 @@
  * chains, and keeps the phase masks in C so that a route without plugins never enters Lua.
  * Workers inherit the state through fork. Per request, rewrite and access run in a
  * coroutine (a plugin may wait on a timer or a socket: the coroutine yields, the worker
- * serves others, mg_lua_resume() picks it up); header_filter and log are plain calls. This
+ * serves others, mg_lua_resume() picks it up), as do timers and a TLS handshake's certificate
+ * phase (the handshake pauses meanwhile); header_filter and log are plain calls. This
  * file is the classic-C-API side (cold, or once per phase); PDK calls go through mg_ffi.c.
  */
 #include <errno.h>
@@ -36,7 +37,7 @@ struct mg_lua_s {
     int forget_ref;       /* moongate.runtime.forget */
     int serve_ref;        /* moongate.runtime.serve: the coroutines' loop */
     int run_timer_ref;    /* moongate.runtime.run_timer */
-    int cert_ref;         /* moongate.runtime.run_certificate */
+    int cert_ref;         /* moongate.runtime.serve_certificate: the handshakes' loop */
     unsigned *route_mask; /* by route index */
     size_t nroutes;
     unsigned global_mask;
@@ -388,7 +389,7 @@ mg_lua_t *mg_lua_load(const mg_config_t *cfg, mg_config_errors_t *errs)
     l->serve_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "run_timer");
     l->run_timer_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_getfield(L, -1, "run_certificate");
+    lua_getfield(L, -1, "serve_certificate");
     l->cert_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "load");
     push_conf(L, cfg);
@@ -642,37 +643,6 @@ static int call_phase(mg_req_t *r, int phase, bool last)
     return rc;
 }
 
-int mg_lua_certificate(const char *sni, int (*use)(void *ud, mg_str_t cert, mg_str_t key), void *ud)
-{
-    mg_lua_t *l = mg_lua;
-    if (l == NULL || !(l->global_mask & MG_PHASE_CERTIFICATE)) return MG_DECLINED;
-    lua_State *L = l->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, l->cert_ref);
-    if (sni)
-        lua_pushstring(L, sni);
-    else
-        lua_pushnil(L);
-    mg_req_t *saved = mg_lua_current;
-    mg_lua_current = NULL; /* no request: request PDK calls refuse (phase check) */
-    mg_watchdog_enter("certificate", NULL, (mg_str_t){0, ""});
-    int status = lua_pcall(L, 1, 3, 0);
-    after_phase(l);
-    mg_lua_current = saved;
-    int rc = MG_DECLINED;
-    if (status != 0) {
-        mg_log_err("Lua certificate phase failed: %s", lua_tostring(L, -1));
-        rc = MG_ERROR;
-    } else if (!lua_toboolean(L, -3)) {
-        rc = MG_ERROR; /* the plugin's error is logged by the runtime */
-    } else if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
-        size_t cl, kl;
-        const char *c = lua_tolstring(L, -2, &cl), *k = lua_tolstring(L, -1, &kl);
-        rc = use(ud, (mg_str_t){cl, c}, (mg_str_t){kl, k});
-    }
-    lua_settop(L, 0);
-    return rc;
-}
-
 int mg_lua_header_filter(mg_req_t *r)
 {
     return call_phase(r, MG_PHASE_HEADER_FILTER, is_last_phase(r, MG_PHASE_HEADER_FILTER, false));
@@ -690,6 +660,11 @@ struct mg_lua_timer_s {
     unsigned id;    /* the Lua side's handle */
     double every;   /* 0: runs once */
     int co_ref;     /* the suspended coroutine, 0 when none */
+    /* a socket wait to call off if the context ends while its coroutine waits (only a
+     * handshake's certificate phase can: its connection may close) */
+    void (*cancel)(void *data);
+    void *cancel_data;
+    mg_lua_cert_t *cert; /* non-NULL: the context of a handshake's certificate phase */
 };
 
 mg_lua_timer_t *mg_lua_current_timer;
@@ -742,9 +717,15 @@ static void timer_fired(struct ev_loop *loop, ev_timer *w, int revents)
     timer_step(t, co, 2);
 }
 
+static void cert_step(mg_lua_cert_t *c, int nargs);
+
 static void timer_sleep_done(struct ev_loop *loop, ev_timer *w, int revents)
 {
     mg_lua_timer_t *t = MG_CONTAINER_OF(w, mg_lua_timer_t, sleep);
+    if (t->cert) {
+        cert_step(t->cert, 0);
+        return;
+    }
     lua_State *L = mg_lua->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->co_ref);
     lua_State *co = lua_tothread(L, -1);
@@ -771,6 +752,187 @@ int mg_lua_timer_sleep(mg_lua_timer_t *t, double seconds)
     ev_timer_set(&t->sleep, seconds, 0.);
     ev_timer_start(mg_worker.loop, &t->sleep);
     return MG_AGAIN;
+}
+
+void mg_lua_timer_on_cancel(mg_lua_timer_t *t, void (*cancel)(void *data), void *data)
+{
+    t->cancel = cancel;
+    t->cancel_data = data;
+}
+
+/* ---- certificate phase ------------------------------------------------------------------ */
+
+/* A handshake's run of the certificate handlers (moongate.runtime.serve_certificate). It runs
+ * in a coroutine whose context is a timer's (no request: moongate.sleep and cosockets park
+ * it the way they park a timer, and their events resume it through ctx.sleep), so a handler
+ * may wait; the handshake pauses meanwhile (mg_tls.c). Runs are recycled through a free list
+ * and finished coroutines through a small pool: a handshake whose handlers do not wait
+ * allocates nothing. */
+struct mg_lua_cert_s {
+    mg_lua_timer_t ctx;
+    int status;              /* MG_AGAIN while waiting, then MG_OK (finished) or MG_ERROR */
+    bool reusable;           /* the coroutine came back to its loop: it may serve again */
+    void (*wake)(void *arg); /* called (from the loop) when a waiting run finished */
+    void *wake_arg;
+    mg_lua_cert_t *next_free;
+    char sni[256]; /* for the logs */
+};
+
+/* under AddressSanitizer runs are freed at once, so a stale pointer to one is caught */
+#if defined(__SANITIZE_ADDRESS__)
+#define CERT_FREE_MAX 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CERT_FREE_MAX 0
+#endif
+#endif
+#ifndef CERT_FREE_MAX
+#define CERT_FREE_MAX 64
+#endif
+#define CERT_CO_POOL_MAX 16
+static mg_lua_cert_t *cert_free;
+static unsigned cert_free_n;
+static int cert_co_pool[CERT_CO_POOL_MAX];
+static unsigned cert_co_pool_n;
+
+static void cert_release(mg_lua_cert_t *c)
+{
+    lua_State *L = mg_lua->L;
+    if (c->ctx.co_ref) {
+        if (c->reusable && cert_co_pool_n < CERT_CO_POOL_MAX) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, c->ctx.co_ref);
+            lua_settop(lua_tothread(L, -1), 0);
+            lua_pop(L, 1);
+            cert_co_pool[cert_co_pool_n++] = c->ctx.co_ref;
+        } else {
+            luaL_unref(L, LUA_REGISTRYINDEX, c->ctx.co_ref);
+        }
+        c->ctx.co_ref = 0;
+    }
+    if (cert_free_n < CERT_FREE_MAX) {
+        c->next_free = cert_free;
+        cert_free = c;
+        cert_free_n++;
+    } else {
+        free(c);
+    }
+}
+
+/* Runs or resumes the handlers' coroutine; records how it stands. */
+static void cert_step(mg_lua_cert_t *c, int nargs)
+{
+    lua_State *L = mg_lua->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ctx.co_ref);
+    lua_State *co = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    mg_req_t *saved_req = mg_lua_current;
+    mg_lua_timer_t *saved_timer = mg_lua_current_timer;
+    mg_lua_current = NULL; /* no request: request PDK calls refuse (phase check) */
+    mg_lua_current_timer = &c->ctx;
+    mg_watchdog_enter("certificate", NULL, MG_NULL_STR);
+    int status = lua_resume(co, nargs);
+    after_phase(mg_lua);
+    mg_lua_current = saved_req;
+    mg_lua_current_timer = saved_timer;
+    bool was_waiting = c->status == MG_AGAIN;
+    if (status == LUA_YIELD) {
+        const char *mark =
+            lua_gettop(co) >= 1 && lua_type(co, 1) == LUA_TSTRING ? lua_tostring(co, 1) : NULL;
+        if (mark == NULL || strcmp(mark, "moongate:done") != 0) {
+            lua_settop(co, 0);
+            c->status = MG_AGAIN; /* a sleep or a socket resumes it through ctx.sleep */
+            return;
+        }
+        /* stack: "moongate:done", ok, cert, key; kept until mg_lua_cert_take */
+        c->status = lua_toboolean(co, 2) ? MG_OK : MG_ERROR;
+        c->reusable = true;
+    } else {
+        mg_log_err("Lua certificate phase failed: %s", lua_tostring(co, -1));
+        c->status = MG_ERROR;
+    }
+    if (c->ctx.cancel) { /* a wait armed in a coroutine of the plugin's own: nobody takes it */
+        c->ctx.cancel(c->ctx.cancel_data);
+        c->ctx.cancel = NULL;
+    }
+    ev_timer_stop(mg_worker.loop, &c->ctx.sleep);
+    if (was_waiting && c->wake) c->wake(c->wake_arg);
+}
+
+int mg_lua_certificate(const char *sni, mg_lua_cert_t **run, void (*wake)(void *arg), void *arg)
+{
+    mg_lua_t *l = mg_lua;
+    if (l == NULL || !(l->global_mask & MG_PHASE_CERTIFICATE)) return MG_DECLINED;
+    mg_lua_cert_t *c = cert_free;
+    if (c) {
+        cert_free = c->next_free;
+        cert_free_n--;
+    } else if ((c = malloc(sizeof(*c))) == NULL) {
+        mg_log_err("certificate phase: out of memory");
+        return MG_ERROR;
+    }
+    memset(&c->ctx, 0, sizeof(c->ctx));
+    ev_init(&c->ctx.sleep, timer_sleep_done);
+    c->ctx.cert = c;
+    c->status = MG_DECLINED;
+    c->reusable = false;
+    c->wake = wake;
+    c->wake_arg = arg;
+    snprintf(c->sni, sizeof(c->sni), "%s", sni ? sni : "-");
+    lua_State *L = l->L, *co;
+    if (cert_co_pool_n > 0) {
+        c->ctx.co_ref = cert_co_pool[--cert_co_pool_n];
+        lua_rawgeti(L, LUA_REGISTRYINDEX, c->ctx.co_ref);
+        co = lua_tothread(L, -1);
+        lua_pop(L, 1);
+    } else {
+        co = lua_newthread(L);
+        c->ctx.co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_rawgeti(co, LUA_REGISTRYINDEX, l->cert_ref);
+    }
+    if (sni)
+        lua_pushstring(co, sni);
+    else
+        lua_pushnil(co);
+    cert_step(c, 1);
+    *run = c;
+    return c->status == MG_AGAIN ? MG_AGAIN : MG_OK;
+}
+
+bool mg_lua_cert_waiting(const mg_lua_cert_t *c)
+{
+    return c->status == MG_AGAIN;
+}
+
+int mg_lua_cert_take(mg_lua_cert_t *c, int (*use)(void *ud, mg_str_t cert, mg_str_t key), void *ud)
+{
+    int rc = c->status;
+    if (rc == MG_OK) {
+        lua_State *L = mg_lua->L;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, c->ctx.co_ref);
+        lua_State *co = lua_tothread(L, -1);
+        lua_pop(L, 1);
+        rc = MG_DECLINED;
+        if (lua_type(co, 3) == LUA_TSTRING && lua_type(co, 4) == LUA_TSTRING) {
+            size_t cl, kl;
+            const char *cert = lua_tolstring(co, 3, &cl), *key = lua_tolstring(co, 4, &kl);
+            rc = use(ud, (mg_str_t){cl, cert}, (mg_str_t){kl, key});
+        }
+    }
+    cert_release(c);
+    return rc;
+}
+
+void mg_lua_cert_cancel(mg_lua_cert_t *c)
+{
+    if (c->status == MG_AGAIN) {
+        mg_log_err("certificate phase abandoned (server name %s): the handshake ended (client "
+                   "gone or tls_handshake_timeout) while a handler waited",
+                   c->sni);
+        if (c->ctx.cancel) c->ctx.cancel(c->ctx.cancel_data);
+        ev_timer_stop(mg_worker.loop, &c->ctx.sleep);
+        c->reusable = false; /* its stack holds the waiting handler's frames */
+    }
+    cert_release(c);
 }
 
 const char *mg_lua_chunk;

@@ -18,7 +18,7 @@ enum {
     MG_PHASE_HEADER_FILTER = 0x08,
     MG_PHASE_BODY_FILTER = 0x10,
     MG_PHASE_LOG = 0x20,
-    MG_PHASE_CERTIFICATE = 0x80, /* TLS handshake: global plugins, no request, no yield */
+    MG_PHASE_CERTIFICATE = 0x80, /* TLS handshake: global plugins, no request */
 };
 
 typedef struct mg_lua_s mg_lua_t;
@@ -63,13 +63,23 @@ int mg_lua_run_yieldable(mg_req_t *r, int phase, int route);
 void mg_lua_resume(mg_req_t *r);
 
 /*
- * Runs the global plugins' certificate handlers for a handshake whose client sent `sni`
- * (NULL: none). When a plugin chose a certificate (moongate.tls.set_cert), calls use(ud,
- * cert_pem, key_pem) with strings valid only during that call and returns what it returns.
- * MG_DECLINED: no certificate phase, or no plugin chose; MG_ERROR: a plugin raised.
+ * The certificate phase of one TLS handshake whose client sent `sni` (NULL: none): the
+ * global plugins' certificate handlers, in a coroutine, so they may sleep and use cosockets.
+ * MG_DECLINED: no plugin has the phase. Otherwise *run is set and the result is MG_OK (the
+ * handlers finished: take the outcome with mg_lua_cert_take) or MG_AGAIN (a handler waits:
+ * wake(arg) is called from the event loop once they finished; mg_lua_cert_cancel drops the
+ * run if the handshake ends first). MG_ERROR: out of memory.
  */
-int mg_lua_certificate(const char *sni, int (*use)(void *ud, mg_str_t cert, mg_str_t key),
-                       void *ud);
+typedef struct mg_lua_cert_s mg_lua_cert_t;
+int mg_lua_certificate(const char *sni, mg_lua_cert_t **run, void (*wake)(void *arg), void *arg);
+bool mg_lua_cert_waiting(const mg_lua_cert_t *run);
+/* Ends a finished run: when a plugin chose a certificate (moongate.tls.set_cert), calls
+ * use(ud, cert_pem, key_pem) (strings valid during that call) and returns what it returns;
+ * MG_DECLINED: no plugin chose; MG_ERROR: a handler raised (logged). run is gone after. */
+int mg_lua_cert_take(mg_lua_cert_t *run, int (*use)(void *ud, mg_str_t cert, mg_str_t key),
+                     void *ud);
+/* Drops a run, finished or waiting (its wait is called off, its coroutine dropped). */
+void mg_lua_cert_cancel(mg_lua_cert_t *run);
 
 /* Runs header_filter (MG_OK / MG_ERROR). No yielding. */
 int mg_lua_header_filter(mg_req_t *r);
@@ -93,6 +103,9 @@ extern mg_lua_timer_t *mg_lua_current_timer;
 int mg_lua_timer_start(double delay, double every, unsigned id);
 /* moongate.sleep inside a timer: arms its sleep timer; returns MG_AGAIN (yield). */
 int mg_lua_timer_sleep(mg_lua_timer_t *t, double seconds);
+/* Registers the wait a context's coroutine is parked in (NULL: none), called off if the
+ * context ends first (a certificate phase whose handshake ended). */
+void mg_lua_timer_on_cancel(mg_lua_timer_t *t, void (*cancel)(void *data), void *data);
 
 /* The request ends: the log phase runs if the route has one, a suspended coroutine is
  * dropped, the Lua-side state is freed. Safe to call for any request. */

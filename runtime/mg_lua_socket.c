@@ -139,12 +139,20 @@ static void cancel_request(mg_req_t *r, void *data)
     cs->in = NULL;
 }
 
-/* A timer's coroutine (moongate.timer) is resumed by its own sleep watcher armed with no
- * delay: the public way in mg_lua.h, at the cost of one loop turn. A timer never ends while
- * its coroutine waits, so it needs no cancellation hook. */
+/* A timer's coroutine (moongate.timer, or a handshake's certificate phase) is resumed by
+ * its own sleep watcher armed with no delay: the public way in mg_lua.h, at the cost of one
+ * loop turn, and never from inside the socket's own callback. */
 static void resume_timer(void *ctx)
 {
+    mg_lua_timer_on_cancel(ctx, NULL, NULL);
     mg_lua_timer_sleep((mg_lua_timer_t *)ctx, 0);
+}
+
+/* The context ended while its coroutine waited here (a handshake's connection closed during
+ * its certificate phase): as cancel_request. */
+static void cancel_timer_wait(void *data)
+{
+    cancel_request(NULL, data);
 }
 
 /* Whether some coroutine runs that a wait could park (bind_owner would succeed). */
@@ -166,6 +174,7 @@ static int bind_owner(mg_cosock_t *cs)
     } else if (mg_lua_current_timer) {
         cs->owner.ctx = mg_lua_current_timer;
         cs->owner.resume = resume_timer;
+        mg_lua_timer_on_cancel(mg_lua_current_timer, cancel_timer_wait, cs);
     } else {
         return MG_ERROR;
     }
@@ -179,6 +188,8 @@ static void unbind_owner(mg_cosock_t *cs)
     if (cs->owner.resume == resume_request) {
         mg_req_t *r = cs->owner.ctx;
         if (r->lua_cancel_data == cs) r->lua_cancel = NULL;
+    } else if (cs->owner.resume == resume_timer) {
+        mg_lua_timer_on_cancel(cs->owner.ctx, NULL, NULL);
     }
     cs->waiting = 0;
     cs->owner = (mg_cosock_owner_t){0};

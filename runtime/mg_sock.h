@@ -24,9 +24,10 @@ typedef struct {
     /* TLS: OpenSSL may need the other direction to make progress (a read that must first
      * write, a write that must first read); the event it waits for is watched instead */
     unsigned rwantw : 1, wwantr : 1;
-    void *ssl;          /* SSL *, NULL for plain TCP: reads and writes go through it */
-    ev_tstamp last_io;  /* last successful read or write */
-    ev_tstamp deadline; /* when the armed timer fires; 0 = none */
+    unsigned paused : 1; /* TLS: the handshake waits for the certificate phase (mg_tls.c) */
+    void *ssl;           /* SSL *, NULL for plain TCP: reads and writes go through it */
+    ev_tstamp last_io;   /* last successful read or write */
+    ev_tstamp deadline;  /* when the armed timer fires; 0 = none */
 } mg_sock_t;
 
 /* Records readiness from an ev_io callback's revents (TLS cross-wants included). */

@@ -18,11 +18,12 @@
  * first certificate that no SNI names. With no default the handshake fails with an
  * unrecognized_name alert, rather than showing some unrelated domain's certificate.
  *
- * Certificate phase: after the SNI lookup, global plugins with a `certificate` handler run
- * (mg_lua_certificate; no request, no yielding). One may hand over a PEM pair through
- * moongate.tls.set_cert: it replaces whatever the lookup chose (also when nothing matched),
- * parsed once and cached by content. A handler that raises fails the handshake
- * (internal_error alert).
+ * Certificate phase: at the ClientHello, global plugins with a `certificate` handler run
+ * (mg_lua_certificate; no request) in a coroutine: they may sleep and use cosockets, and the
+ * handshake pauses meanwhile (client_hello_cb says why there). One may hand over a PEM pair
+ * through moongate.tls.set_cert: it replaces whatever the SNI lookup chose (also when nothing
+ * matched), parsed once and cached by content. A handler that raises fails the handshake
+ * (internal_error alert); one still waiting at tls_handshake_timeout fails it too.
  *
  * Policy: TLS 1.2 and 1.3 only, Mozilla's intermediate cipher list in server order, no
  * renegotiation, no compression, ALPN http/1.1 only (a client offering only other
@@ -66,6 +67,7 @@
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_ocsp.h"
+#include "mg_request.h"
 #include "mg_tls.h"
 
 #define CIPHERS_INTERMEDIATE                                                                       \
@@ -355,9 +357,10 @@ static struct {
 } plugin_certs[PLUGIN_CERTS];
 static unsigned plugin_certs_next;
 
-static int use_plugin_cert(void *ud, mg_str_t cert, mg_str_t key)
+/* Finds (or parses and caches) the pair a certificate handler handed over: *(int *)ud gets
+ * its slot in plugin_certs, which servername_cb puts on the connection. */
+static int pick_plugin_cert(void *ud, mg_str_t cert, mg_str_t key)
 {
-    SSL *ssl = ud;
     unsigned char id[32];
     unsigned int idlen = 0;
     EVP_MD_CTX *md = EVP_MD_CTX_new();
@@ -399,21 +402,113 @@ static int use_plugin_cert(void *ud, mg_str_t cert, mg_str_t key)
         plugin_certs[slot].chain = p.chain;
         plugin_certs[slot].key = p.key;
     }
-    /* the plugin's pair replaces every certificate the SNI's context brought */
+    *(int *)ud = slot;
+    return MG_OK;
+}
+
+/* Serves plugin_certs[slot]: it replaces every certificate the SNI's context brought. */
+static bool use_plugin_cert(SSL *ssl, int slot)
+{
     SSL_certs_clear(ssl);
     bool ok = SSL_use_certificate(ssl, plugin_certs[slot].leaf) == 1;
     STACK_OF(X509) *chain = plugin_certs[slot].chain;
     for (int i = 0; ok && chain && i < sk_X509_num(chain); i++)
         ok = SSL_add1_chain_cert(ssl, sk_X509_value(chain, i)) == 1;
     ok = ok && SSL_use_PrivateKey(ssl, plugin_certs[slot].key) == 1;
-    if (!ok) {
-        mg_log_err("moongate.tls.set_cert: cannot use the certificate (%s)", mg_ssl_reason());
-        return MG_ERROR;
-    }
-    return MG_OK;
+    if (!ok) mg_log_err("moongate.tls.set_cert: cannot use the certificate (%s)", mg_ssl_reason());
+    return ok;
 }
 
-/* SNI lookup, then the certificate phase (global plugins may pick another pair). */
+/*
+ * The certificate phase runs in the ClientHello callback, not in the servername callback
+ * (which cannot pause a handshake) nor in a cert callback (SSL_CTX_set_cert_cb):
+ * - it can pause: SSL_CLIENT_HELLO_RETRY makes SSL_do_handshake return
+ *   SSL_ERROR_WANT_CLIENT_HELLO_CB with the ClientHello kept, and the next call runs the
+ *   callback again, which then takes the finished run's outcome;
+ * - it comes first, before the session ticket is decrypted, the server name is processed and
+ *   the client-certificate and OCSP-status machinery runs, so none of those callbacks ever
+ *   sees a paused connection; servername_cb then switches to the SNI's context and puts the
+ *   plugin's pair on the connection after the switch (SSL_set_SSL_CTX replaces the
+ *   connection's certificates, so the order matters);
+ * - its failure takes an alert, so a handler that raises still answers internal_error and a
+ *   name nobody serves still unrecognized_name (a cert callback can only say internal_error);
+ * - it runs for every handshake, resumed ones included, as the phase always did (a cert
+ *   callback is skipped on resumption).
+ * The outcome travels to servername_cb, which the same SSL_do_handshake call runs right
+ * after, in `picked` (no allocation on the path where no handler waits). A run that waits is
+ * kept in the connection's ex_data slot `cert_run_index`, whose free function drops it when
+ * the connection closes first (client gone, tls_handshake_timeout).
+ */
+static struct {
+    const SSL *ssl;
+    int slot; /* in plugin_certs; -1: the handlers chose none */
+} picked;
+static int cert_run_index = -1;
+
+static void cert_run_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                             void *argp)
+{
+    if (ptr) mg_lua_cert_cancel(ptr);
+}
+
+/* A waiting run finished: the handshake goes on from the loop (the socket's watcher). */
+static void cert_run_done(void *arg)
+{
+    mg_sock_t *s = arg;
+    s->paused = 0;
+    ev_feed_event(mg_worker.loop, &s->io, EV_READ);
+}
+
+/* The ClientHello's server name, read as OpenSSL's own parser will (a malformed extension
+ * fails the handshake later anyway), into buf; NULL without one. */
+static const char *hello_sni(SSL *ssl, char *buf, size_t size)
+{
+    const unsigned char *p;
+    size_t len;
+    if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &len) != 1 || len < 5)
+        return NULL;
+    size_t list = (size_t)p[0] << 8 | p[1], n = (size_t)p[3] << 8 | p[4];
+    if (list + 2 != len || p[2] != TLSEXT_NAMETYPE_host_name || n == 0 || n + 5 > len ||
+        n >= size || memchr(p + 5, 0, n))
+        return NULL;
+    memcpy(buf, p + 5, n);
+    buf[n] = '\0';
+    return buf;
+}
+
+static int client_hello_cb(SSL *ssl, int *al, void *arg)
+{
+    picked.ssl = ssl;
+    picked.slot = -1;
+    if (mg_lua == NULL || !(mg_lua_global_mask(mg_lua) & MG_PHASE_CERTIFICATE))
+        return SSL_CLIENT_HELLO_SUCCESS; /* no plugin has the phase */
+    mg_lua_cert_t *run = SSL_get_ex_data(ssl, cert_run_index);
+    if (run) {
+        if (mg_lua_cert_waiting(run)) return SSL_CLIENT_HELLO_RETRY;
+        SSL_set_ex_data(ssl, cert_run_index, NULL);
+    } else {
+        char buf[256];
+        int rc = mg_lua_certificate(hello_sni(ssl, buf, sizeof(buf)), &run, cert_run_done,
+                                    SSL_get_app_data(ssl));
+        if (rc == MG_DECLINED) return SSL_CLIENT_HELLO_SUCCESS;
+        if (rc == MG_AGAIN) {
+            if (SSL_set_ex_data(ssl, cert_run_index, run) == 1) return SSL_CLIENT_HELLO_RETRY;
+            mg_lua_cert_cancel(run);
+            run = NULL;
+        }
+        if (run == NULL) {
+            *al = SSL_AD_INTERNAL_ERROR;
+            return SSL_CLIENT_HELLO_ERROR;
+        }
+    }
+    if (mg_lua_cert_take(run, pick_plugin_cert, &picked.slot) == MG_ERROR) {
+        *al = SSL_AD_INTERNAL_ERROR;
+        return SSL_CLIENT_HELLO_ERROR;
+    }
+    return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+/* SNI lookup, then the pair the certificate phase chose, if any. */
 static int servername_cb(SSL *ssl, int *al, void *arg)
 {
     const mg_tls_t *t = arg;
@@ -421,12 +516,13 @@ static int servername_cb(SSL *ssl, int *al, void *arg)
     SSL_CTX *ctx = name ? find_ctx(t, name) : NULL;
     if (ctx == NULL) ctx = t->default_ctx;
     if (ctx && ctx != SSL_get_SSL_CTX(ssl)) SSL_set_SSL_CTX(ssl, ctx);
-    int rc = mg_lua_certificate(name, use_plugin_cert, ssl);
-    if (rc == MG_ERROR) {
+    int slot = picked.ssl == ssl ? picked.slot : -1;
+    picked.ssl = NULL;
+    if (slot >= 0 && !use_plugin_cert(ssl, slot)) {
         *al = SSL_AD_INTERNAL_ERROR;
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     }
-    if (ctx == NULL && rc != MG_OK) {
+    if (ctx == NULL && slot < 0) {
         *al = SSL_AD_UNRECOGNIZED_NAME;
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     }
@@ -932,6 +1028,7 @@ static SSL_CTX *new_ctx(mg_tls_t *t)
     }
     SSL_CTX_set_dh_auto(ctx, 1);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
+    SSL_CTX_set_client_hello_cb(ctx, client_hello_cb, NULL);
     SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
     SSL_CTX_set_tlsext_servername_arg(ctx, t);
     SSL_CTX_set_app_data(ctx, t);
@@ -1080,6 +1177,8 @@ mg_tls_t *mg_tls_load(const mg_config_t *cfg, mg_config_errors_t *errs)
     if (certs && certs->kind == MG_VAL_NULL) certs = NULL;
     if (snis && snis->kind == MG_VAL_NULL) snis = NULL;
     if (peer_index < 0) peer_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, peer_ex_free);
+    if (cert_run_index < 0)
+        cert_run_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, cert_run_ex_free);
     if (!ssl) load_client_verify(cfg, errs, NULL); /* the references are checked all the same */
     if (!ssl && certs == NULL && snis == NULL) return NULL;
 
@@ -1211,6 +1310,7 @@ int mg_tls_accept(const mg_tls_t *t, mg_sock_t *s)
         return MG_ERROR;
     }
     SSL_set_accept_state(ssl);
+    SSL_set_app_data(ssl, s); /* for the certificate phase's wake-up */
     s->ssl = ssl;
     return MG_OK;
 }
@@ -1226,6 +1326,11 @@ int mg_tls_handshake(mg_sock_t *s)
     }
     int e = SSL_get_error(s->ssl, rc);
     if (e == SSL_ERROR_WANT_READ) {
+        s->rready = 0;
+        return MG_AGAIN;
+    }
+    if (e == SSL_ERROR_WANT_CLIENT_HELLO_CB) { /* a certificate handler waits */
+        s->paused = 1;
         s->rready = 0;
         return MG_AGAIN;
     }

@@ -33,7 +33,9 @@ int mg_tls_use_cert_id(const mg_config_t *cfg, const char *id, struct ssl_ctx_st
 /* Attaches a server-side TLS session to s (s->ssl); MG_ERROR when OpenSSL fails. */
 int mg_tls_accept(const mg_tls_t *t, mg_sock_t *s);
 /* Advances the handshake: MG_OK when done, MG_AGAIN with rready or wready cleared (the
- * event to wait for), MG_ERROR when it failed (logged at info). */
+ * event to wait for) or with `paused` set (a certificate handler waits: the socket must be
+ * neither read nor written until paused is cleared and a read event fed to s->io), MG_ERROR
+ * when it failed (logged at info). */
 int mg_tls_handshake(mg_sock_t *s);
 /* The OCSP stapling state (mg_ocsp.h), or NULL. */
 struct mg_ocsp_s *mg_tls_ocsp(const mg_tls_t *t);

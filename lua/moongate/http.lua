@@ -136,7 +136,8 @@ end
 --- Connects, or takes an idle connection from the pool. opts: `host` (required), `scheme`
 -- ("http" or "https", default "http"), `port` (default 80 / 443), `pool` (pool name),
 -- `pool_size`, `ssl_server_name` (SNI and name to verify, default host), `ssl_verify`
--- (default true). A connection the client held is closed first. @phases rewrite, access, timer
+-- (default true). A connection the client held is closed first.
+-- @phases rewrite, access, timer, certificate
 -- @return true, or nil and an error ("connection refused", "timeout", a TLS error...)
 function methods.connect(self, opts)
   check_self(self, "connect")
@@ -660,7 +661,8 @@ end
 --- Sends a request on the connection and reads the response head. params: `method`
 -- (default "GET"), `path` (default "/"), `query` (table or string), `headers` (name -> value
 -- or array of values), `body` (string, array of strings, or iterator function: chunked).
--- Host and User-Agent ("moongate") are added unless given. @phases rewrite, access, timer
+-- Host and User-Agent ("moongate") are added unless given.
+-- @phases rewrite, access, timer, certificate
 -- @return res { status, reason, version, headers, has_body, body_reader(chunk_size),
 -- read_body(res) }, or nil and an error
 function methods.request(self, params)
@@ -715,7 +717,7 @@ local IDEMPOTENT = { GET = true, HEAD = true, OPTIONS = true, PUT = true, DELETE
 -- true), `keepalive_timeout` (ms idle), `keepalive_pool` (pool size), `pool` (pool name),
 -- `ssl_verify` (default true), `ssl_server_name`. An idempotent request on a pooled
 -- connection the server had closed meanwhile is sent again once on a new connection.
--- @phases rewrite, access, timer
+-- @phases rewrite, access, timer, certificate
 -- @return res { status, reason, version, headers, body }, or nil and an error
 function methods.request_uri(self, uri, params)
   check_self(self, "request_uri")

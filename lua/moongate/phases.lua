@@ -11,7 +11,7 @@ local _M = {
   BODY_FILTER = 0x10,
   LOG = 0x20,
   TIMER = 0x40,
-  CERTIFICATE = 0x80, -- TLS handshake, global plugins only, no request, no yielding
+  CERTIFICATE = 0x80, -- TLS handshake, global plugins only, no request; may yield
 }
 
 -- handler method names in phase order; the runtime asks handlers for these
@@ -29,7 +29,7 @@ for name, v in pairs(_M.BY_NAME) do NAMES[v] = name end
 _M.REQUEST = bit.bor(_M.REWRITE, _M.ACCESS, _M.HEADER_FILTER, _M.BODY_FILTER, _M.LOG)
 _M.BEFORE_PROXY = bit.bor(_M.REWRITE, _M.ACCESS)
 _M.AFTER_HEAD = bit.bor(_M.HEADER_FILTER, _M.BODY_FILTER, _M.LOG)
-_M.YIELDABLE = bit.bor(_M.REWRITE, _M.ACCESS, _M.TIMER)
+_M.YIELDABLE = bit.bor(_M.REWRITE, _M.ACCESS, _M.TIMER, _M.CERTIFICATE)
 _M.ANY = 0xff
 
 _M.current = 0   -- the phase running now (0: none)

@@ -347,7 +347,7 @@ end
 --- Connects to host and port (default 6379), or takes an idle connection from the pool.
 -- opts: `pool` (name), `pool_size`, `ssl` (TLS), `ssl_verify`, `server_name`, `password`,
 -- `username`, `database`; AUTH and SELECT are sent on new connections only. A connection the
--- client held is closed first. @phases rewrite, access, timer
+-- client held is closed first. @phases rewrite, access, timer, certificate
 -- @return 1, or nil and an error: the socket's ("connection refused", "timeout"), or the
 -- server's answer to AUTH or SELECT ("WRONGPASS ...", "ERR DB index is out of range")
 function methods.connect(self, host, port, opts)

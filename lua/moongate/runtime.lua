@@ -42,8 +42,12 @@ pdk.current = function()
   return cur
 end
 pdk.request_state = function() return cur end   -- nil in timers and outside requests
-pdk.save = function() return { cur, log.plugin_name, phases.current } end
-pdk.restore = function(s) cur, log.plugin_name, phases.current = s[1], s[2], s[3] end
+-- (the handshake a certificate handler serves is saved too: several may wait at once)
+pdk.save = function() return { cur, log.plugin_name, phases.current, tls_pdk._get() } end
+pdk.restore = function(s)
+  cur, log.plugin_name, phases.current = s[1], s[2], s[3]
+  tls_pdk._set(s[4])
+end
 
 _G.moongate = pdk.moongate
 _G.kong = pdk.moongate
@@ -439,8 +443,9 @@ function _M.forget(id)
 end
 
 --- Runs the global plugins' `certificate` handlers while a TLS handshake is at the
--- ClientHello (C calls this from the server-name callback, after the certificate was chosen
--- by SNI). No request exists and nothing may yield; moongate.tls.get_sni/set_cert work here.
+-- ClientHello (in the handshake's coroutine: see serve_certificate). No request exists; a
+-- handler may wait (moongate.sleep, cosockets) while the handshake pauses; moongate.tls
+-- get_sni/set_cert work here.
 -- @param sni the server name the client sent, or nil
 -- @return ok (false: a handler raised, the handshake fails), then the PEM certificate and
 --   key a handler chose with moongate.tls.set_cert (nil, nil: keep the SNI's)
@@ -466,6 +471,17 @@ function _M.run_certificate(sni)
   tls_pdk._end()
   return ok_all, st.cert, st.key
 end
+
+--- The body of the coroutines handshakes run their certificate phase in (C starts one with
+-- the server name): runs the phase, yields "moongate:done" with its outcome, and serves the
+-- next handshake's it is resumed with. A handler that waits yields in between.
+function _M.serve_certificate(sni)
+  local yield, run = coroutine.yield, _M.run_certificate
+  while true do
+    sni = yield("moongate:done", run(sni))
+  end
+end
+jit.off(_M.serve_certificate)
 
 -- exposed for specs (the in-process kit) and C
 _M.chains = function() return chains end

@@ -85,8 +85,9 @@ function moongate.node.get_worker_pid()
   return C.mg_ffi_worker_pid()
 end
 
---- Pauses the running request (or timer) for `seconds` without blocking the worker.
--- @phases rewrite, access, timer
+--- Pauses the running request (or timer, or certificate handler) for `seconds` without
+-- blocking the worker.
+-- @phases rewrite, access, timer, certificate
 function moongate.sleep(seconds)
   check(phases.YIELDABLE, "moongate.sleep")
   if type(seconds) ~= "number" or seconds < 0 then

@@ -120,7 +120,7 @@ function _M.close_all(state)
   return n
 end
 
---- Creates a TCP cosocket object (not connected). @phases rewrite, access, timer
+--- Creates a TCP cosocket object (not connected). @phases rewrite, access, timer, certificate
 function _M.tcp()
   check(YIELDABLE, "moongate.socket.tcp")
   return setmetatable({ false, ct = DEFAULT_TIMEOUT, st = DEFAULT_TIMEOUT,
@@ -144,7 +144,7 @@ end
 
 --- Connects to host (an IP address or a name) and port. With an idle connection in the pool
 -- (opts.pool, default "host:port") that one is taken instead. A connection the object held
--- before is closed first. @phases rewrite, access, timer
+-- before is closed first. @phases rewrite, access, timer, certificate
 -- @return 1, or nil and an error ("connection refused", "timeout", "... could not be resolved")
 function methods.connect(self, host, port, opts)
   check(YIELDABLE, "sock:connect")
@@ -210,7 +210,8 @@ end
 
 --- TLS over the connection: SNI with server_name, and with ssl_verify the chain against the
 -- system store (SSL_CERT_FILE / SSL_CERT_DIR override it) and the name. A connection taken
--- from the pool keeps its TLS session: this returns at once. @phases rewrite, access, timer
+-- from the pool keeps its TLS session: this returns at once.
+-- @phases rewrite, access, timer, certificate
 -- @return a session (for a later reused_session), true when reused_session is false, or nil
 -- and an error ("handshake failed", "certificate host mismatch", "20: unable to get ...")
 function methods.sslhandshake(self, reused_session, server_name, ssl_verify)
@@ -247,7 +248,7 @@ end
 
 
 --- Sends all of data (a string, a number, or a nested array of them) or fails.
--- @phases rewrite, access, timer
+-- @phases rewrite, access, timer, certificate
 -- @return the number of bytes sent, or nil and an error (the connection is then closed)
 function methods.send(self, data)
   check(YIELDABLE, "sock:send")
@@ -303,7 +304,7 @@ local function recv(self, cs, mode, arg, pat, plen)
 end
 
 --- Receives by pattern: a number n (exactly n bytes), "*l" (default: a line, without its LF;
--- every CR is dropped) or "*a" (until the peer closes). @phases rewrite, access, timer
+-- every CR is dropped) or "*a" (until the peer closes). @phases rewrite, access, timer, certificate
 -- @return the data, or nil, an error ("timeout": the socket stays usable; "closed") and the
 -- partial data received
 function methods.receive(self, pattern)
@@ -330,7 +331,8 @@ function methods.receive(self, pattern)
   return recv(self, cs, mode, arg, nil, 0)
 end
 
---- Receives what is there (at least one byte, at most max). @phases rewrite, access, timer
+--- Receives what is there (at least one byte, at most max).
+-- @phases rewrite, access, timer, certificate
 function methods.receiveany(self, max)
   check(YIELDABLE, "sock:receiveany")
   local cs = sock_of(self, "receiveany")

@@ -1,8 +1,10 @@
 --- moongate.tls: the TLS handshake as the `certificate` phase sees it. Global plugins with a
 -- `certificate(self, conf)` handler run while a client's ClientHello is processed, after the
 -- gateway chose a certificate by SNI; they may read the server name and pick another
--- certificate (a PEM pair, e.g. fetched at init_worker or read from a shared dict). The
--- phase cannot yield: no cosockets, no sleep.
+-- certificate (a PEM pair, e.g. read from a shared dict, or fetched over a cosocket on first
+-- sight of a name). The phase runs in a coroutine: moongate.sleep, cosockets (and
+-- moongate.http, moongate.redis), shared dicts and timers work; the handshake pauses while a
+-- handler waits, up to limits.tls_handshake_timeout.
 local phases = require "moongate.phases"
 
 local check = phases.check
@@ -44,6 +46,15 @@ end
 
 function _M._end()
   state = nil
+end
+
+-- the handshake being served, saved and restored around a yield (moongate.pdk.save)
+function _M._get()
+  return state
+end
+
+function _M._set(s)
+  state = s
 end
 
 return _M
