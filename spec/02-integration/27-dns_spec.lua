@@ -689,18 +689,18 @@ describe("dns", function()
        .. "remembered for dns_not_found_ttl", function()
       dns.set({ names = {} })
       local gw = start_c()
-      local status, body = via(gw, "missing.test")
+      local status, body = via(gw, "cmissing.test")
       assert.equal(502, status)
-      assert.equal("missing.test could not be resolved (Domain name not found)", body.message)
-      assert.equal(1, dns.queries("missing.test"))
-      status = via(gw, "missing.test")
+      assert.equal("cmissing.test could not be resolved (Domain name not found)", body.message)
+      assert.equal(1, dns.queries("cmissing.test"))
+      status = via(gw, "cmissing.test")
       assert.equal(502, status)
-      assert.equal(1, dns.queries("missing.test")) -- the negative answer is cached
+      assert.equal(1, dns.queries("cmissing.test")) -- the negative answer is cached
       -- a server failure is reported in the same style
-      dns.set({ servfail = { "broken.test" } })
-      status, body = via(gw, "broken.test")
+      dns.set({ servfail = { "cbroken.test" } })
+      status, body = via(gw, "cbroken.test")
       assert.equal(502, status)
-      assert.matches("^broken%.test could not be resolved %(.+%)$", body.message)
+      assert.matches("^cbroken%.test could not be resolved %(.+%)$", body.message)
       assert.equal(0, up2:count())
       gw:stop()
     end)
@@ -747,11 +747,11 @@ describe("dns", function()
 
     it("times out a connect whose name is not answered in time; the late answer touches no "
        .. "freed socket, and serves the next connect", function()
-      dns.set({ names = { ["late.test"] = a({ "127.0.0.2" }) }, delay = { ["late.test"] = 1200 },
+      dns.set({ names = { ["clate.test"] = a({ "127.0.0.2" }) }, delay = { ["clate.test"] = 1200 },
                 hang = { "never.test" } })
       local gw = start_c()
       -- the plugin collects the failed socket at once: the answer comes after it is freed
-      local status, body = via(gw, "late.test", { ["X-Timeout"] = "300" })
+      local status, body = via(gw, "clate.test", { ["X-Timeout"] = "300" })
       assert.equal(502, status)
       assert.equal("timeout", body.message)
       -- a client that leaves while its cosocket waits for a name
@@ -761,9 +761,9 @@ describe("dns", function()
       socket.sleep(0.3)
       c:close()
       helpers.eventually(function()
-        assert.equal(200, (via(gw, "late.test")))
+        assert.equal(200, (via(gw, "clate.test")))
       end, 5, 0.2)
-      assert.equal(1, dns.queries("late.test"))
+      assert.equal(1, dns.queries("clate.test"))
       assert.equal(200, assert(gw:get("/c", { headers = { ["X-Host"] = "127.0.0.2",
                                                           ["X-Port"] = tostring(port) } })).status)
       gw:stop()
