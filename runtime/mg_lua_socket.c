@@ -7,10 +7,10 @@
  * receive) or fetches the outcome (connect and TLS handshake, which this file drives to the
  * end through their intermediate events). Host names are resolved by the worker's resolver
  * (mg_dns.c: the dns_* settings, its cache and the hosts file, as for services), the socket
- * waiting for the answer as one of the name's waiters: the loop never blocks. Idle connections wait
- * in per-worker pools keyed by name, LIFO, watched for the peer closing and closed after their idle
- * timeout. Errors are returned as text (OpenResty's wording: "timeout", "closed", "connection
- * refused"); nothing here raises or calls back into Lua.
+ * waiting for the answer as one of the name's waiters: the loop never blocks. Idle
+ * connections wait in per-worker pools keyed by name, LIFO, watched for the peer closing and
+ * closed after their idle timeout. Errors are returned as text (OpenResty's wording:
+ * "timeout", "closed", "connection refused"); nothing here raises or calls back into Lua.
  */
 #include <ctype.h>
 #include <errno.h>
