@@ -258,13 +258,17 @@ static int open_channel(void)
     int rc = ares_init_options(&channel, &o, mask);
     if (rc != ARES_SUCCESS) {
         mg_log_crit("cannot start the DNS resolver: %s", ares_strerror(rc));
+        ares_library_cleanup();
+        return MG_ERROR;
+    }
+    if (cfg->dns_servers && (rc = ares_set_servers_ports_csv(channel, cfg->dns_servers)) != 0) {
+        /* never the system's servers instead: a later attempt tries again */
+        mg_log_crit("cannot use dns_resolver %s: %s", cfg->dns_servers, ares_strerror(rc));
+        ares_destroy(channel);
+        ares_library_cleanup();
         return MG_ERROR;
     }
     have_channel = true;
-    if (cfg->dns_servers && (rc = ares_set_servers_ports_csv(channel, cfg->dns_servers)) != 0) {
-        mg_log_crit("cannot use dns_resolver %s: %s", cfg->dns_servers, ares_strerror(rc));
-        return MG_ERROR;
-    }
     ev_init(&timeout_timer, timeout_cb);
     ev_timer_init(&refresh_timer, refresh_cb, REFRESH_EVERY, REFRESH_EVERY);
     ev_timer_start(mg_worker.loop, &refresh_timer);
