@@ -1945,6 +1945,11 @@ static void finish_dns(ctx_t *x)
     bool a = false, aaaa = false;
     x->hostsfile_set = strcmp(cfg->dns_hostsfile, "/etc/hosts") != 0;
     read_hostsfile(x);
+    if (x->hosts && x->hosts_len) { /* kept: cosockets' names are known only at run time */
+        cfg->dns_hosts = zalloc(x, cfg->pool, x->hosts_len + 1);
+        memcpy(cfg->dns_hosts, x->hosts, x->hosts_len);
+        cfg->dns_hosts_len = x->hosts_len;
+    }
     bool bad = false;
     for (size_t i = 0; i < cfg->ndns_order; i++) {
         const char *o = cfg->dns_order[i];

@@ -343,7 +343,9 @@ typedef struct mg_config_s {
     char **dns_resolver; /* "ip[:port]"; none = the nameservers of /etc/resolv.conf */
     size_t ndns_resolver;
     char *dns_hostsfile; /* default /etc/hosts, read at load */
-    char **dns_order;    /* as written, default LAST,A,CNAME */
+    char *dns_hosts;     /* its text (NULL: none), for the names plugins' cosockets meet */
+    size_t dns_hosts_len;
+    char **dns_order; /* as written, default LAST,A,CNAME */
     size_t ndns_order;
     int dns_types[2]; /* dns_order's record types in order (MG_DNS_A, MG_DNS_AAAA) */
     unsigned ndns_types;

@@ -11,10 +11,15 @@
  * dropped. A one-second timer refreshes what expired: targets' names always (their addresses
  * are the balancer's entries), services' names when some request used them since the last
  * answer. Requests for a name being looked up share one query unless dns_no_sync.
+ * Names that plugins' cosockets meet at run time get entries of their own after the
+ * configuration's (DYN_MAX of them, the least recently used one with nothing in flight reused
+ * when full), answered from the hosts file when it has them, else looked up like the others;
+ * the channel is opened at the first name to look up.
  */
 #include <arpa/inet.h>
 #include <ares.h>
 #include <ev.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -27,6 +32,7 @@
 #define QUERY_TIMEOUT_MS 2000
 #define QUERY_TRIES 2
 #define REFRESH_EVERY 1.0
+#define DYN_MAX 128 /* cosockets' names cached at once */
 
 typedef struct {
     const char *name;
@@ -39,6 +45,10 @@ typedef struct {
     int last_type;    /* dns_order LAST: the type that answered last */
     bool used;        /* a request asked since the last answer */
     bool target;      /* a target's name: refreshed whatever the traffic */
+    bool waking;      /* its waiters are being called: not to be reused meanwhile */
+    int status;       /* ARES_* of the last failed look-up */
+    double last_used; /* cosockets' names: when last asked for (the reuse order) */
+    char *owned;      /* cosockets' names: the name's copy */
     mg_dns_waiter_t *waiters;
 } entry_t;
 
@@ -57,8 +67,8 @@ typedef struct {
 static const mg_config_t *dns_cfg;
 static ares_channel channel;
 static bool have_channel;
-static entry_t *entries;
-static size_t nentries;
+static entry_t *entries; /* the configuration's names, then room for DYN_MAX more */
+static size_t nentries, nconf;
 static sock_t socks[MAX_SOCKS];
 static ev_timer timeout_timer, refresh_timer;
 static void (*on_change)(unsigned name);
@@ -68,6 +78,7 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void timeout_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void refresh_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void arm_timeout(void);
+static int open_channel(void);
 static void query(entry_t *e);
 static void query_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen);
 static void wake(entry_t *e);
@@ -217,15 +228,25 @@ int mg_dns_init(const mg_config_t *cfg, void (*changed)(unsigned name))
     on_change = changed;
     for (size_t i = 0; i < MAX_SOCKS; i++)
         socks[i].fd = -1;
-    if (cfg->ndns_names == 0) return MG_OK;
-    entries = calloc(cfg->ndns_names, sizeof(entry_t));
+    entries = calloc(cfg->ndns_names + DYN_MAX, sizeof(entry_t));
     if (entries == NULL) return MG_ERROR;
-    nentries = cfg->ndns_names;
+    nentries = nconf = cfg->ndns_names;
     for (size_t i = 0; i < nentries; i++)
         entries[i].name = cfg->dns_names[i];
     for (size_t i = 0; i < cfg->ntargets; i++)
         if (cfg->targets[i]->dns >= 0) entries[cfg->targets[i]->dns].target = true;
+    if (nconf == 0) return MG_OK; /* opened at a cosocket's first name, if ever */
+    if (open_channel() != MG_OK) return MG_ERROR;
+    for (size_t i = 0; i < nentries; i++)
+        query(&entries[i]);
+    return MG_OK;
+}
 
+/* The c-ares channel on the worker's loop; MG_OK or MG_ERROR (logged). */
+static int open_channel(void)
+{
+    const mg_config_t *cfg = dns_cfg;
+    if (have_channel) return MG_OK;
     if (ares_library_init(ARES_LIB_INIT_ALL) != ARES_SUCCESS) return MG_ERROR;
     struct ares_options o;
     memset(&o, 0, sizeof(o));
@@ -237,18 +258,20 @@ int mg_dns_init(const mg_config_t *cfg, void (*changed)(unsigned name))
     int rc = ares_init_options(&channel, &o, mask);
     if (rc != ARES_SUCCESS) {
         mg_log_crit("cannot start the DNS resolver: %s", ares_strerror(rc));
+        ares_library_cleanup();
+        return MG_ERROR;
+    }
+    if (cfg->dns_servers && (rc = ares_set_servers_ports_csv(channel, cfg->dns_servers)) != 0) {
+        /* never the system's servers instead: a later attempt tries again */
+        mg_log_crit("cannot use dns_resolver %s: %s", cfg->dns_servers, ares_strerror(rc));
+        ares_destroy(channel);
+        ares_library_cleanup();
         return MG_ERROR;
     }
     have_channel = true;
-    if (cfg->dns_servers && (rc = ares_set_servers_ports_csv(channel, cfg->dns_servers)) != 0) {
-        mg_log_crit("cannot use dns_resolver %s: %s", cfg->dns_servers, ares_strerror(rc));
-        return MG_ERROR;
-    }
     ev_init(&timeout_timer, timeout_cb);
     ev_timer_init(&refresh_timer, refresh_cb, REFRESH_EVERY, REFRESH_EVERY);
     ev_timer_start(mg_worker.loop, &refresh_timer);
-    for (size_t i = 0; i < nentries; i++)
-        query(&entries[i]);
     return MG_OK;
 }
 
@@ -259,15 +282,22 @@ void mg_dns_stop(void)
         ev_timer_stop(mg_worker.loop, &timeout_timer);
         ares_destroy(channel); /* callbacks run with ARES_EDESTRUCTION: queries are freed */
         have_channel = false;
+        ares_library_cleanup();
         for (size_t i = 0; i < MAX_SOCKS; i++) {
             if (socks[i].fd < 0) continue;
             ev_io_stop(mg_worker.loop, &socks[i].io);
             socks[i].fd = -1;
         }
     }
+    for (size_t i = 0; i < nentries; i++) {
+        /* waiters still linked (a cosocket of a timer) must not point here once it is freed */
+        while (entries[i].waiters)
+            mg_dns_cancel(entries[i].waiters);
+        free(entries[i].owned);
+    }
     free(entries);
     entries = NULL;
-    nentries = 0;
+    nentries = nconf = 0;
 }
 
 static void sock_state_cb(void *data, ares_socket_t fd, int readable, int writable)
@@ -354,7 +384,10 @@ static void start(query_t *q)
 /* Sends a look-up of e: the types of dns_order, the last one that answered first (LAST). */
 static void query(entry_t *e)
 {
-    if (!have_channel) return;
+    if (!have_channel && open_channel() != MG_OK) {
+        e->status = ARES_ENOTINITIALIZED;
+        return;
+    }
     query_t *q = calloc(1, sizeof(*q));
     if (q == NULL) {
         mg_log_err("DNS: out of memory querying %s", e->name);
@@ -451,6 +484,7 @@ static void query_cb(void *arg, int status, int timeouts, unsigned char *abuf, i
     } else if (absent) {
         changed = set_addrs(e, addrs, 0);
         e->state = MG_DNS_NOT_FOUND;
+        e->status = status == ARES_SUCCESS ? ARES_ENODATA : status;
         e->expires = t + dns_cfg->dns_not_found_ttl;
         e->failed = true;
         e->used = false;
@@ -458,6 +492,7 @@ static void query_cb(void *arg, int status, int timeouts, unsigned char *abuf, i
     } else {
         /* a failure keeps a good answer (served while fresh or stale, and by the balancer) */
         e->failed = true;
+        e->status = status;
         e->retry_at = t + dns_cfg->dns_error_ttl;
         if (e->state != MG_DNS_OK) {
             e->state = MG_DNS_ERROR;
@@ -466,7 +501,8 @@ static void query_cb(void *arg, int status, int timeouts, unsigned char *abuf, i
         e->used = false;
         mg_log_warn("DNS: looking up %s failed: %s", e->name, ares_strerror(status));
     }
-    if (changed && on_change) on_change((unsigned)(e - entries));
+    if (changed && on_change && (size_t)(e - entries) < nconf) /* cosockets' names: no balancer */
+        on_change((unsigned)(e - entries));
     wake(e);
 }
 
@@ -476,6 +512,7 @@ static void wake(entry_t *e)
 {
     mg_dns_waiter_t *list = e->waiters;
     e->waiters = NULL;
+    e->waking = true;
     if (list) list->prev = &list;
     while (list) {
         mg_dns_waiter_t *w = list;
@@ -485,6 +522,7 @@ static void wake(entry_t *e)
         w->prev = NULL;
         w->cb(w);
     }
+    e->waking = false;
 }
 
 int mg_dns_state(unsigned i)
@@ -537,4 +575,60 @@ void mg_dns_cancel(mg_dns_waiter_t *w)
     if (w->next) w->next->prev = w->prev;
     w->next = NULL;
     w->prev = NULL;
+}
+
+/* ---- names met at run time (cosockets) ---- */
+
+int mg_dns_name(const char *name)
+{
+    if (entries == NULL) return -1;
+    double t = now();
+    entry_t *e = NULL, *lru = NULL;
+    for (size_t i = nconf; i < nentries; i++) {
+        entry_t *d = &entries[i];
+        if (strcasecmp(d->name, name) == 0) {
+            d->last_used = t;
+            return (int)i;
+        }
+        if (d->pending || d->waiters || d->waking) continue;
+        if (lru == NULL || d->last_used < lru->last_used) lru = d;
+    }
+    for (size_t i = 0; i < nconf; i++) /* a service's name is shared */
+        if (strcasecmp(entries[i].name, name) == 0) return (int)i;
+    if (nentries < nconf + DYN_MAX) {
+        e = &entries[nentries++];
+    } else {
+        if (lru == NULL) return -1; /* every entry has a look-up in flight */
+        e = lru;
+        free(e->owned);
+        memset(e, 0, sizeof(*e));
+    }
+    e->owned = strdup(name);
+    if (e->owned == NULL) {
+        memset(e, 0, sizeof(*e));
+        e->name = "";
+        return -1;
+    }
+    e->name = e->owned;
+    e->last_used = t;
+    /* the hosts file's answer never expires (the file is read at load, as for services) */
+    for (unsigned k = 0; dns_cfg->dns_hosts && k < dns_cfg->ndns_types; k++) {
+        struct sockaddr_storage a;
+        socklen_t alen;
+        int family = dns_cfg->dns_types[k] == MG_DNS_A ? AF_INET : AF_INET6;
+        if (!mg_dns_hosts_find(dns_cfg->dns_hosts, dns_cfg->dns_hosts_len, name, family, &a, &alen))
+            continue;
+        set_addrs(e, &a, 1);
+        e->state = MG_DNS_OK;
+        e->expires = INFINITY;
+        break;
+    }
+    return (int)(e - entries);
+}
+
+const char *mg_dns_failure(unsigned i)
+{
+    if (i >= nentries || entries[i].status == 0) return "no address";
+    if (entries[i].status == ARES_ENOTINITIALIZED) return "resolver unavailable";
+    return ares_strerror(entries[i].status);
 }

@@ -3,7 +3,8 @@
  * blocking its event loop (c-ares driven by libev), cached for the records' TTL (Kong's
  * dns_* settings), refreshed when they expire, served stale for dns_stale_ttl while a refresh
  * runs. Names are numbered at load (mg_config_t.dns_names); the hosts file is read at load
- * (mg_config.c), so its names never reach this resolver.
+ * (mg_config.c), so its names never reach this resolver. Cosockets' names get entries when
+ * first met (mg_dns_name).
  */
 #ifndef MG_DNS_H
 #define MG_DNS_H
@@ -55,6 +56,15 @@ int mg_dns_resolve(unsigned i, bool any_age, const mg_dns_addrs_t **out);
 /* Calls w->cb after name i's next answer (whatever it is); mg_dns_cancel undoes it. */
 void mg_dns_wait(unsigned i, mg_dns_waiter_t *w);
 void mg_dns_cancel(mg_dns_waiter_t *w);
+
+/*
+ * A name met at run time (a cosocket's host, not an IP literal): the index of its entry for
+ * the calls above, made at the first look-up (with the hosts file's address, if it has one),
+ * or -1 when none can be had (every such entry has a look-up in flight, or no memory).
+ */
+int mg_dns_name(const char *name);
+/* Why name i has no address (its last failure, in c-ares' words), for error messages. */
+const char *mg_dns_failure(unsigned i);
 
 /* ---- pure helpers (unit-tested) ---- */
 

@@ -5,19 +5,16 @@
  * the running coroutine (MG_AGAIN): the socket arms its watcher and deadline and binds
  * itself to its owner; the event resumes the owner, and the Lua side calls again (send,
  * receive) or fetches the outcome (connect and TLS handshake, which this file drives to the
- * end through their intermediate events). Host names are resolved by a few detached
- * resolver threads (getaddrinfo, so /etc/hosts and nsswitch apply) that post results back
- * through an ev_async: the worker's loop never blocks. Idle connections wait in per-worker
- * pools keyed by name, LIFO, watched for the peer closing and closed after their idle timeout.
- * Errors are returned as text (OpenResty's wording: "timeout", "closed", "connection
- * refused"); nothing here raises or calls back into Lua.
+ * end through their intermediate events). Host names are resolved by the worker's resolver
+ * (mg_dns.c: the dns_* settings, its cache and the hosts file, as for services), the socket
+ * waiting for the answer as one of the name's waiters: the loop never blocks. Idle
+ * connections wait in per-worker pools keyed by name, LIFO, watched for the peer closing and
+ * closed after their idle timeout. Errors are returned as text (OpenResty's wording:
+ * "timeout", "closed", "connection refused"); nothing here raises or calls back into Lua.
  */
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
-#include <netdb.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -29,15 +26,15 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "mg_dns.h"
 #include "mg_ffi.h"
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_lua_socket.h"
 #include "mg_request.h"
 
-#define MAX_ADDRS 4  /* addresses tried per name, in getaddrinfo's order */
-#define HOST_MAX 256 /* a DNS name is at most 253 characters */
-#define RESOLVER_THREADS_MAX 4
+#define MAX_ADDRS 4   /* addresses tried per name, in the resolver's order */
+#define HOST_MAX 256  /* a DNS name is at most 253 characters */
 #define POOLS_KEPT 64 /* empty pools kept for reuse; beyond that an emptied pool is freed */
 
 /* receive modes: the same values as lua/moongate/pdk/socket.lua */
@@ -75,21 +72,20 @@ struct mg_cosock_s {
     uint16_t port;
     unsigned waiting : 1;  /* an owner is bound (its coroutine is parked here) */
     unsigned timedout : 1; /* the deadline passed while waiting (send/receive) */
-    unsigned job : 1;      /* a resolver thread holds this struct: free() is deferred */
-    unsigned freed : 1;    /* free() came while job was set */
     unsigned verify : 1;   /* sslhandshake: check the chain and the name */
     unsigned ssl_ok : 1;   /* TLS established and not failed: close sends close_notify */
     int err;               /* errno or ERR_* of the last failure */
-    int gai_rc;            /* resolver result (written by the resolver thread) */
+    const char *dns_err;   /* why the name did not resolve (static text) */
+    int dns_name;          /* its entry in the resolver while ST_RESOLVING */
+    mg_dns_waiter_t dnsw;  /* linked to that entry while ST_RESOLVING */
     long verify_rc;        /* X509_V_* for ERR_VERIFY */
     unsigned long ssl_err; /* ERR_peek_last_error() for ERR_SSL */
     unsigned reused;       /* times taken from a pool */
     mg_cosock_owner_t owner;
     pool_t *pool;             /* while pooled */
     mg_cosock_t *prev, *next; /* pool list, most recently used first */
-    mg_cosock_t *job_next;    /* resolver queues */
-    addr_t addrs[MAX_ADDRS];  /* written by the resolver thread while job is set */
-    char host[HOST_MAX];      /* host to resolve, then the TLS server name */
+    addr_t addrs[MAX_ADDRS];
+    char host[HOST_MAX]; /* host to resolve, then the TLS server name */
 };
 
 struct pool_s {
@@ -111,7 +107,8 @@ static int connect_next(mg_cosock_t *cs);
 static void connect_check(mg_cosock_t *cs);
 static int handshake_step(mg_cosock_t *cs);
 static const char *errtext(mg_cosock_t *cs);
-static int resolver_submit(mg_cosock_t *cs);
+static int resolve(mg_cosock_t *cs);
+static void dns_cb(mg_dns_waiter_t *w);
 static void pool_unlink(mg_cosock_t *cs);
 static void pool_check(mg_cosock_t *cs);
 
@@ -228,6 +225,7 @@ static void op_done(mg_cosock_t *cs)
  * bytes a receive may be handing out right now. */
 static void conn_close(mg_cosock_t *cs)
 {
+    mg_dns_cancel(&cs->dnsw); /* a later answer of the name must not reach a closed socket */
     ev_io_stop(mg_worker.loop, &cs->s.io);
     mg_sock_set_deadline(&cs->s, 0);
     if (cs->ssl) {
@@ -248,10 +246,6 @@ static void destroy(mg_cosock_t *cs)
     conn_close(cs);
     mg_buf_put(cs->in);
     cs->in = NULL;
-    if (cs->job) { /* a resolver thread still writes into it: the result frees it */
-        cs->freed = 1;
-        return;
-    }
     free(cs);
 }
 
@@ -263,6 +257,7 @@ mg_cosock_t *mg_ffi_tcp_new(void)
     ev_init(&cs->s.io, io_cb);
     ev_init(&cs->s.timer, timer_cb);
     cs->state = ST_NEW;
+    cs->dnsw.cb = dns_cb;
     return cs;
 }
 
@@ -326,7 +321,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     case ST_RESOLVING:
     case ST_CONNECTING:
     case ST_HANDSHAKE:
-        conn_close(cs); /* a resolver result that comes later is dropped */
+        conn_close(cs); /* leaves the name's waiters: a later answer is not ours */
         cs->err = ERR_TIMEOUT;
         wake(cs);
         return;
@@ -446,13 +441,8 @@ int mg_ffi_tcp_connect(mg_cosock_t *cs, const char *host, size_t hlen, int port,
         cs->naddrs = 1;
         cs->addr_i = 0;
         rc = connect_next(cs);
-    } else if (resolver_submit(cs) == MG_OK) {
-        cs->state = ST_RESOLVING;
-        rc = MG_AGAIN;
     } else {
-        cs->err = ERR_NOMEM;
-        conn_close(cs);
-        rc = MG_ERROR;
+        rc = resolve(cs);
     }
     if (rc == MG_AGAIN) {
         /* one deadline for the lookup and the connect: connect_timeout */
@@ -478,125 +468,73 @@ int mg_ffi_tcp_result(mg_cosock_t *cs, const char **err)
 
 /* ---- resolver ---------------------------------------------------------------------------- */
 
-/* Jobs are the sockets themselves (host and port in, addrs/naddrs/gai_rc out), so a lookup
- * allocates nothing. A socket freed while its lookup runs is freed when the result comes. */
-static struct {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    mg_cosock_t *queued, *queued_tail; /* lookups waiting for a resolver thread, FIFO */
-    mg_cosock_t *resolved;             /* lookups done, for the loop to pick up */
-    unsigned nqueued, threads, idle;
-    bool started;
-    ev_async async;
-} res = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
-
-static void *resolver_main(void *arg)
+/* Takes the first MAX_ADDRS addresses of the name's answer, with the socket's port. */
+static void take_addrs(mg_cosock_t *cs, const mg_dns_addrs_t *a)
 {
-    pthread_mutex_lock(&res.lock);
-    for (;;) {
-        while (res.queued == NULL) {
-            res.idle++;
-            pthread_cond_wait(&res.cond, &res.lock);
-            res.idle--;
-        }
-        mg_cosock_t *cs = res.queued;
-        res.queued = cs->job_next;
-        if (res.queued == NULL) res.queued_tail = NULL;
-        res.nqueued--;
-        pthread_mutex_unlock(&res.lock);
-
-        char port[8];
-        snprintf(port, sizeof(port), "%u", cs->port);
-        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
-        int rc = getaddrinfo(cs->host, port, &hints, &ai);
-        unsigned n = 0;
-        for (struct addrinfo *p = rc == 0 ? ai : NULL; p && n < MAX_ADDRS; p = p->ai_next) {
-            if ((p->ai_family == AF_INET || p->ai_family == AF_INET6) &&
-                p->ai_addrlen <= sizeof(addr_t)) {
-                memset(&cs->addrs[n], 0, sizeof(addr_t));
-                memcpy(&cs->addrs[n++], p->ai_addr, p->ai_addrlen);
-            }
-        }
-        if (ai) freeaddrinfo(ai);
-
-        pthread_mutex_lock(&res.lock);
-        cs->gai_rc = rc;
-        cs->naddrs = (uint8_t)n;
-        cs->job_next = res.resolved;
-        res.resolved = cs;
-        ev_async_send(mg_worker.loop, &res.async);
-    }
-    return NULL;
-}
-
-static void resolver_done_cb(struct ev_loop *loop, ev_async *w, int revents)
-{
-    pthread_mutex_lock(&res.lock);
-    mg_cosock_t *list = res.resolved;
-    res.resolved = NULL;
-    pthread_mutex_unlock(&res.lock);
-    while (list) {
-        /* `job` stays set on the rest of the list until each is handled: a socket freed by
-         * a coroutine resumed here is only marked, never freed under our feet */
-        mg_cosock_t *cs = list;
-        list = cs->job_next;
-        cs->job_next = NULL;
-        cs->job = 0;
-        if (cs->freed) {
-            free(cs);
+    unsigned n = 0;
+    for (unsigned i = 0; i < a->naddrs && n < MAX_ADDRS; i++) {
+        addr_t *d = &cs->addrs[n];
+        memset(d, 0, sizeof(*d));
+        if (a->addrs[i].ss_family == AF_INET) {
+            memcpy(&d->in, &a->addrs[i], sizeof(d->in));
+            d->in.sin_port = htons(cs->port);
+        } else if (a->addrs[i].ss_family == AF_INET6) {
+            memcpy(&d->in6, &a->addrs[i], sizeof(d->in6));
+            d->in6.sin6_port = htons(cs->port);
+        } else {
             continue;
         }
-        if (cs->state != ST_RESOLVING) continue; /* timed out or cancelled meanwhile */
-        if (cs->gai_rc != 0 || cs->naddrs == 0) {
-            conn_close(cs);
-            cs->err = ERR_RESOLVE;
-            wake(cs);
-            continue;
-        }
-        cs->addr_i = 0;
-        if (connect_next(cs) != MG_AGAIN) wake(cs);
+        n++;
     }
+    cs->naddrs = (uint8_t)n;
+    cs->addr_i = 0;
 }
 
-static int resolver_submit(mg_cosock_t *cs)
+/* The outcome of a look-up of cs->host: connects (MG_OK, MG_AGAIN) or fails with
+ * ERR_RESOLVE (MG_ERROR, closed). */
+static int resolved(mg_cosock_t *cs, int rc, const mg_dns_addrs_t *a)
 {
-    if (!res.started) {
-        ev_async_init(&res.async, resolver_done_cb);
-        ev_async_start(mg_worker.loop, &res.async);
-        res.started = true;
-    }
-    pthread_mutex_lock(&res.lock);
-    cs->job = 1;
-    cs->job_next = NULL;
-    if (res.queued_tail)
-        res.queued_tail->job_next = cs;
-    else
-        res.queued = cs;
-    res.queued_tail = cs;
-    res.nqueued++;
-    if (res.nqueued > res.idle && res.threads < RESOLVER_THREADS_MAX) {
-        pthread_t t;
-        pthread_attr_t attr;
-        sigset_t all, old;
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &old); /* signals stay with the loop's thread */
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pthread_attr_setstacksize(&attr, 512 * 1024); /* NSS modules need some */
-        if (pthread_create(&t, &attr, resolver_main, NULL) == 0) res.threads++;
-        pthread_attr_destroy(&attr);
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
-    }
-    if (res.threads == 0) { /* could not start any: take the job back */
-        res.queued = res.queued_tail = NULL;
-        res.nqueued = 0;
-        cs->job = 0;
-        pthread_mutex_unlock(&res.lock);
+    if (rc == MG_OK) take_addrs(cs, a);
+    if (rc != MG_OK || cs->naddrs == 0) {
+        cs->dns_err = mg_dns_failure((unsigned)cs->dns_name);
+        conn_close(cs);
+        cs->err = ERR_RESOLVE;
         return MG_ERROR;
     }
-    pthread_cond_signal(&res.cond);
-    pthread_mutex_unlock(&res.lock);
-    return MG_OK;
+    return connect_next(cs);
+}
+
+/* The name's answer came (whatever it is) while the socket waited for it. */
+static void dns_cb(mg_dns_waiter_t *w)
+{
+    mg_cosock_t *cs = MG_CONTAINER_OF(w, mg_cosock_t, dnsw);
+    if (cs->state != ST_RESOLVING) return; /* never: closing leaves the waiters */
+    const mg_dns_addrs_t *a;
+    int rc = mg_dns_resolve((unsigned)cs->dns_name, true, &a);
+    if (rc == MG_AGAIN) { /* dns_no_sync: another socket's query answered first */
+        mg_dns_wait((unsigned)cs->dns_name, &cs->dnsw);
+        return;
+    }
+    if (resolved(cs, rc, a) != MG_AGAIN) wake(cs);
+}
+
+/* Starts connecting to cs->host, a name: at once when the resolver knows it (cache, hosts
+ * file), else once its answer comes. MG_OK, MG_AGAIN or MG_ERROR (cs->err set). */
+static int resolve(mg_cosock_t *cs)
+{
+    cs->dns_name = mg_dns_name(cs->host);
+    if (cs->dns_name < 0) {
+        cs->err = ERR_RESOLVE;
+        cs->dns_err = "too many names being resolved";
+        conn_close(cs);
+        return MG_ERROR;
+    }
+    const mg_dns_addrs_t *a;
+    int rc = mg_dns_resolve((unsigned)cs->dns_name, false, &a);
+    if (rc != MG_AGAIN) return resolved(cs, rc, a);
+    cs->state = ST_RESOLVING;
+    mg_dns_wait((unsigned)cs->dns_name, &cs->dnsw);
+    return MG_AGAIN;
 }
 
 /* ---- TLS --------------------------------------------------------------------------------- */
@@ -1152,7 +1090,7 @@ static const char *errtext(mg_cosock_t *cs)
         return "certificate host mismatch";
     case ERR_RESOLVE:
         snprintf(buf, sizeof(buf), "%s could not be resolved (%s)", cs->host,
-                 cs->gai_rc ? gai_strerror(cs->gai_rc) : "no address");
+                 cs->dns_err ? cs->dns_err : "no address");
         return buf;
     case ERR_VERIFY:
         snprintf(buf, sizeof(buf), "%ld: %s", cs->verify_rc,

@@ -1,8 +1,8 @@
 /*
  * mg_lua_socket.h — cosockets (moongate.socket.tcp): non-blocking TCP (and TLS) client
- * connections driven from Lua coroutines, with a per-worker keepalive pool and a small
- * resolver thread pool. The Lua-facing functions are the mg_ffi_tcp_* ones in mg_ffi.h;
- * this header holds what the rest of the runtime may need.
+ * connections driven from Lua coroutines, with a per-worker keepalive pool; names are
+ * resolved by the worker's resolver (mg_dns.h). The Lua-facing functions are the mg_ffi_tcp_* ones
+ * in mg_ffi.h; this header holds what the rest of the runtime may need.
  *
  * Who waits: a socket operation that would block binds the socket to its *owner* — the
  * context whose coroutine yields — as an mg_cosock_owner_t (a resume callback and its

@@ -116,4 +116,72 @@ TEST(hosts_file_lookups)
     CHECK(mg_dns_hosts_find(t, strlen(t), "last.test", AF_INET, &ss, &len));
 }
 
+static void noop_cb(mg_dns_waiter_t *w)
+{
+    (void)w;
+}
+
+/* Cosockets' names: made at the first look-up, shared whatever the case, answered by the hosts
+ * file without a query; when the table is full the least recently used entry with nothing in
+ * flight is reused; none at all gives -1. No channel is opened (nothing is queried here). */
+TEST(run_time_names)
+{
+    static char hosts[] = "127.0.0.9 h.test\n";
+    mg_config_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.dns_types[0] = MG_DNS_A;
+    cfg.ndns_types = 1;
+    cfg.dns_hosts = hosts;
+    cfg.dns_hosts_len = strlen(hosts);
+    mg_worker.loop = ev_default_loop(0);
+    CHECK_INT(mg_dns_init(&cfg, NULL), MG_OK);
+    CHECK(!have_channel);
+
+    int h = mg_dns_name("h.test");
+    CHECK(h >= 0);
+    CHECK_INT(mg_dns_name("H.Test"), h);
+    CHECK_INT(mg_dns_state((unsigned)h), MG_DNS_OK);
+    const mg_dns_addrs_t *a = NULL;
+    CHECK_INT(mg_dns_resolve((unsigned)h, false, &a), MG_OK);
+    struct sockaddr_storage want = v4("127.0.0.9");
+    CHECK(a && a->naddrs == 1 && mg_dns_same_addr(&a->addrs[0], &want));
+    CHECK(!have_channel); /* the hosts file answered: no resolver was needed */
+    CHECK(strcmp(mg_dns_failure((unsigned)h), "no address") == 0);
+
+    char name[32];
+    for (int i = 1; i < DYN_MAX; i++) {
+        snprintf(name, sizeof(name), "n%d.test", i);
+        CHECK(mg_dns_name(name) == h + i);
+    }
+    CHECK_INT(nentries, DYN_MAX);
+    for (size_t i = 0; i < nentries; i++)
+        entries[i].last_used = 100.0 + (double)i;
+    entries[5].last_used = 1.0; /* the oldest, but waited for */
+    entries[7].last_used = 2.0; /* then this one, with a query in flight */
+    entries[9].last_used = 3.0; /* the one to reuse */
+    mg_dns_waiter_t w = {.cb = noop_cb};
+    mg_dns_wait(5, &w);
+    entries[7].pending = 1;
+    int x = mg_dns_name("extra.test");
+    CHECK_INT(x, 9);
+    CHECK(strcmp(entries[9].name, "extra.test") == 0);
+    CHECK_INT(mg_dns_state(9), MG_DNS_NONE);
+    /* n9.test, pushed out, comes back in the next least recently used entry: h.test's */
+    CHECK_INT(mg_dns_name("n9.test"), h);
+    CHECK_INT(mg_dns_state((unsigned)h), MG_DNS_NONE);
+
+    /* every entry busy: no name can be had */
+    for (size_t i = 0; i < nentries; i++)
+        entries[i].pending = 1;
+    CHECK_INT(mg_dns_name("more.test"), -1);
+    for (size_t i = 0; i < nentries; i++)
+        entries[i].pending = 0;
+
+    /* stopping unlinks what still waits: its later cancel touches no freed entry */
+    mg_dns_stop();
+    CHECK(w.prev == NULL && w.next == NULL);
+    mg_dns_cancel(&w);
+    CHECK_INT(mg_dns_name("after.stop"), -1);
+}
+
 TEST_MAIN()

@@ -635,4 +635,152 @@ describe("dns", function()
     code, lines = helpers.check({ services = { { name = "s", host = "no-such-host.invalid" } } })
     assert.equal(0, code, table.concat(lines, "\n"))
   end)
+  describe("cosockets", function()
+    local PLUGIN_PATH = PWD .. "/spec/fixtures/plugins/?.lua;;"
+
+    -- A gateway whose /c route runs the cosock-dns plugin (it connects to X-Host:X-Port).
+    local function start_c(extra, opts)
+      local conf = {
+        dns_resolver = { "127.0.0.1:" .. dns.port },
+        worker_processes = 1,
+        lua_package_path = PLUGIN_PATH,
+        plugins = { "bundled", "cosock-dns" },
+        services = { service("c", "127.0.0.2", "/c", { plugins = { { name = "cosock-dns" } } }) },
+      }
+      for k, v in pairs(extra or {}) do conf[k] = v end
+      return helpers.start(conf, opts)
+    end
+
+    local function via(gw, host, more)
+      local headers = { ["X-Host"] = host, ["X-Port"] = tostring(port) }
+      for k, v in pairs(more or {}) do headers[k] = v end
+      local res = assert(gw:get("/c", { headers = headers }))
+      return res.status, cjson.decode(res.body) or {}
+    end
+
+    it("connects to a name through dns_resolver, kept for its TTL, then follows the new answer",
+       function()
+      dns.set({ names = { ["cos.test"] = a({ "127.0.0.2" }, 1),
+                          ["kept.test"] = a({ "127.0.0.2" }, 60) } })
+      local gw = start_c()
+      local status, body = via(gw, "cos.test")
+      assert.equal(200, status)
+      assert.matches("^HTTP/1%.1 200", body.status)
+      assert.equal(1, up2:count())
+      assert.is_true(dns.queries("cos.test") >= 1)
+      -- an answer is cached: a second connect asks nothing
+      assert.equal(200, (via(gw, "kept.test")))
+      assert.equal(200, (via(gw, "kept.test")))
+      assert.equal(1, dns.queries("kept.test"))
+      -- an IP literal never reaches the resolver
+      assert.equal(200, (via(gw, "127.0.0.3")))
+      assert.equal(0, dns.queries("127.0.0.3"))
+      -- after the TTL the next connect follows the new answer
+      dns.set({ names = { ["cos.test"] = a({ "127.0.0.3" }, 1) } })
+      up3:clear()
+      helpers.eventually(function()
+        assert.equal(200, (via(gw, "cos.test")))
+        assert.is_true(up3:count() > 0)
+      end, 8, 0.2)
+      gw:stop()
+    end)
+
+    it("returns nil and '<name> could not be resolved' for a name that does not exist, "
+       .. "remembered for dns_not_found_ttl", function()
+      dns.set({ names = {} })
+      local gw = start_c()
+      local status, body = via(gw, "cmissing.test")
+      assert.equal(502, status)
+      assert.equal("cmissing.test could not be resolved (Domain name not found)", body.message)
+      assert.equal(1, dns.queries("cmissing.test"))
+      status = via(gw, "cmissing.test")
+      assert.equal(502, status)
+      assert.equal(1, dns.queries("cmissing.test")) -- the negative answer is cached
+      -- a server failure is reported in the same style
+      dns.set({ servfail = { "cbroken.test" } })
+      status, body = via(gw, "cbroken.test")
+      assert.equal(502, status)
+      assert.matches("^cbroken%.test could not be resolved %(.+%)$", body.message)
+      assert.equal(0, up2:count())
+      gw:stop()
+    end)
+
+    it("honours dns_hostsfile for a cosocket's name without a query", function()
+      local hosts = os.tmpname()
+      helpers.write_file(hosts, "127.0.0.3   chost.test\n")
+      dns.set({ names = { ["chost.test"] = a({ "127.0.0.2" }) } }) -- never asked
+      local gw = start_c({ dns_hostsfile = hosts })
+      assert.equal(200, (via(gw, "chost.test")))
+      assert.equal(200, (via(gw, "CHost.test")))
+      assert.equal(2, up3:count())
+      assert.equal(0, up2:count())
+      assert.equal(0, dns.queries("chost.test"))
+      gw:stop()
+      os.remove(hosts)
+    end)
+
+    it("sends one query for cosockets waiting on a name, or one each with dns_no_sync",
+       function()
+      for _, no_sync in ipairs({ false, true }) do
+        local name = no_sync and "cnosync.test" or "csync.test"
+        dns.set({ names = { [name] = a({ "127.0.0.2" }) }, delay = { [name] = 800 } })
+        local gw = start_c({ dns_no_sync = no_sync })
+        local conns = {}
+        for i = 1, 4 do
+          conns[i] = assert(helpers.connect(gw.port))
+          assert(conns[i]:send(fmt("GET /c HTTP/1.1\r\nHost: x\r\nX-Host: %s\r\nX-Port: %d\r\n"
+                                   .. "Connection: close\r\n\r\n", name, port)))
+        end
+        for i = 1, 4 do
+          local res = assert(conns[i]:read_response())
+          assert.equal(200, res.status, res.body)
+          conns[i]:close()
+        end
+        if no_sync then
+          assert.is_true(dns.queries(name) >= 3, "queries: " .. dns.queries(name))
+        else
+          assert.equal(1, dns.queries(name))
+        end
+        gw:stop()
+      end
+    end)
+
+    it("times out a connect whose name is not answered in time; the late answer touches no "
+       .. "freed socket, and serves the next connect", function()
+      dns.set({ names = { ["clate.test"] = a({ "127.0.0.2" }) }, delay = { ["clate.test"] = 1200 },
+                hang = { "never.test" } })
+      local gw = start_c()
+      -- the plugin collects the failed socket at once: the answer comes after it is freed
+      local status, body = via(gw, "clate.test", { ["X-Timeout"] = "300" })
+      assert.equal(502, status)
+      assert.equal("timeout", body.message)
+      -- a client that leaves while its cosocket waits for a name
+      local c = assert(helpers.connect(gw.port))
+      assert(c:send(fmt("GET /c HTTP/1.1\r\nHost: x\r\nX-Host: never.test\r\nX-Port: %d\r\n\r\n",
+                        port)))
+      socket.sleep(0.3)
+      c:close()
+      helpers.eventually(function()
+        assert.equal(200, (via(gw, "clate.test")))
+      end, 5, 0.2)
+      assert.equal(1, dns.queries("clate.test"))
+      assert.equal(200, assert(gw:get("/c", { headers = { ["X-Host"] = "127.0.0.2",
+                                                          ["X-Port"] = tostring(port) } })).status)
+      gw:stop()
+    end)
+
+    it("resolves names in a timer started by init_worker", function()
+      dns.set({ names = { ["initw.test"] = a({ "127.0.0.2" }) } })
+      local gw = start_c(nil, { env = { MG_SPEC_INITW_HOST = "initw.test",
+                                        MG_SPEC_INITW_PORT = tostring(port) } })
+      helpers.eventually(function()
+        local status, body = via(gw, "127.0.0.2", { ["X-Action"] = "initw" })
+        assert.equal(200, status)
+        assert.is_true(body.done)
+        assert.matches("^HTTP/1%.1 200", body.line, 1, false)
+      end, 5, 0.1)
+      assert.equal(1, dns.queries("initw.test"))
+      gw:stop()
+    end)
+  end)
 end)

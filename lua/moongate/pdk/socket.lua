@@ -1,8 +1,9 @@
 --- moongate.socket: cosockets, OpenResty's ngx.socket.tcp API over runtime/mg_lua_socket.c.
 -- Every wait (connect, TLS handshake, send, receive) parks the running coroutine and lets the
 -- worker serve others; network failures are returned as `nil, "message"` (OpenResty's words:
--- "timeout", "closed", "connection refused"), misuse raises. Host names are resolved off the
--- event loop (getaddrinfo in a resolver thread: /etc/hosts applies). A connection lives in a
+-- "timeout", "closed", "connection refused"), misuse raises. Host names are resolved on the
+-- event loop by the worker's resolver (runtime/mg_dns.c: dns_* settings, dns_hostsfile, its
+-- cache), the coroutine parked meanwhile. A connection lives in a
 -- small C struct owned by the socket object: `close()`, `setkeepalive()` (a per-worker pool,
 -- keyed by the pool name) or the garbage collector releases it.
 --
