@@ -930,10 +930,21 @@ void mg_conn_request_done(mg_req_t *r)
                                       r->resp.keepalive && !r->tunnel);
         r->u = NULL;
     }
+    /* Lingering keeps an answer from being destroyed by a reset while the client may still be
+     * sending: an unread body, pipelined requests, a close it did not ask for. A client that
+     * asked to close, whose request was read whole and that sent nothing more, is closed at
+     * once, as nginx does: no half-close, no drain timer, no extra wake-up per connection. */
+    bool client_done = !keep && !r->msg.keepalive && !r->tunnel && r->msg.head_done &&
+                       (r->msg.body_kind == MG_BODY_NONE || r->msg.body_done || r->req_body_done) &&
+                       (c->in == NULL || mg_buf_len(c->in) == 0) &&
+                       !(c->s.ssl && SSL_has_pending(c->s.ssl));
     c->r = NULL;
     req_free(r);
     if (!keep) {
-        conn_linger(c);
+        if (client_done)
+            conn_close(c);
+        else
+            conn_linger(c);
         return;
     }
     c->state = MG_CONN_IDLE;
