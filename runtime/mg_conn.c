@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <openssl/err.h>
@@ -932,16 +933,16 @@ void mg_conn_request_done(mg_req_t *r)
     }
     /* Lingering keeps an answer from being destroyed by a reset while the client may still be
      * sending: an unread body, pipelined requests, a close it did not ask for. A client that
-     * asked to close, whose request was read whole and that sent nothing more, is closed at
-     * once, as nginx does: no half-close, no drain timer, no extra wake-up per connection. */
+     * asked to close and whose request was read whole is closed at once, as nginx does: no
+     * half-close, no drain timer, no extra wake-up per connection; unless the kernel already
+     * holds bytes it sent after the request, which closing over would answer with a reset. */
     bool client_done = !keep && !r->msg.keepalive && !r->tunnel && r->msg.head_done &&
-                       (r->msg.body_kind == MG_BODY_NONE || r->msg.body_done || r->req_body_done) &&
-                       (c->in == NULL || mg_buf_len(c->in) == 0) &&
-                       !(c->s.ssl && SSL_has_pending(c->s.ssl));
+                       (r->msg.body_kind == MG_BODY_NONE || r->msg.body_done || r->req_body_done);
     c->r = NULL;
     req_free(r);
     if (!keep) {
-        if (client_done)
+        int unread = 0;
+        if (client_done && ioctl(c->s.fd, FIONREAD, &unread) == 0 && unread == 0)
             conn_close(c);
         else
             conn_linger(c);

@@ -547,6 +547,18 @@ describe("proxy client connections", function()
       assert.equal("close", list[1].headers.connection)
       assert.equal("/c/close", echo_of(list[1]).path)
     end)
+
+    it("answers a Connection: close request whole and serves nothing sent after it", function()
+      -- RFC 9112 §9.6: no further request on that connection is processed
+      local raw, closed, how = helpers.raw(gw.port, head("GET", "/c/closebig", {
+        { "Host", "x" }, { "Connection", "close" }, { "X-Upstream-Mode", "big:2000000" } })
+        .. "GET /c/after HTTP/1.1\r\nHost: x\r\n\r\n", { timeout = 10 })
+      assert.is_true(closed, how)
+      local list = helpers.parse_response(raw)
+      assert.equal(1, #list)
+      assert.equal(200, list[1].status)
+      assert.equal(2000000, #list[1].body)
+    end)
   end)
 
   describe("pipelining", function()
