@@ -16,6 +16,7 @@ build = {
   modules = {
     ["moongate.spec.helpers"] = "lua/moongate/spec/helpers.lua",
     ["moongate.spec.upstream"] = "lua/moongate/spec/upstream.lua",
+    ["moongate.spec.pki"] = "lua/moongate/spec/pki.lua",
     -- the in-process PDK kit for unit-testing handlers, and the two modules it reuses
     ["moongate.spec.pdk"] = "lua/moongate/spec/pdk.lua",
     ["moongate.sha1"] = "lua/moongate/sha1.lua",
@@ -29,5 +30,6 @@ build = {
     ["moongate.crypto"] = "lua/moongate/crypto.lua",
     ["moongate.consumers"] = "lua/moongate/consumers.lua",
     ["moongate.auth"] = "lua/moongate/auth.lua",
+    ["moongate.typedefs"] = "lua/moongate/typedefs.lua",
   },
 }

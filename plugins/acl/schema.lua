@@ -1,9 +1,10 @@
 --- acl's configuration: Kong 3.x's fields; exactly one of allow / deny.
+local typedefs = require "moongate.typedefs"
 return {
   name = "acl",
   fields = {
     -- Kong's typedefs.no_consumer: not configurable on a consumer
-    { consumer = { type = "foreign", reference = "consumers", eq = require("cjson.safe").null } },
+    { consumer = typedefs.no_consumer },
     { config = {
         type = "record",
         fields = {

@@ -2,20 +2,18 @@
 -- realm = "service"). Kong's basic-auth has no run_on_preflight, so it is an unknown field
 -- here as there. One addition: a realm with a control character is refused, since it would
 -- have to go into a WWW-Authenticate header (Kong takes it and emits a broken header).
-local null = require("cjson.safe").null
+local typedefs = require "moongate.typedefs"
 
 return {
   name = "basic-auth",
   fields = {
     -- Kong's typedefs.no_consumer: basic-auth is what identifies the consumer, so it cannot
     -- be configured on one (runtime.load refuses it with the path of the entity)
-    { consumer = { type = "foreign", reference = "consumers", eq = null } },
+    { consumer = typedefs.no_consumer },
     { config = {
         type = "record",
         fields = {
-          { anonymous = { type = "string", len_min = 1,
-              description = "The id or username of the consumer a request proceeds as when "
-                            .. "authentication fails; unset, a failure is answered 401." } },
+          { anonymous = typedefs.anonymous },
           { hide_credentials = { type = "boolean", required = true, default = false,
               description = "Remove the Authorization / Proxy-Authorization header the "
                             .. "credentials were read from before proxying." } },

@@ -1,14 +1,14 @@
 --- bot-detection's configuration: Kong 3.x's fields and defaults. Every entry is a regex on
 -- the User-Agent, compiled with PCRE2 at config load (`is_regex`), so a bad one is refused
 -- with its path instead of failing requests later.
-local null = require("cjson.safe").null
+local typedefs = require "moongate.typedefs"
 
 return {
   name = "bot-detection",
   fields = {
     -- Kong's typedefs.no_consumer: the plugin cannot be applied to a consumer (it runs
     -- before any authentication could identify one).
-    { consumer = { type = "foreign", reference = "consumers", eq = null } },
+    { consumer = typedefs.no_consumer },
     { config = {
         type = "record",
         fields = {

@@ -2,6 +2,7 @@
 -- kong/plugins/cors/schema.lua, Apache-2.0). An origin entry is "*" or anything that compiles
 -- as a regex (a plain origin such as "https://example.com" does); a bad one is refused at
 -- load with Kong's message "'<entry>' is not a valid regex", followed here by PCRE2's reason.
+local typedefs = require "moongate.typedefs"
 local re = require "moongate.re"
 
 local tostring = tostring
@@ -29,7 +30,7 @@ return {
   name = "cors",
   fields = {
     -- Kong's typedefs.no_consumer: not configurable on a consumer
-    { consumer = { type = "foreign", reference = "consumers", eq = require("cjson.safe").null } },
+    { consumer = typedefs.no_consumer },
     { config = {
         type = "record",
         fields = {

@@ -1,12 +1,13 @@
 --- hmac-auth's configuration: Kong 3.x's fields, defaults and checks, so a Kong user's
 -- kong.yml for the plugin loads unchanged.
+local typedefs = require "moongate.typedefs"
 local ALGORITHMS = { "hmac-sha1", "hmac-sha256", "hmac-sha384", "hmac-sha512" }
 
 return {
   name = "hmac-auth",
   fields = {
     -- Kong's typedefs.no_consumer: not configurable on a consumer
-    { consumer = { type = "foreign", reference = "consumers", eq = require("cjson.safe").null } },
+    { consumer = typedefs.no_consumer },
     { config = {
         type = "record",
         fields = {
@@ -16,9 +17,7 @@ return {
           { clock_skew = { type = "number", required = true, default = 300, gt = 0,
               description = "How far (seconds) the Date / X-Date header may be from the "
                             .. "gateway's clock, in either direction." } },
-          { anonymous = { type = "string", len_min = 1,
-              description = "Consumer id or username to proxy as when authentication fails; "
-                            .. "also makes this plugin one branch of a logical OR." } },
+          { anonymous = typedefs.anonymous },
           { validate_request_body = { type = "boolean", required = true, default = false,
               description = "Check the Digest header (SHA-256=<base64 sha256 of the body>) "
                             .. "against the body." } },

@@ -1,10 +1,11 @@
 --- jwt's configuration: Kong 3.x's fields, defaults and entity check (maximum_expiration
 -- needs "exp" among claims_to_verify).
+local typedefs = require "moongate.typedefs"
 return {
   name = "jwt",
   fields = {
     -- Kong's typedefs.no_consumer: not configurable on a consumer
-    { consumer = { type = "foreign", reference = "consumers", eq = require("cjson.safe").null } },
+    { consumer = typedefs.no_consumer },
     { config = {
         type = "record",
         fields = {
@@ -20,8 +21,7 @@ return {
           { claims_to_verify = { type = "set",
               elements = { type = "string", one_of = { "exp", "nbf" } },
               description = "Registered claims that must be present and valid." } },
-          { anonymous = { type = "string", len_min = 1,
-              description = "Consumer (id or username) a failed request goes on as." } },
+          { anonymous = typedefs.anonymous },
           { run_on_preflight = { type = "boolean", default = true,
               description = "Authenticate OPTIONS preflight requests too." } },
           { maximum_expiration = { type = "number", default = 0, between = { 0, 31536000 },

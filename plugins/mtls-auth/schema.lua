@@ -3,7 +3,7 @@
 -- OCSP responders, so IGNORE_CA_ERROR and STRICT are refused rather than silently not done.
 -- The fields that only serve revocation checks (http_timeout, cert_cache_ttl, the HTTP(S)
 -- proxy) are accepted, so that exported Kong configs load, and have no effect.
-local null = require("cjson.safe").null
+local typedefs = require "moongate.typedefs"
 
 local PORT = { type = "integer", between = { 0, 65535 } }
 
@@ -11,13 +11,11 @@ return {
   name = "mtls-auth",
   fields = {
     -- Kong's typedefs.no_consumer: the certificate identifies the consumer
-    { consumer = { type = "foreign", reference = "consumers", eq = null } },
+    { consumer = typedefs.no_consumer },
     { config = {
         type = "record",
         fields = {
-          { anonymous = { type = "string", len_min = 1,
-              description = "The id or username of the consumer a request proceeds as when "
-                            .. "authentication fails; unset, a failure is answered 401." } },
+          { anonymous = typedefs.anonymous },
           { consumer_by = { type = "array", required = false,
               default = { "username", "custom_id" },
               elements = { type = "string", one_of = { "username", "custom_id" } },
