@@ -426,7 +426,7 @@ int mg_conn_read_body(mg_req_t *r)
                         return 400;
                     }
                 } else {
-                    ssize_t w = write(c->s.fd, cont, sizeof(cont) - 1);
+                    ssize_t w = send(c->s.fd, cont, sizeof(cont) - 1, MSG_NOSIGNAL);
                     (void)w; /* a client that cannot take 25 bytes now will time out */
                 }
                 r->msg.expect_continue = 0;
@@ -988,7 +988,7 @@ static void conn_linger(mg_conn_t *c)
     }
     char scratch[4096];
     for (int i = 0; i < 16; i++) { /* bounded: a flooding client waits for the next event */
-        ssize_t n = read(c->s.fd, scratch, sizeof(scratch));
+        ssize_t n = recv(c->s.fd, scratch, sizeof(scratch), 0);
         if (n > 0) continue;
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && errno == EAGAIN) {

@@ -843,7 +843,7 @@ static ssize_t fill(mg_cosock_t *cs, int *want)
         return -1;
     }
     for (;;) {
-        ssize_t n = read(cs->s.fd, mg_buf_last(b), room);
+        ssize_t n = recv(cs->s.fd, mg_buf_last(b), room, 0);
         if (n > 0) {
             b->end += (size_t)n;
             if ((size_t)n < room) cs->s.rready = 0;
