@@ -47,7 +47,8 @@
 #   CONNECTIONS (50) IDLE_CONNS (10000) CALLGRIND_REQUESTS (20000) CALLGRIND_CONNS (1)
 #   PROFILE_TOP (15) CALLGRIND_LD_LIBRARY_PATH (unset: e.g. a dir with an unstripped but otherwise
 #   identical libluajit-5.1.so.2, so that the profiles name LuaJIT's functions) CPU_PROXY (0) CPU_LOAD (1) BENCH_KEEP (0: keep the temp dir)
-#   SKIP_CALLGRIND / SKIP_IDLE (0) RESULTS (bench/results.md).
+#   SKIP_CALLGRIND / SKIP_IDLE (0) RESULTS (bench/results.md) CEILING (1: in the plugin
+#   scenarios, a third server "moongate-bare" runs the same route without its plugins).
 # shellcheck disable=SC2034 # the report reads the result arrays through namerefs
 set -euo pipefail
 
@@ -65,6 +66,7 @@ CPU_PROXY=${CPU_PROXY:-0}
 CPU_LOAD=${CPU_LOAD:-1}
 SKIP_CALLGRIND=${SKIP_CALLGRIND:-0}
 SKIP_IDLE=${SKIP_IDLE:-0}
+CEILING=${CEILING:-1}
 BENCH_KEEP=${BENCH_KEEP:-0}
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -495,8 +497,8 @@ EOF
 EOF
 }
 
-moongate_conf() { # SCENARIO NAME PORT MASTER(on|off)
-    local scn=$1 name=$2 port=$3 master=$4 alog='"off"'
+moongate_conf() { # SCENARIO NAME PORT MASTER(on|off) [bare: the route without its plugins]
+    local scn=$1 name=$2 port=$3 master=$4 bare=${5:-} alog='"off"'
     [ "$scn" = auth ] && alog="$TMP/$name.access.log"
     local ssl="" kind
     kind=$(tls_kind "$scn")
@@ -543,6 +545,7 @@ services:
       - name: all
         paths: ["/"]
 EOF
+    [ -n "$bare" ] && return 0
     case "$scn" in
     plugin) echo "        plugins: [{ name: bench-header }]" ;;
     keyauth)
@@ -578,7 +581,7 @@ servers_of() {
     case "$1" in
     proxy) echo "moongate nginx nginx+lua" ;;
     tls_* | balance_rr) echo "moongate nginx" ;;
-    *) echo "moongate nginx+lua" ;;
+    *) if [ "$CEILING" = 1 ]; then echo "moongate moongate-bare nginx+lua"; else echo "moongate nginx+lua"; fi ;;
     esac
 }
 
@@ -608,6 +611,7 @@ check_proxy() {
     [ -n "$(tls_kind "$scn")" ] && scheme=https
     body=$(curl -sk --max-time 5 "$scheme://127.0.0.1:$port/" -H "$ok_hdr" || true)
     [ "$body" = "hello world" ] || die "$scn/$s: GET / answered '$body', not 'hello world'"
+    [ "$s" = moongate-bare ] && return 0 # no plugin: nothing more to check
     case "$scn" in
     tls_*)
         # TLS 1.3 suites do not name the key type: a TLS 1.2 handshake shows the certificate's
@@ -658,9 +662,11 @@ run_scenario() {
         cgport_of[$s]=$PORT_OUT
         k=$(key "$s")
         case "$s" in
-        moongate)
-            moongate_conf "$scn" "$scn.$k" "${port_of[$s]}" on >"$TMP/$scn.$k.yaml"
-            moongate_conf "$scn" "$scn.$k.cg" "${cgport_of[$s]}" off >"$TMP/$scn.$k.cg.yaml"
+        moongate*)
+            local bare=""
+            [ "$s" = moongate-bare ] && bare=bare
+            moongate_conf "$scn" "$scn.$k" "${port_of[$s]}" on $bare >"$TMP/$scn.$k.yaml"
+            moongate_conf "$scn" "$scn.$k.cg" "${cgport_of[$s]}" off $bare >"$TMP/$scn.$k.cg.yaml"
             "$MG_BIN" check -c "$TMP/$scn.$k.yaml" >"$TMP/$scn.check.out" 2>&1 ||
                 { cat "$TMP/$scn.check.out" >&2; die "moongate rejects the $scn config"; }
             ;;
@@ -679,7 +685,7 @@ run_scenario() {
     log "== scenario $scn: $(for s in $servers; do printf '%s :%s  ' "$s" "${port_of[$s]}"; done)"
     for s in $servers; do
         k=$(key "$s")
-        if [ "$s" = moongate ]; then
+        if [[ "$s" == moongate* ]]; then
             start "$scn.$s" "$ON_PROXY" "${port_of[$s]}" "$MG_BIN" run -c "$TMP/$scn.$k.yaml"
         else
             start "$scn.$s" "$ON_PROXY" "${port_of[$s]}" "$NGINX" -c "$TMP/$scn.$k.conf" -p "$TMP" -e "$TMP/$scn.$k.error.log"
@@ -837,6 +843,7 @@ run_scenario() {
     # (not for the TLS scenarios: mgclient speaks plain HTTP only)
     if [ "$SKIP_CALLGRIND" != 1 ] && [ -z "$(tls_kind "$scn")" ]; then
         for s in $servers; do
+            [ "$s" = moongate-bare ] && continue # the proxy scenario counts that one
             k=$(key "$s")
             port=${cgport_of[$s]}
             local cmd
@@ -885,7 +892,7 @@ run_scenario() {
     for s in $servers; do
         k=$(key "$s")
         local n files="$TMP/$scn.$k.error.log"
-        [ "$s" = moongate ] && files="$files $TMP/$(key "$scn.$s").out"
+        [[ "$s" == moongate* ]] && files="$files $TMP/$(key "$scn.$s").out"
         # shellcheck disable=SC2086
         n=$(cat $files 2>/dev/null | grep -cE '\[(error|crit|alert|emerg)\]' || true)
         if [ "${n:-0}" -gt 0 ]; then
@@ -943,6 +950,21 @@ targets() { # SCENARIO: the issue's targets for plugin scenarios, met or not
         else if ((op == ">=" && v + 0 >= t) || (op == "<=" && v + 0 <= t)) print "met"; else print "**not met**" }'; }
     echo "Targets (from the issue, not asserted): requests/s ≥ 1.20× nginx+lua: ${rr}× ($(met "$rr" ">=" 1.2));" \
         "instructions per request ≤ 0.80×: ${ir}× ($(met "$ir" "<=" 0.8)); p99 ≤ nginx+lua's: ${p}× ($(met "$p" "<=" 1))."
+}
+
+ceiling() { # SCENARIO: what moongate-bare (the route without its plugins) says about the targets
+    local scn=$1
+    [[ " ${SCN_SERVERS[$scn]} " == *" moongate-bare "* ]] || return 0
+    local rps=${RPS[$scn:moongate-bare]} cpu=${CPU_US[$scn:moongate-bare]}
+    echo
+    echo "Ceiling: the same moongate route **without its plugins** (moongate-bare, measured in the" \
+        "same interleaved rounds): $rps requests/s, $cpu µs worker CPU per request, p99" \
+        "${P99[$scn:moongate-bare]} µs, worker CPU busy ${BUSY[$scn:moongate-bare]}% =" \
+        "$(ratio "$rps" "${RPS[$scn:nginx+lua]}")× nginx+lua's requests/s," \
+        "$(ratio "${CPU_US[$scn:nginx+lua]}" "$cpu")× by CPU per request. No plugin implementation" \
+        "can show a larger ratio than this on this machine; the plugins themselves cost" \
+        "$(awk -v a="${CPU_US[$scn:moongate]}" -v b="$cpu" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%.2f", a - b }') µs" \
+        "of worker CPU per request here."
 }
 
 section() { # SCENARIO
@@ -1053,6 +1075,7 @@ section() { # SCENARIO
     elif [ "$scn" != jwt ] && [ "$scn" != ratelimit_redis ]; then
         targets "$scn"
     fi
+    [ "$scn" = proxy ] || ceiling "$scn"
     echo
     if [ "$scn" != proxy ] && [ "$SKIP_CALLGRIND" != 1 ]; then
         for s in $servers; do
