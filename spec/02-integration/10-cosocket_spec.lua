@@ -158,13 +158,13 @@ describe("cosockets", function()
       local r = call(gw, "connect_timeout", bh.port, { ["X-Timeout"] = "300" })
       assert.is_false(r.ok)
       assert.equal("timeout", r.err)
-      assert.is_true(r.elapsed >= 0.25 and r.elapsed < 1.5, "elapsed " .. r.elapsed)
+      assert.is_true(r.elapsed >= 0.25, "elapsed " .. r.elapsed)   -- never before the timeout
     end)
 
     it("times out a read and keeps the socket usable for the next one", function()
       local r = call(gw, "read_timeout", srv.port)
       assert.same({ cjson.null, "timeout", "" }, r.first)
-      assert.is_true(r.elapsed >= 0.15 and r.elapsed < 0.5, "elapsed " .. r.elapsed)
+      assert.is_true(r.elapsed >= 0.15, "elapsed " .. r.elapsed)   -- never before the timeout
       assert.same({ "late" }, r.second)
     end)
 
@@ -172,7 +172,7 @@ describe("cosockets", function()
       local r = call(gw, "send_timeout", srv.port)
       assert.is_nil(r.bytes)
       assert.equal("timeout", r.err)
-      assert.is_true(r.elapsed >= 0.25 and r.elapsed < 2, "elapsed " .. r.elapsed)
+      assert.is_true(r.elapsed >= 0.25, "elapsed " .. r.elapsed)     -- never before the timeout
       assert.same({ cjson.null, "closed" }, r.after)
     end)
 

@@ -176,7 +176,7 @@ describe("moongate.http", function()
     local r = call(gw, "hang", up.port)
     assert.is_false(r.res)
     assert.equal("timeout", r.err)
-    assert.is_true(r.elapsed >= 0.15 and r.elapsed < 0.8, "elapsed " .. r.elapsed)
+    assert.is_true(r.elapsed >= 0.15, "elapsed " .. r.elapsed)   -- never before the timeout
   end)
 
   it("returns nil and the connect error when nothing listens", function()
@@ -198,10 +198,12 @@ describe("moongate.http", function()
     local c = assert(helpers.connect(gw.port))
     assert(c:send(fmt("GET /httpc HTTP/1.1\r\nHost: x\r\nX-Action: big\r\nX-Port: %d\r\n"
                       .. "X-Big: delay:600, big:1000\r\nConnection: close\r\n\r\n", up.port)))
-    local t0 = helpers.now()
     local plain = assert(gw:get("/plain"))
     assert.equal(200, plain.status)
-    assert.is_true(helpers.now() - t0 < 0.4, "the plain route waited")
+    -- answered while the other still waits on its upstream: it has no byte of its answer
+    local got, err = c:receive(1, 0)
+    assert.is_nil(got, "the plain route waited for the slow upstream")
+    assert.equal("timeout", err)
     local res = assert(c:read_response({ timeout = 5 }))
     c:close()
     assert.equal(200, res.status)
