@@ -37,15 +37,19 @@ size_t mg_base64_encode(const unsigned char *src, size_t n, char *dst, bool url,
     return (size_t)(d - dst);
 }
 
-/* 0..63, or -1 for a character outside the alphabet */
-static int value_of(unsigned char c, bool url)
+/* Each alphabet's reverse: 0..63, or -1 for a character outside it. Built at start-up; a
+ * table lookup per character instead of a chain of range tests (JWTs are decoded per
+ * request). */
+static signed char std_value[256], url_value[256];
+
+__attribute__((constructor)) static void build_values(void)
 {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == (url ? '-' : '+')) return 62;
-    if (c == (url ? '_' : '/')) return 63;
-    return -1;
+    for (int i = 0; i < 256; i++)
+        std_value[i] = url_value[i] = -1;
+    for (int i = 0; i < 64; i++) {
+        std_value[(unsigned char)std_alphabet[i]] = (signed char)i;
+        url_value[(unsigned char)url_alphabet[i]] = (signed char)i;
+    }
 }
 
 long mg_base64_decode(const char *src, size_t n, unsigned char *dst, bool url)
@@ -57,11 +61,12 @@ long mg_base64_decode(const char *src, size_t n, unsigned char *dst, bool url)
     if (pad && n % 4 != 0) return -1;
     size_t len = n - pad;
     if (len % 4 == 1) return -1; /* one character cannot carry a byte */
+    const signed char *value = url ? url_value : std_value;
     unsigned char *d = dst;
     uint32_t acc = 0;
     int bits = 0;
     for (size_t i = 0; i < len; i++) {
-        int v = value_of((unsigned char)src[i], url);
+        int v = value[(unsigned char)src[i]];
         if (v < 0) return -1;
         acc = (acc << 6) | (uint32_t)v;
         bits += 6;

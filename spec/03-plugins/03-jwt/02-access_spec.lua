@@ -429,6 +429,19 @@ describe("jwt", function()
   end)
 
   describe("finds the token", function()
+    it("in Authorization: the Bearer scheme in any case, whitespace around the token", function()
+      local token = encode(claims("alice-iss"), "HS256", HS256_SECRET)
+      for _, v in ipairs({ "bearer " .. token, "BEARER\t" .. token .. " \t ",
+                           "  BeArEr   " .. token .. "   " }) do
+        local res = assert(gw:get("/default", { headers = { Authorization = v } }))
+        assert.equal(200, res.status, v)
+        assert.equal(token, seen(res)["x-jwt-ctx"])   -- the token alone, trimmed
+      end
+      -- another scheme carrying the same token is not a JWT
+      refused(assert(gw:get("/default", { headers = { Authorization = "Token " .. token } })),
+              "Unauthorized", "Bearer")
+    end)
+
     local t
     before_each(function() t = encode(claims("alice-iss"), "HS256", HS256_SECRET) end)
 
