@@ -32,6 +32,8 @@
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void conn_close(mg_conn_t *c);
+static void ready_unlink(mg_conn_t *c);
+static void ready_append(mg_conn_t *c, int revents);
 static void conn_handshake(mg_conn_t *c);
 static void conn_on_head_events(mg_conn_t *c);
 static void conn_dispatch(mg_req_t *r);
@@ -103,10 +105,8 @@ void mg_conn_accept(mg_listener_t *ls, int fd, const struct sockaddr *sa, uint32
             conn_close(c);
             return;
         }
-        conn_handshake(c);
-        return;
     }
-    conn_on_head_events(c);
+    ready_append(c, EV_READ);
 }
 
 /* Advances a TLS handshake; once done the connection waits for its first request head. */
@@ -266,6 +266,7 @@ static void conn_close(mg_conn_t *c)
     }
     ev_io_stop(mg_worker.loop, &c->s.io);
     ev_timer_stop(mg_worker.loop, &c->s.timer);
+    if (c->ready_revents) ready_unlink(c); /* queued events die with it */
     /* close_notify after a completed handshake, unless the peer is gone */
     if (c->s.ssl) mg_tls_close(&c->s, c->state != MG_CONN_TLS && !c->s.eof);
     close(c->s.fd);
@@ -291,9 +292,83 @@ void mg_conn_abort(mg_conn_t *c)
     conn_close(c);
 }
 
+/* ---- serving connections in the order their events came ------------------------------------
+ * libev invokes the watchers that became ready in one poll last-first, so the connection epoll
+ * reported first (it has waited longest) was served last; under load that is what the slowest
+ * requests were made of (p99), most visibly when each costs a lot (a full TLS handshake, a JWT
+ * signature). Client events are therefore queued as libev reports them and served afterwards,
+ * in epoll's order, by a watcher of the lowest priority that is fed when the queue fills (so
+ * it runs in the same turn of the loop, after the batch, even for events fed meanwhile). */
+
+static void ready_unlink(mg_conn_t *c)
+{
+    if (c->ready_prev)
+        c->ready_prev->ready_next = c->ready_next;
+    else
+        mg_worker.ready_head = c->ready_next;
+    if (c->ready_next)
+        c->ready_next->ready_prev = c->ready_prev;
+    else
+        mg_worker.ready_tail = c->ready_prev;
+    c->ready_prev = c->ready_next = NULL;
+    c->ready_revents = 0;
+}
+
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     mg_conn_t *c = MG_CONTAINER_OF(w, mg_conn_t, s.io);
+    if (c->ready_revents) { /* already queued: served once, with both events */
+        c->ready_revents |= revents;
+        return;
+    }
+    /* libev calls back last-first: each one goes in front, so the list reads epoll's order */
+    c->ready_revents = revents;
+    c->ready_prev = NULL;
+    c->ready_next = mg_worker.ready_head;
+    if (c->ready_next)
+        c->ready_next->ready_prev = c;
+    else
+        mg_worker.ready_tail = c;
+    mg_worker.ready_head = c;
+    if (c->ready_next == NULL) ev_feed_event(loop, &mg_worker.ready_drain, EV_CUSTOM);
+}
+
+/* A connection just accepted: served after those that were already waiting (it joins the
+ * end), so a burst of new connections (each a TLS handshake, perhaps) does not hold up the
+ * requests in flight. */
+static void ready_append(mg_conn_t *c, int revents)
+{
+    c->ready_revents = revents;
+    c->ready_next = NULL;
+    c->ready_prev = mg_worker.ready_tail;
+    if (c->ready_prev)
+        c->ready_prev->ready_next = c;
+    else
+        mg_worker.ready_head = c;
+    mg_worker.ready_tail = c;
+    if (c->ready_prev == NULL) ev_feed_event(mg_worker.loop, &mg_worker.ready_drain, EV_CUSTOM);
+}
+
+static void conn_serve_events(mg_conn_t *c, int revents);
+
+static void ready_drain_cb(struct ev_loop *loop, ev_check *w, int revents)
+{
+    mg_conn_t *c;
+    while ((c = mg_worker.ready_head) != NULL) {
+        int ev = c->ready_revents;
+        ready_unlink(c);
+        conn_serve_events(c, ev);
+    }
+}
+
+void mg_conn_init_worker(void)
+{
+    ev_check_init(&mg_worker.ready_drain, ready_drain_cb);
+    ev_set_priority(&mg_worker.ready_drain, EV_MINPRI);
+}
+
+static void conn_serve_events(mg_conn_t *c, int revents)
+{
     mg_sock_ready(&c->s, revents);
     switch (c->state) {
     case MG_CONN_TLS:

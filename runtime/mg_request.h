@@ -46,8 +46,11 @@ typedef struct {
     mg_listener_t *listeners;
     size_t nlisteners;
     unsigned nconns;
-    bool draining;        /* graceful stop: no accepts, finish what is in flight */
-    mg_conn_t *conns;     /* every live client connection (for draining) */
+    bool draining;    /* graceful stop: no accepts, finish what is in flight */
+    mg_conn_t *conns; /* every live client connection (for draining) */
+    /* client connections with events, in the order epoll reported them (mg_conn.c) */
+    mg_conn_t *ready_head, *ready_tail;
+    ev_check ready_drain; /* never started: fed when ready_head fills, runs after the batch */
     ev_timer flush_timer; /* access-log batches */
     ev_timer drain_timer; /* graceful-stop deadline */
     ev_signal sig_term, sig_quit, sig_int, sig_hup, sig_usr1;
@@ -67,9 +70,11 @@ struct mg_conn_s {
     unsigned requests;   /* served on this connection */
     uint32_t guard_slot; /* its entry in the guards' table, MG_GUARD_NONE when unguarded */
     const mg_listener_t *ls;
-    mg_buf_t *in;           /* client bytes not yet consumed; NULL while idle */
-    mg_req_t *r;            /* the current request, NULL while idle */
-    mg_conn_t *prev, *next; /* mg_worker.conns */
+    mg_buf_t *in;                       /* client bytes not yet consumed; NULL while idle */
+    mg_req_t *r;                        /* the current request, NULL while idle */
+    mg_conn_t *prev, *next;             /* mg_worker.conns */
+    mg_conn_t *ready_prev, *ready_next; /* mg_worker.ready_head list, while queued */
+    int ready_revents;                  /* the events it is queued with, 0 when not queued */
 };
 
 /* MG_CONN_TLS: an `ssl` listener's connection until its handshake completes */
@@ -214,6 +219,8 @@ void mg_conn_respond_error(mg_req_t *r, unsigned status, const char *reason);
 void mg_conn_update(mg_conn_t *c);
 /* Graceful stop: idle connections close now, busy ones after their current response. */
 void mg_conn_drain_all(void);
+/* Sets up the queue that serves client events in epoll's order (once per worker). */
+void mg_conn_init_worker(void);
 size_t mg_conn_client_ip(const mg_conn_t *c, char *buf, size_t len);
 
 /* Continues a request after its Lua phase finished: rc is MG_OK (go on), MG_DONE (a plugin

@@ -121,6 +121,7 @@ int mg_worker_run(const mg_config_t *cfg, int *listen_fds, size_t nfds, unsigned
     if (mg_dns_init(cfg, mg_upstream_dns_changed) != MG_OK) return MG_ERROR;
     if (mg_guard_init_worker(cfg) != MG_OK) return MG_ERROR;
     if (mg_probe_start(cfg) != MG_OK) return MG_ERROR;
+    mg_conn_init_worker();
     if (getrandom(&mg_worker.rid_seed, sizeof(mg_worker.rid_seed), 0) < 0)
         mg_worker.rid_seed = (uint64_t)getpid() * 0x9E3779B97F4A7C15ULL ^ (uint64_t)ev_time();
     mg_worker.listeners = calloc(nfds ? nfds : 1, sizeof(mg_listener_t));
