@@ -33,7 +33,7 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void conn_close(mg_conn_t *c);
 static void ready_unlink(mg_conn_t *c);
-static void ready_append(mg_conn_t *c, int revents);
+static void ready_queue(mg_conn_t *c, int revents, bool at_end);
 static void conn_handshake(mg_conn_t *c);
 static void conn_on_head_events(mg_conn_t *c);
 static void conn_dispatch(mg_req_t *r);
@@ -106,7 +106,9 @@ void mg_conn_accept(mg_listener_t *ls, int fd, const struct sockaddr *sa, uint32
             return;
         }
     }
-    ready_append(c, EV_READ);
+    /* served after the connections already waiting (it joins the end), so a burst of new
+     * connections (each a TLS handshake, perhaps) does not hold up the requests in flight */
+    ready_queue(c, EV_READ, true);
 }
 
 /* Advances a TLS handshake; once done the connection waits for its first request head. */
@@ -322,31 +324,25 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
         return;
     }
     /* libev calls back last-first: each one goes in front, so the list reads epoll's order */
-    c->ready_revents = revents;
-    c->ready_prev = NULL;
-    c->ready_next = mg_worker.ready_head;
-    if (c->ready_next)
-        c->ready_next->ready_prev = c;
-    else
-        mg_worker.ready_tail = c;
-    mg_worker.ready_head = c;
-    if (c->ready_next == NULL) ev_feed_event(loop, &mg_worker.ready_drain, EV_CUSTOM);
+    ready_queue(c, revents, false);
 }
 
-/* A connection just accepted: served after those that were already waiting (it joins the
- * end), so a burst of new connections (each a TLS handshake, perhaps) does not hold up the
- * requests in flight. */
-static void ready_append(mg_conn_t *c, int revents)
+/* Queues c in front or at the end; the first in an empty queue schedules the drain. */
+static void ready_queue(mg_conn_t *c, int revents, bool at_end)
 {
     c->ready_revents = revents;
-    c->ready_next = NULL;
-    c->ready_prev = mg_worker.ready_tail;
+    c->ready_prev = at_end ? mg_worker.ready_tail : NULL;
+    c->ready_next = at_end ? NULL : mg_worker.ready_head;
     if (c->ready_prev)
         c->ready_prev->ready_next = c;
     else
         mg_worker.ready_head = c;
-    mg_worker.ready_tail = c;
-    if (c->ready_prev == NULL) ev_feed_event(mg_worker.loop, &mg_worker.ready_drain, EV_CUSTOM);
+    if (c->ready_next)
+        c->ready_next->ready_prev = c;
+    else
+        mg_worker.ready_tail = c;
+    if (!c->ready_prev && !c->ready_next)
+        ev_feed_event(mg_worker.loop, &mg_worker.ready_drain, EV_CUSTOM);
 }
 
 static void conn_serve_events(mg_conn_t *c, int revents);
