@@ -17,6 +17,7 @@
 #include "mg_log.h"
 #include "mg_lua.h"
 #include "mg_ocsp.h"
+#include "mg_out.h"
 #include "mg_shdict.h"
 #include "mg_tls.h"
 #include "mg_watchdog.h"
@@ -335,6 +336,15 @@ int mg_ffi_resp_header(int op, const char *name, size_t nlen, const char *value,
     CUR(r);
     if (r->head_sent) return MG_DECLINED;
     return add_op(r, &r->resp_ops, &r->resp_ops_tail, op, name, nlen, value, vlen);
+}
+
+int mg_ffi_resp_header_int(int op, const char *name, size_t nlen, int64_t value)
+{
+    char buf[24];
+    mg_out_t o = {buf, buf + sizeof(buf), false};
+    if (value < 0) MG_OUT_LIT(&o, "-");
+    mg_out_u64(&o, value < 0 ? 0 - (uint64_t)value : (uint64_t)value);
+    return mg_ffi_resp_header(op, name, nlen, buf, (size_t)(o.p - buf));
 }
 
 int mg_ffi_resp_exit(int status, const char *body, size_t blen, const char *headers, size_t hlen)

@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MG_FFI_ABI 5
+#define MG_FFI_ABI 6
 
 int mg_ffi_abi(void);
 
@@ -82,6 +82,9 @@ int mg_ffi_resp_get_status(void);
 int mg_ffi_upstream_resp_get_header(const char *name, size_t nlen, const char **s, size_t *len);
 /* op as for mg_ffi_upstream_header; applies to the response head the client gets */
 int mg_ffi_resp_header(int op, const char *name, size_t nlen, const char *value, size_t vlen);
+/* The same with an integer value, formatted here: a count that changes on every request
+ * (X-RateLimit-Remaining) would otherwise be a new Lua string, garbage, per request. */
+int mg_ffi_resp_header_int(int op, const char *name, size_t nlen, int64_t value);
 /* Ends the request with this answer instead of proxying (access/rewrite) or replaces the
  * upstream's (header_filter): status, body, and a header block "Name: value\r\n..." */
 int mg_ffi_resp_exit(int status, const char *body, size_t blen, const char *headers, size_t hlen);

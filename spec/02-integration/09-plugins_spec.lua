@@ -86,6 +86,7 @@ describe("plugins", function()
       assert.equal("from-upstream", res.headers["x-echoed"])
       assert.is_nil(res.headers["x-drop-me"])
       assert.equal("yes", res.headers["x-set-in-access"])
+      assert.same({ "1000000000000000", "-42", "1.5" }, res.headers["x-numbers"])
     end)
 
     it("shares moongate.ctx.shared across phases and keeps moongate.ctx.plugin per plugin",

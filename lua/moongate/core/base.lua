@@ -39,6 +39,7 @@ int mg_ffi_upstream_set_body(const char *body, size_t len);
 int mg_ffi_resp_get_status(void);
 int mg_ffi_upstream_resp_get_header(const char *name, size_t nlen, const char **s, size_t *len);
 int mg_ffi_resp_header(int op, const char *name, size_t nlen, const char *value, size_t vlen);
+int mg_ffi_resp_header_int(int op, const char *name, size_t nlen, int64_t value);
 int mg_ffi_resp_exit(int status, const char *body, size_t blen, const char *headers,
                      size_t hlen);
 int mg_ffi_log_enabled(int level);
@@ -101,7 +102,7 @@ void mg_ffi_ipset_build(void *set);
 int mg_ffi_ipset_contains(const void *set, const char *ip, size_t len);
 ]]
 
-local ABI = 5
+local ABI = 6
 
 _M.C = ffi.C
 _M.OK, _M.ERROR, _M.AGAIN, _M.BUSY, _M.DONE, _M.DECLINED = 0, -1, -2, -3, -4, -5

@@ -14,7 +14,7 @@ local bor = require("bit").bor
 local type, tostring, pairs, error, concat, yield = type, tostring, pairs, error, table.concat,
   coroutine.yield
 
-local find = string.find
+local find, floor = string.find, math.floor
 
 local _M = {}
 
@@ -23,11 +23,20 @@ _M.EXIT = "moongate:exit"
 
 local BEFORE_HEAD = bor(phases.REWRITE, phases.ACCESS, phases.HEADER_FILTER)
 
+local MAX_EXACT = 2 ^ 53   -- integers up to this are exact in a double
+
 local function header_op(op, fn, name, value)
   if type(name) ~= "string" or name == "" then
     error("header name must be a non-empty string", 3)
   end
-  if op ~= 2 then
+  local rc
+  if op == 2 then
+    rc = fn(op, name, #name, "", 0)
+  elseif type(value) == "number" and value == floor(value) and value <= MAX_EXACT
+         and value >= -MAX_EXACT then
+    -- an integer is formatted by the runtime: no Lua string (garbage) per call
+    rc = C.mg_ffi_resp_header_int(op, name, #name, value)
+  else
     if type(value) == "number" then value = tostring(value) end
     if type(value) ~= "string" then
       error("header value must be a string or a number", 3)
@@ -35,10 +44,9 @@ local function header_op(op, fn, name, value)
     if find(value, "\r", 1, true) or find(value, "\n", 1, true) then
       error("header value must not contain CR or LF", 3)
     end
-  else
-    value = ""
+    rc = fn(op, name, #name, value, #value)
   end
-  if fn(op, name, #name, value, #value) ~= OK then
+  if rc ~= OK then
     error("cannot change header \"" .. name .. "\" now: the response head was sent", 3)
   end
 end
