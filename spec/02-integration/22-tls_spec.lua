@@ -45,13 +45,7 @@ local function probe(port, args)
                 port, q(path("ca.crt")), args or ""))
 end
 
-local function subject(out)
-  return out:match("subject=[^\n]-CN%s*=%s*([^\n,/]+)")
-end
-
-local function handshake_ok(out)
-  return out:match("Verify return code: 0 %(ok%)") ~= nil and out:match("Cipher is %(NONE%)") == nil
-end
+local subject, handshake_ok = pki.subject_cn, pki.handshake_ok
 
 -- curl over TLS to `name` (resolved to 127.0.0.1): status, body, and the full output.
 local function curl(port, name, p, extra)

@@ -25,7 +25,7 @@ local NAME_FAILED = "name resolution failed"
 
 -- The DNS server in a child process (it exits once this process is gone).
 local function dns_server()
-  local dir = helpers.run("mktemp -d /tmp/moongate-spec.dns.XXXXXX"):match("^(%S+)")
+  local dir = helpers.tmpdir("dns")
   local srv = { zone = dir .. "/zone.json", log = dir .. "/queries.log", out = dir .. "/out" }
   helpers.write_file(srv.zone, "{}")
   helpers.write_file(srv.log, "")

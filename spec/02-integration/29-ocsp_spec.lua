@@ -98,9 +98,7 @@ local function probe(gw, name, extra)
                 .. "-status -CAfile %s %s", gw.ssl_port, name, q(CA.crt), extra or ""))
 end
 
-local function handshake_ok(out)
-  return out:match("Verify return code: 0 %(ok%)") ~= nil and out:match("Cipher is %(NONE%)") == nil
-end
+local handshake_ok = pki.handshake_ok
 
 local function stapled(gw, name, status, extra)
   local out = probe(gw, name, extra)

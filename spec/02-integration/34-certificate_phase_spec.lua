@@ -28,13 +28,7 @@ local function probe(port, name)
   return sh(s_client(port, name))
 end
 
-local function subject(out)
-  return out:match("subject=[^\n]-CN%s*=%s*([^\n,/]+)")
-end
-
-local function handshake_ok(out)
-  return out:match("Verify return code: 0 %(ok%)") ~= nil and out:match("Cipher is %(NONE%)") == nil
-end
+local subject, handshake_ok = pki.subject_cn, pki.handshake_ok
 
 local function count(s, plain)
   local n, at = 0, 1

@@ -224,15 +224,27 @@ end
 local tracked = {}        -- objects with :running(), :signal(), .proc; stopped at exit
 local prefixes = {}       -- directories to remove at exit
 
-local function make_prefix(kind)
+local function make_tmpdir(kind)
   local out, rc = run("mktemp -d /tmp/moongate-spec." .. kind .. ".XXXXXX 2>&1")
   local dir = match(out, "^(%S+)")
   if rc ~= 0 or not dir then
-    error("could not create a prefix directory: " .. out, 3)
+    error("could not create a temporary directory: " .. out, 3)
   end
-  assert(os.execute("mkdir -p " .. shell_quote(dir .. "/logs")))
   prefixes[#prefixes + 1] = dir
   return dir
+end
+
+local function make_prefix(kind)
+  local dir = make_tmpdir(kind)
+  assert(os.execute("mkdir -p " .. shell_quote(dir .. "/logs")))
+  return dir
+end
+
+--- A new directory /tmp/moongate-spec.KIND.XXXXXX, removed with everything in it when the
+-- spec process ends (as the gateways' prefixes are).
+-- @tparam string kind a word for the directory's name
+function _M.tmpdir(kind)
+  return make_tmpdir(kind)
 end
 
 local function proc_state(pid)

@@ -12,6 +12,7 @@
 --   local c = ca:leaf("alice", { client = true, subject = "/CN=alice/O=acme" })
 --   local sub = ca:intermediate("int")      -- a CA signed by ca, with its own :leaf()
 --   ca:read(a.crt)                          -- PEM text, for configs that inline it
+--   pki.handshake_ok(out), pki.subject_cn(out) -- read `openssl s_client` output
 --
 -- Leaves are valid for `days` (default 30; 0 makes one that is already expired). Names that
 -- parse as IPv4/IPv6 addresses become IP SANs, others DNS SANs.
@@ -113,6 +114,17 @@ function _M.ca(opts)
          .. "-addext keyUsage=critical,keyCertSign,cRLSign",
          q(ca.key), q(ca.crt), q(opts.subject or "/CN=moongate test CA")))
   return ca
+end
+
+--- What `openssl s_client` printed says the handshake succeeded and the certificate chain
+-- verified (against its -CAfile).
+function _M.handshake_ok(out)
+  return out:match("Verify return code: 0 %(ok%)") ~= nil and out:match("Cipher is %(NONE%)") == nil
+end
+
+--- The CN of the certificate the server presented, from `openssl s_client` output; nil if none.
+function _M.subject_cn(out)
+  return out:match("subject=[^\n]-CN%s*=%s*([^\n,/]+)")
 end
 
 --- Removes the CA's directory (and everything made in it).
